@@ -1,0 +1,293 @@
+# SPDX-FileCopyrightText: 2026 invenio-wtflow authors.
+# SPDX-License-Identifier: MIT
+
+"""The Python API: the ``Workflow`` and ``Task`` objects a caller uses.
+
+Methods that change a run commit through invenio-db's unit of work and
+publish the Celery messages of the tasks they queue after that commit.
+"""
+
+from invenio_db import db
+from sqlalchemy_continuum import version_class
+
+from .engine import orchestrator
+from .engine.graph import compile_canvas, ensure_json, resolve
+from .engine.status import default_status
+from .errors import (
+    InvalidDataError,
+    InvalidDefinitionError,
+    TaskNotFoundError,
+    WorkflowNotFoundError,
+)
+from .models import TaskRun, TaskStatus, WorkflowRun, WorkflowStatus
+from .proxies import current_wtflow
+
+
+def _history(model):
+    """Return the Continuum versions of a row as dictionaries, oldest first."""
+    versions = (
+        db.session.query(version_class(type(model)))
+        .filter_by(id=model.id)
+        .order_by("transaction_id")
+        .all()
+    )
+    fields = [
+        c
+        for c in ("status", "message", "progress", "attempt", "retries", "error")
+        if hasattr(type(model), c)
+    ]
+    entries = []
+    for version in versions:
+        transaction = version.transaction
+        entry = {
+            "transaction_id": version.transaction_id,
+            "issued_at": transaction.issued_at,
+            "user_id": getattr(transaction, "user_id", None),
+            "operation": version.operation_type,
+        }
+        entry.update({f: getattr(version, f) for f in fields})
+        entries.append(entry)
+    return entries
+
+
+class Task:
+    """One task of a workflow run."""
+
+    def __init__(self, model):
+        """Wrap a :class:`~invenio_wtflow.models.TaskRun`."""
+        self.model = model
+
+    @classmethod
+    def get(cls, task_id):
+        """Return the task run with the given id.
+
+        :param task_id: the task run's UUID (string or :class:`uuid.UUID`).
+        :raises TaskNotFoundError: when there is none.
+        """
+        model = _get(TaskRun, task_id)
+        if model is None:
+            raise TaskNotFoundError(task_id)
+        return cls(model)
+
+    id = property(lambda self: self.model.id, doc="The task run's id.")
+    name = property(lambda self: self.model.name, doc="Celery task name.")
+    position = property(lambda self: self.model.position, doc="Graph position.")
+    status = property(lambda self: self.model.status, doc="Current status.")
+    message = property(lambda self: self.model.message, doc="Last message.")
+    progress = property(lambda self: self.model.progress, doc="Last progress.")
+    result = property(lambda self: self.model.result, doc="Stored JSON result.")
+    error = property(lambda self: self.model.error, doc="Error of the failure.")
+    attempt = property(lambda self: self.model.attempt, doc="Attempt number.")
+    workflow_id = property(
+        lambda self: self.model.workflow_id, doc="Id of the workflow run."
+    )
+
+    @property
+    def workflow(self):
+        """The :class:`Workflow` this task belongs to."""
+        return Workflow.get(self.model.workflow_id)
+
+    def restart(self):
+        """Reset this task and everything downstream, and run them again."""
+        orchestrator.atomic(orchestrator.restart_task, self.model.id)
+        db.session.refresh(self.model)
+        return self
+
+    def stop(self):
+        """Cancel this task (revoking its attempt) and what depends on it."""
+        orchestrator.atomic(orchestrator.stop_task, self.model.id)
+        db.session.refresh(self.model)
+        return self
+
+    def history(self):
+        """Every recorded change of this task, oldest first."""
+        return _history(self.model)
+
+    def __repr__(self):
+        """Show name, position and status."""
+        return f"<Task {self.name} #{self.position} {self.status}>"
+
+
+class Workflow:
+    """A workflow definition, and the run objects the API returns.
+
+    Subclass it to define a workflow by a Celery canvas::
+
+        class VideoProcessing(Workflow):
+            definition = chain(group(extract_metadata, extract_frames), publish)
+
+    :meth:`create` and :meth:`get` return an instance of the class registered
+    under the run's name, so a subclass can override :meth:`compute_status`.
+    """
+
+    definition = None
+    """The Celery canvas (or bare task) the workflow runs."""
+
+    def __init__(self, model):
+        """Wrap a :class:`~invenio_wtflow.models.WorkflowRun`."""
+        self.model = model
+
+    #
+    # Lookup and creation
+    #
+    @classmethod
+    def get(cls, workflow_id):
+        """Return the run with the given id.
+
+        :param workflow_id: the run's UUID (string or :class:`uuid.UUID`).
+        :raises WorkflowNotFoundError: when there is none.
+        """
+        model = _get(WorkflowRun, workflow_id)
+        if model is None:
+            raise WorkflowNotFoundError(workflow_id)
+        return cls._wrap(model)
+
+    @classmethod
+    def _wrap(cls, model):
+        klass = current_wtflow.workflow_class(model.name) or Workflow
+        return klass(model)
+
+    @classmethod
+    def compile(cls):
+        """Compile the class's definition into a graph.
+
+        :raises InvalidDefinitionError: when ``definition`` is not a canvas.
+        """
+        if cls.definition is None:
+            raise InvalidDefinitionError(
+                f"{cls.__name__} has no definition (set `definition` to a canvas)."
+            )
+        return compile_canvas(cls.definition)
+
+    @classmethod
+    def create(cls, name, data=None, key=None, created_by=None):
+        """Create a run of a registered definition, with all its tasks pending.
+
+        Nothing runs until :meth:`start`. With a ``key``, the call is
+        idempotent: a run with the same name and key is returned as it is
+        (a unique constraint decides, so concurrent calls create one run).
+
+        :param name: the name the definition is registered under.
+        :param data: JSON-serialisable workflow data (kwargs of bare tasks).
+        :param key: optional idempotency key.
+        :param created_by: optional id of the user creating the run.
+        :raises UnknownWorkflowError: when no definition has that name.
+        :raises InvalidDataError: when ``data`` is not a JSON object.
+        """
+        klass = current_wtflow.get_workflow_class(name)
+        data = _check_data(data)
+        if key is not None and (not isinstance(key, str) or not key):
+            raise InvalidDataError("key must be a non-empty string.")
+        graph = klass.compile()
+        model, _ = orchestrator.atomic(
+            orchestrator.create, name, graph, data, key=key, created_by=created_by
+        )
+        return klass(model)
+
+    #
+    # Actions
+    #
+    def start(self, **data):
+        """Start a pending run; ``data`` is merged over the run's data.
+
+        Returns at once: the first tasks are published after the commit.
+
+        :raises InvalidStateError: when the run is not pending.
+        """
+        data = _check_data(data)
+        orchestrator.atomic(orchestrator.start, self.model.id, data)
+        return self._refresh()
+
+    def stop(self):
+        """Cancel every unfinished task and revoke the running attempts."""
+        orchestrator.atomic(orchestrator.stop, self.model.id)
+        return self._refresh()
+
+    def restart(self, **data):
+        """Run every task again; keeps the id, merges ``data`` over the old."""
+        data = _check_data(data)
+        orchestrator.atomic(orchestrator.restart, self.model.id, data)
+        return self._refresh()
+
+    def _refresh(self):
+        db.session.expire_all()
+        return self
+
+    #
+    # State
+    #
+    id = property(lambda self: self.model.id, doc="The run's id.")
+    name = property(lambda self: self.model.name, doc="Definition name.")
+    key = property(lambda self: self.model.key, doc="Idempotency key.")
+    data = property(lambda self: self.model.data, doc="Workflow data.")
+    message = property(lambda self: self.model.message, doc="Status reason.")
+
+    @property
+    def status(self):
+        """Stored status (see :meth:`compute_status`)."""
+        return self.model.status
+
+    @property
+    def tasks(self):
+        """The run's :class:`Task` objects, in graph order."""
+        return [
+            Task(t)
+            for t in TaskRun.query.filter_by(workflow_id=self.model.id).order_by(
+                TaskRun.position
+            )
+        ]
+
+    @property
+    def result(self):
+        """The run's result, as plain Celery would return it for the canvas.
+
+        ``None`` until the run has succeeded.
+        """
+        if self.model.status != WorkflowStatus.SUCCESS.value:
+            return None
+        results = dict(
+            db.session.query(TaskRun.position, TaskRun.result).filter(
+                TaskRun.workflow_id == self.model.id
+            )
+        )
+        return resolve(self.model.output, results)
+
+    def compute_status(self, counts):
+        """Derive the run's status from its tasks; override to change the rule.
+
+        :param counts: mapping of task status to number of tasks.
+        :returns: a :class:`~invenio_wtflow.models.WorkflowStatus` (or value).
+        """
+        return default_status(counts)
+
+    def history(self):
+        """Every recorded change of the run's row, oldest first."""
+        return _history(self.model)
+
+    def __repr__(self):
+        """Show name, id and status."""
+        return f"<{type(self).__name__} {self.name} {self.id} {self.status}>"
+
+
+def _get(model_class, id_):
+    """Load a row by UUID, treating malformed ids as missing."""
+    import uuid
+
+    try:
+        id_ = id_ if isinstance(id_, uuid.UUID) else uuid.UUID(str(id_))
+    except ValueError:
+        return None
+    return db.session.get(model_class, id_)
+
+
+def _check_data(data):
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InvalidDataError(
+            f"Workflow data must be a JSON object (dict), not {type(data).__name__}."
+        )
+    return ensure_json(data, "Workflow data")
+
+
+__all__ = ("Task", "Workflow", "TaskStatus", "WorkflowStatus")

@@ -1,0 +1,37 @@
+# SPDX-FileCopyrightText: 2026 invenio-wtflow authors.
+# SPDX-License-Identifier: MIT
+
+"""Configuration of invenio-wtflow."""
+
+WTFLOW_WORKFLOWS = {}
+"""Registered workflow definitions, by name.
+
+Each value is a dictionary whose ``definition`` is a Celery canvas, a
+:class:`invenio_wtflow.api.Workflow` subclass, or an import string to one of
+them (``"my_site.workflows:VideoProcessing"``). Packages can also register
+definitions through the ``invenio_wtflow.workflows`` entry point group.
+"""
+
+WTFLOW_REQUEUE_AFTER = 300
+"""Seconds a task may stay ``queued`` with no worker claiming it.
+
+After that the sweeper (:func:`invenio_wtflow.tasks.requeue_stale`, meant to
+run from Celery beat) publishes its message again, so a crash between the
+database commit and the publish loses nothing. Duplicate messages are harmless:
+only one delivery can claim an attempt.
+"""
+
+WTFLOW_DB_RETRIES = 5
+"""How many times an engine transaction is retried on a transient error.
+
+Transient errors are deadlocks, serialization failures, a locked SQLite
+database and lost connections; each retry starts a fresh transaction.
+"""
+
+WTFLOW_SQLITE_SERIALIZE = True
+"""Start SQLite transactions with ``BEGIN IMMEDIATE`` (see ``ext.py``).
+
+SQLite is the embedded default: this makes its transactions and savepoints
+real and serialises writers, so the engine's conditional transitions hold.
+It has no effect on other databases.
+"""

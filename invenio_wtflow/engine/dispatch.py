@@ -1,0 +1,204 @@
+# SPDX-FileCopyrightText: 2026 invenio-wtflow authors.
+# SPDX-License-Identifier: MIT
+
+"""Publishing attempts after commit, revoking them, and the sweeper.
+
+The orchestrator marks a task ``queued`` (with the Celery id of its attempt)
+in the transaction that decides it is ready and registers a
+:class:`DispatchOp` on the unit of work; the message is published only after
+the commit. If the process dies in between, :func:`requeue_stale` publishes the
+message again once it has waited longer than ``WTFLOW_REQUEUE_AFTER``.
+"""
+
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass
+from datetime import timedelta
+
+from celery import current_app as current_celery_app
+from flask import current_app
+from invenio_db import db
+from invenio_db.uow import Operation
+
+from ..models import TaskRun, TaskStatus, utcnow
+
+logger = logging.getLogger(__name__)
+
+HEADER = "wtflow_task"
+"""Message header carrying the id of the task run an attempt belongs to."""
+
+
+@dataclass(frozen=True)
+class Message:
+    """What is needed to publish one attempt of a task run."""
+
+    task_run_id: str
+    celery_id: str
+    name: str
+    options: dict
+
+    @classmethod
+    def for_task(cls, task):
+        """Build the message of the current attempt of a task run."""
+        return cls(
+            task_run_id=str(task.id),
+            celery_id=task.celery_id,
+            name=task.name,
+            options=dict(task.signature.get("options") or {}),
+        )
+
+
+class _Outbox(threading.local):
+    """Messages waiting to be sent by this thread, sent in order."""
+
+    def __init__(self):
+        self.pending = deque()
+        self.draining = False
+
+
+_outbox = _Outbox()
+
+
+def publish(messages):
+    """Send messages to the broker, in order, without recursing.
+
+    In eager mode an attempt runs inside the send and publishes its own
+    successors; they are appended here and sent by the outermost call, so a
+    long chain does not grow the stack. A send that fails is logged and left
+    to the sweeper: the task is ``queued`` in the database already.
+
+    :param messages: an iterable of :class:`Message`.
+    """
+    _outbox.pending.extend(messages)
+    if _outbox.draining:
+        return
+    _outbox.draining = True
+    try:
+        while _outbox.pending:
+            _send(_outbox.pending.popleft())
+    finally:
+        _outbox.pending.clear()
+        _outbox.draining = False
+
+
+def _send(message):
+    """Publish one attempt (or run it at once in eager mode)."""
+    celery = current_celery_app
+    headers = {HEADER: message.task_run_id}
+    if celery.conf.task_always_eager:
+        celery.tasks[message.name].apply(
+            args=(),
+            kwargs={},
+            task_id=message.celery_id,
+            headers=headers,
+            throw=False,
+        )
+        return
+    try:
+        celery.send_task(
+            message.name,
+            args=(),
+            kwargs={},
+            task_id=message.celery_id,
+            headers=headers,
+            **message.options,
+        )
+    except Exception:
+        logger.exception(
+            "Could not publish attempt %s of task run %s; the sweeper will retry.",
+            message.celery_id,
+            message.task_run_id,
+        )
+
+
+def revoke(celery_ids):
+    """Ask the workers to drop or terminate the given attempts.
+
+    Revocation is best effort: the database already says the attempts are
+    cancelled, and a result they report late is ignored.
+
+    :param celery_ids: Celery task ids of the attempts.
+    """
+    celery = current_celery_app
+    if not celery_ids or celery.conf.task_always_eager:
+        return
+    try:
+        celery.control.revoke(list(celery_ids), terminate=False)
+    except Exception:
+        logger.exception("Could not revoke attempts %s.", celery_ids)
+
+
+class DispatchOp(Operation):
+    """Unit-of-work operation that publishes and revokes after the commit."""
+
+    def __init__(self):
+        """Start with nothing to send."""
+        self.messages = []
+        self.revoked = []
+
+    def on_post_commit(self, uow):
+        """Revoke the stopped attempts, then publish the new ones."""
+        revoke(self.revoked)
+        publish(self.messages)
+
+
+def dispatcher(uow):
+    """Return the :class:`DispatchOp` of a unit of work, registering one once.
+
+    :param uow: an :class:`invenio_db.uow.UnitOfWork`.
+    """
+    op = getattr(uow, "_wtflow_dispatch", None)
+    if op is None:
+        op = uow._wtflow_dispatch = DispatchOp()
+        uow.register(op)
+    return op
+
+
+def requeue_stale(older_than=None):
+    """Publish again the attempts left ``queued`` with no claim for too long.
+
+    Each one's ``queued_at`` is moved to now, so a task that simply waits in a
+    long queue is re-sent at most once per period. Duplicates are harmless:
+    only one delivery of an attempt can claim it.
+
+    :param older_than: seconds; defaults to ``WTFLOW_REQUEUE_AFTER``.
+    :returns: the number of attempts published again.
+    """
+    if older_than is None:
+        older_than = current_app.config["WTFLOW_REQUEUE_AFTER"]
+    now = utcnow()
+    deadline = now - timedelta(seconds=older_than)
+    stale = (
+        db.session.query(TaskRun)
+        .filter(
+            TaskRun.status == TaskStatus.QUEUED.value,
+            TaskRun.queued_at <= deadline,
+        )
+        .order_by(TaskRun.id)
+        .all()
+    )
+    messages = []
+    for task in stale:
+        touched = (
+            db.session.query(TaskRun)
+            .filter(
+                TaskRun.id == task.id,
+                TaskRun.status == TaskStatus.QUEUED.value,
+                TaskRun.celery_id == task.celery_id,
+            )
+            .update({TaskRun.queued_at: now}, synchronize_session=False)
+        )
+        if touched:
+            messages.append(Message.for_task(task))
+    db.session.commit()
+    for message in messages:
+        logger.warning(
+            "Re-publishing attempt %s of task run %s (%s), queued since before %s.",
+            message.celery_id,
+            message.task_run_id,
+            message.name,
+            deadline.isoformat(),
+        )
+    publish(messages)
+    return len(messages)

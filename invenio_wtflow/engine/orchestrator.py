@@ -1,0 +1,559 @@
+# SPDX-FileCopyrightText: 2026 invenio-wtflow authors.
+# SPDX-License-Identifier: MIT
+
+"""Readiness, joins, failure propagation, stop and restart.
+
+Every function that changes the graph takes the lock on the root workflow row
+first (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite serialises writers),
+then the task rows it changes, ordered by primary key. Transitions go through
+the ORM so that SQLAlchemy-Continuum versions them; a transition whose
+precondition does not hold (a duplicate or stale delivery) changes nothing.
+Joins use an atomic counter: the transaction that turns a task ``success``
+decrements ``remaining`` on its dependants with ``UPDATE ... RETURNING`` and
+queues exactly those that reach zero.
+
+None of these functions commits: they take an
+:class:`invenio_db.uow.UnitOfWork`, and publishing happens after its commit.
+"""
+
+import logging
+import time
+import uuid
+from collections import defaultdict
+
+from flask import current_app
+from invenio_db import db
+from invenio_db.uow import UnitOfWork
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.orm.exc import StaleDataError
+
+from ..errors import InvalidStateError, TaskNotFoundError, WorkflowNotFoundError
+from ..models import (
+    ACTIVE_TASK_STATUSES,
+    TERMINAL_TASK_STATUSES,
+    TaskDependency,
+    TaskRun,
+    TaskStatus,
+    WorkflowRun,
+    WorkflowStatus,
+    utcnow,
+)
+from .dispatch import Message, dispatcher
+from .graph import input_positions
+from .status import default_status
+
+logger = logging.getLogger(__name__)
+
+PENDING, QUEUED, RUNNING = TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.RUNNING
+SUCCESS, FAILURE, CANCELLED = (
+    TaskStatus.SUCCESS,
+    TaskStatus.FAILURE,
+    TaskStatus.CANCELLED,
+)
+
+
+def _is_transient(exc):
+    """Whether a database error is worth retrying in a new transaction."""
+    if isinstance(exc, StaleDataError):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OperationalError)
+
+
+def atomic(func_, *args, **kwargs):
+    """Run ``func_(uow, *args, **kwargs)`` in a unit of work and commit it.
+
+    Transient database errors (deadlock, serialization failure, locked SQLite
+    database, lost connection, stale version) roll back and retry the whole
+    function, up to ``WTFLOW_DB_RETRIES`` times. Post-commit operations run
+    once, after the successful commit.
+    """
+    retries = current_app.config["WTFLOW_DB_RETRIES"]
+    for attempt in range(retries + 1):
+        try:
+            with UnitOfWork(db.session) as uow:
+                result = func_(uow, *args, **kwargs)
+                uow.commit()
+            return result
+        except (OperationalError, StaleDataError, DBAPIError) as exc:
+            if not _is_transient(exc) or attempt == retries:
+                raise
+            logger.warning("Retrying transaction after transient error: %s", exc)
+            db.session.rollback()
+            time.sleep(min(2.0, 0.05 * 2**attempt))
+
+
+#
+# Locks and queries
+#
+def lock_workflow(workflow_id):
+    """Lock the root of a workflow's tree, then the workflow, and return it.
+
+    :param workflow_id: id of the workflow run.
+    :raises WorkflowNotFoundError: when there is no such run.
+    """
+    root_id = db.session.execute(
+        select(WorkflowRun.root_id).where(WorkflowRun.id == workflow_id)
+    ).scalar_one_or_none()
+    if root_id is None:
+        raise WorkflowNotFoundError(workflow_id)
+    ids = [root_id] if root_id == workflow_id else [root_id, workflow_id]
+    for id_ in ids:
+        workflow = (
+            db.session.query(WorkflowRun)
+            .filter(WorkflowRun.id == id_)
+            .with_for_update()
+            .populate_existing()
+            .one()
+        )
+    return workflow
+
+
+def _task_workflow_id(task_id):
+    workflow_id = db.session.execute(
+        select(TaskRun.workflow_id).where(TaskRun.id == task_id)
+    ).scalar_one_or_none()
+    if workflow_id is None:
+        raise TaskNotFoundError(task_id)
+    return workflow_id
+
+
+def _lock_tasks(*criteria):
+    """Lock and return the task rows matching ``criteria``, by primary key."""
+    return (
+        db.session.query(TaskRun)
+        .filter(*criteria)
+        .order_by(TaskRun.id)
+        .with_for_update()
+        .populate_existing()
+        .all()
+    )
+
+
+def _edges(workflow_id):
+    """Return ``(dependants, dependencies)`` maps of task ids of a workflow."""
+    rows = db.session.execute(
+        select(TaskDependency.task_id, TaskDependency.depends_on_id)
+        .join(TaskRun, TaskRun.id == TaskDependency.task_id)
+        .where(TaskRun.workflow_id == workflow_id)
+    ).all()
+    dependants, dependencies = defaultdict(set), defaultdict(set)
+    for task_id, depends_on_id in rows:
+        dependants[depends_on_id].add(task_id)
+        dependencies[task_id].add(depends_on_id)
+    return dependants, dependencies
+
+
+def _downstream(task_ids, dependants):
+    """Return every task reachable from ``task_ids`` (excluding them)."""
+    seen, stack = set(), list(task_ids)
+    while stack:
+        for child in dependants.get(stack.pop(), ()):
+            if child not in seen:
+                seen.add(child)
+                stack.append(child)
+    return seen - set(task_ids)
+
+
+#
+# Transitions
+#
+def _queue(uow, tasks):
+    """Mark tasks ``queued`` with a fresh attempt and publish after commit."""
+    now = utcnow()
+    op = dispatcher(uow)
+    for task in tasks:
+        task.status = QUEUED.value
+        task.attempt += 1
+        task.celery_id = str(uuid.uuid4())
+        task.retries = 0
+        task.queued_at = now
+        task.started_at = task.finished_at = None
+        op.messages.append(Message.for_task(task))
+
+
+def _reset(task, remaining):
+    """Put a task back to ``pending`` for a new attempt."""
+    task.status = PENDING.value
+    task.remaining = remaining
+    task.celery_id = None
+    task.retries = 0
+    task.message = task.error = task.traceback = None
+    task.progress = task.result = None
+    task.queued_at = task.started_at = task.finished_at = None
+
+
+def _cancel(uow, tasks, reason):
+    """Cancel non-terminal tasks, revoking their attempts after commit."""
+    now = utcnow()
+    op = dispatcher(uow)
+    for task in tasks:
+        if TaskStatus(task.status) in TERMINAL_TASK_STATUSES:
+            continue
+        if TaskStatus(task.status) in ACTIVE_TASK_STATUSES:
+            op.revoked.append(task.celery_id)
+        task.status = CANCELLED.value
+        task.message = reason
+        task.finished_at = now
+
+
+def refresh_status(workflow, message=None):
+    """Recompute and store a workflow's status from its tasks' statuses.
+
+    The rule is :func:`~invenio_wtflow.engine.status.default_status`, or the
+    ``compute_status`` method of the definition class registered under the
+    run's name.
+
+    :param workflow: the locked :class:`WorkflowRun`.
+    :param message: reason to record when the status changes.
+    """
+    db.session.flush()
+    counts = dict(
+        db.session.execute(
+            select(TaskRun.status, func.count())
+            .where(TaskRun.workflow_id == workflow.id)
+            .group_by(TaskRun.status)
+        ).all()
+    )
+    status = WorkflowStatus(_status_rule(workflow)(counts))
+    if status.value != workflow.status:
+        workflow.status = status.value
+        workflow.message = message
+        workflow.finished_at = utcnow() if status.is_terminal else None
+    return status
+
+
+def _status_rule(workflow):
+    ext = current_app.extensions.get("invenio-wtflow")
+    cls = ext.workflow_class(workflow.name) if ext else None
+    if cls is None:
+        return default_status
+    return cls(workflow).compute_status
+
+
+def create(uow, name, graph, data, key=None, created_by=None):
+    """Insert a workflow run with all its tasks ``pending`` and their edges.
+
+    :returns: ``(run, created)``; with a ``key`` that already exists for the
+        name, the existing run and ``False``.
+    """
+    if key is not None:
+        existing = WorkflowRun.query.filter_by(name=name, key=key).one_or_none()
+        if existing is not None:
+            return existing, False
+    workflow_id = uuid.uuid4()
+    workflow = WorkflowRun(
+        id=workflow_id,
+        root_id=workflow_id,
+        name=name,
+        key=key,
+        data=data,
+        status=WorkflowStatus.PENDING.value,
+        output=graph.output,
+        created_by=created_by,
+    )
+    try:
+        with db.session.begin_nested():
+            db.session.add(workflow)
+            db.session.flush()
+    except IntegrityError:
+        if key is None:
+            raise
+        existing = WorkflowRun.query.filter_by(name=name, key=key).one()
+        return existing, False
+    ids = [uuid.uuid4() for _ in graph.nodes]
+    db.session.add_all(
+        TaskRun(
+            id=ids[node.position],
+            workflow_id=workflow_id,
+            position=node.position,
+            name=node.name,
+            signature=node.signature,
+            status=PENDING.value,
+            remaining=len(node.depends_on),
+        )
+        for node in graph.nodes
+    )
+    db.session.flush()
+    edges = [
+        {"task_id": ids[node.position], "depends_on_id": ids[dep]}
+        for node in graph.nodes
+        for dep in node.depends_on
+    ]
+    if edges:
+        db.session.execute(TaskDependency.__table__.insert(), edges)
+    return workflow, True
+
+
+def start(uow, workflow_id, data=None):
+    """Merge ``data`` into a pending run and queue the tasks with no upstream.
+
+    :raises InvalidStateError: when the run is not ``pending``.
+    """
+    workflow = lock_workflow(workflow_id)
+    if workflow.status != WorkflowStatus.PENDING.value:
+        raise InvalidStateError(
+            f"Workflow {workflow.id} is {workflow.status}; only a pending run can "
+            "be started (use restart to run it again)."
+        )
+    if data:
+        workflow.data = {**workflow.data, **data}
+    workflow.started_at = utcnow()
+    _queue(uow, _lock_tasks(TaskRun.workflow_id == workflow.id, TaskRun.remaining == 0))
+    refresh_status(workflow)
+    return workflow
+
+
+def claim(uow, task_id, celery_id, retries=0):
+    """Move an attempt ``queued -> running`` and return the task, or ``None``.
+
+    A Celery retry of the running attempt (same Celery id, higher retry count)
+    may claim it again; any other delivery (duplicate, stale attempt, stopped
+    task) claims nothing.
+    """
+    tasks = _lock_tasks(TaskRun.id == task_id)
+    if not tasks or tasks[0].celery_id != celery_id:
+        return None
+    task = tasks[0]
+    claimable = task.status == QUEUED.value or (
+        task.status == RUNNING.value and retries > task.retries
+    )
+    if not claimable:
+        return None
+    task.status = RUNNING.value
+    task.retries = retries
+    task.started_at = utcnow()
+    return task
+
+
+def inputs(task):
+    """Return the stored results of the upstream tasks a task reads."""
+    positions = input_positions(task.signature.get("input"))
+    if not positions:
+        return {}
+    return dict(
+        db.session.execute(
+            select(TaskRun.position, TaskRun.result).where(
+                TaskRun.workflow_id == task.workflow_id,
+                TaskRun.position.in_(set(positions)),
+            )
+        ).all()
+    )
+
+
+def _lock_running(task_id, celery_id, statuses=(RUNNING,)):
+    """Lock the root and a task; return ``(workflow, task)`` or ``None``.
+
+    ``None`` means the attempt is no longer current (stopped, restarted,
+    already finished): the caller must change nothing.
+    """
+    workflow = lock_workflow(_task_workflow_id(task_id))
+    task = _lock_tasks(TaskRun.id == task_id)[0]
+    allowed = {s.value for s in statuses}
+    if task.celery_id != celery_id or task.status not in allowed:
+        logger.info(
+            "Ignoring stale report of attempt %s for task %s (%s, attempt %s).",
+            celery_id,
+            task_id,
+            task.status,
+            task.celery_id,
+        )
+        return None
+    return workflow, task
+
+
+def succeed(uow, task_id, celery_id, result):
+    """Record a successful attempt and queue the dependants it completes.
+
+    :returns: whether the report was applied (``False`` for a stale one).
+    """
+    locked = _lock_running(task_id, celery_id)
+    if locked is None:
+        return False
+    workflow, task = locked
+    task.status = SUCCESS.value
+    task.result = result
+    task.progress = 1.0
+    task.finished_at = utcnow()
+    db.session.flush()
+    ready = [
+        row.id
+        for row in db.session.execute(
+            update(TaskRun)
+            .where(
+                TaskRun.id.in_(
+                    select(TaskDependency.task_id).where(
+                        TaskDependency.depends_on_id == task.id
+                    )
+                ),
+                TaskRun.status == PENDING.value,
+            )
+            .values(remaining=TaskRun.remaining - 1)
+            .returning(TaskRun.id, TaskRun.remaining)
+            .execution_options(synchronize_session=False)
+        ).all()
+        if row.remaining == 0
+    ]
+    if ready:
+        _queue(uow, _lock_tasks(TaskRun.id.in_(ready)))
+    refresh_status(workflow)
+    return True
+
+
+def fail(uow, task_id, celery_id, error, traceback=None):
+    """Record a failed attempt and cancel every task downstream of it.
+
+    :returns: whether the report was applied (``False`` for a stale one).
+    """
+    locked = _lock_running(task_id, celery_id)
+    if locked is None:
+        return False
+    workflow, task = locked
+    task.status = FAILURE.value
+    task.error = error
+    task.traceback = traceback
+    task.finished_at = utcnow()
+    dependants, _ = _edges(workflow.id)
+    downstream = _downstream([task.id], dependants)
+    if downstream:
+        _cancel(
+            uow,
+            _lock_tasks(TaskRun.id.in_(downstream)),
+            f"Cancelled: upstream task {task.name} (node {task.position}) failed.",
+        )
+    refresh_status(
+        workflow, f"Task {task.name} (node {task.position}) failed: {error}"
+    )
+    return True
+
+
+def retry(uow, task_id, celery_id, retries, reason, eta=None):
+    """Record that Celery will retry the running attempt (``running -> queued``).
+
+    :param retries: the retry count of the execution that asked for a retry.
+    :param eta: when the retry is due; the sweeper leaves it alone until then.
+    """
+    tasks = _lock_tasks(TaskRun.id == task_id)
+    if not tasks:
+        return False
+    task = tasks[0]
+    if (
+        task.celery_id != celery_id
+        or task.status != RUNNING.value
+        or task.retries != retries
+    ):
+        return False
+    task.status = QUEUED.value
+    task.message = f"Retry {retries + 1}: {reason}"
+    task.queued_at = eta or utcnow()
+    return True
+
+
+def report(uow, task_id, celery_id, message=None, progress=None):
+    """Record a running attempt's message and progress.
+
+    :returns: whether the attempt is still the current, running one.
+    """
+    tasks = _lock_tasks(TaskRun.id == task_id)
+    if not tasks:
+        return False
+    task = tasks[0]
+    if task.celery_id != celery_id or task.status != RUNNING.value:
+        return False
+    if message is not None:
+        task.message = message
+    if progress is not None:
+        task.progress = progress
+    return True
+
+
+def stop(uow, workflow_id):
+    """Cancel every non-terminal task of a run and revoke its attempts."""
+    workflow = lock_workflow(workflow_id)
+    tasks = _lock_tasks(
+        TaskRun.workflow_id == workflow.id,
+        TaskRun.status.notin_([s.value for s in TERMINAL_TASK_STATUSES]),
+    )
+    _cancel(uow, tasks, "Cancelled: the workflow was stopped.")
+    refresh_status(workflow, "Stopped.")
+    return workflow
+
+
+def stop_task(uow, task_id):
+    """Cancel one task (revoking its attempt) and everything downstream of it."""
+    workflow = lock_workflow(_task_workflow_id(task_id))
+    task = _lock_tasks(TaskRun.id == task_id)[0]
+    if TaskStatus(task.status) in TERMINAL_TASK_STATUSES:
+        return task
+    dependants, _ = _edges(workflow.id)
+    _cancel(uow, [task], "Cancelled: the task was stopped.")
+    downstream = _downstream([task.id], dependants)
+    if downstream:
+        _cancel(
+            uow,
+            _lock_tasks(TaskRun.id.in_(downstream)),
+            f"Cancelled: upstream task {task.name} (node {task.position}) was "
+            "stopped.",
+        )
+    refresh_status(workflow, f"Task {task.name} (node {task.position}) stopped.")
+    return task
+
+
+def restart(uow, workflow_id, data=None):
+    """Reset every task of a run to ``pending`` and start it again (same id)."""
+    workflow = lock_workflow(workflow_id)
+    _, dependencies = _edges(workflow.id)
+    tasks = _lock_tasks(TaskRun.workflow_id == workflow.id)
+    _cancel(uow, tasks, "Cancelled: the workflow was restarted.")
+    for task in tasks:
+        _reset(task, len(dependencies.get(task.id, ())))
+    if data:
+        workflow.data = {**workflow.data, **data}
+    workflow.status = WorkflowStatus.PENDING.value
+    workflow.message = None
+    workflow.finished_at = None
+    db.session.flush()
+    return start(uow, workflow.id)
+
+
+def restart_task(uow, task_id):
+    """Reset a task and everything downstream of it, and run them again.
+
+    Upstream tasks keep their results and are not re-run.
+
+    :raises InvalidStateError: when a task to reset depends on a task outside
+        the reset set that failed or was cancelled (restart that one instead).
+    """
+    workflow = lock_workflow(_task_workflow_id(task_id))
+    dependants, dependencies = _edges(workflow.id)
+    reset_ids = {task_id} | _downstream([task_id], dependants)
+    outside = set().union(*(dependencies.get(i, set()) for i in reset_ids)) - reset_ids
+    upstream = {t.id: t for t in TaskRun.query.filter(TaskRun.id.in_(outside))}
+    dead = [
+        t
+        for t in upstream.values()
+        if t.status in (FAILURE.value, CANCELLED.value)
+    ]
+    if dead:
+        names = ", ".join(f"{t.name} (node {t.position})" for t in dead)
+        raise InvalidStateError(
+            f"Cannot restart task {task_id}: upstream {names} did not succeed; "
+            "restart it instead."
+        )
+    tasks = _lock_tasks(TaskRun.id.in_(reset_ids))
+    _cancel(uow, tasks, "Cancelled: the task was restarted.")
+    for task in tasks:
+        deps = dependencies.get(task.id, set())
+        remaining = sum(
+            1
+            for dep in deps
+            if dep in reset_ids or upstream[dep].status != SUCCESS.value
+        )
+        _reset(task, remaining)
+    _queue(uow, [t for t in tasks if t.remaining == 0])
+    if workflow.started_at is None:
+        workflow.started_at = utcnow()
+    refresh_status(workflow, "Task restarted.")
+    return workflow

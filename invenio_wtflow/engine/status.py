@@ -1,0 +1,39 @@
+# SPDX-FileCopyrightText: 2026 invenio-wtflow authors.
+# SPDX-License-Identifier: MIT
+
+"""The rule that derives a workflow's status from its tasks' statuses."""
+
+from ..models import TaskStatus, WorkflowStatus
+
+
+def default_status(counts):
+    """Derive a workflow status from the number of tasks in each status.
+
+    The rule, first match wins:
+
+    1. any task ``failure``: ``failure``;
+    2. any task ``queued`` or ``running``: ``running``;
+    3. any task ``waiting``: ``waiting``;
+    4. every task ``success`` (or no task at all): ``success``;
+    5. any task ``cancelled`` and none left ``pending``: ``cancelled``
+       (the run was stopped);
+    6. every task ``pending``: ``pending``;
+    7. otherwise (some done, some not yet queued): ``running``.
+
+    :param counts: mapping of task status (string) to number of tasks.
+    """
+    count = {TaskStatus(k): v for k, v in counts.items() if v}
+    total = sum(count.values())
+    if count.get(TaskStatus.FAILURE):
+        return WorkflowStatus.FAILURE
+    if count.get(TaskStatus.QUEUED) or count.get(TaskStatus.RUNNING):
+        return WorkflowStatus.RUNNING
+    if count.get(TaskStatus.WAITING):
+        return WorkflowStatus.WAITING
+    if count.get(TaskStatus.SUCCESS, 0) == total:
+        return WorkflowStatus.SUCCESS
+    if count.get(TaskStatus.CANCELLED) and not count.get(TaskStatus.PENDING):
+        return WorkflowStatus.CANCELLED
+    if count.get(TaskStatus.PENDING) == total:
+        return WorkflowStatus.PENDING
+    return WorkflowStatus.RUNNING

@@ -1,0 +1,147 @@
+# SPDX-FileCopyrightText: 2026 invenio-wtflow authors.
+# SPDX-License-Identifier: MIT
+
+"""The Flask extension and the registry of workflow definitions."""
+
+import sqlite3
+
+from celery import Task
+from celery.canvas import Signature
+from invenio_base.utils import entry_points
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from werkzeug.utils import import_string
+
+from . import config
+from .errors import InvalidDefinitionError, UnknownWorkflowError
+
+ENTRY_POINT_GROUP = "invenio_wtflow.workflows"
+"""Entry point group through which packages register definitions by name."""
+
+
+class _WTFlowState:
+    """Per-application state: the registry of definitions."""
+
+    def __init__(self, app, entry_point_group=ENTRY_POINT_GROUP):
+        self.app = app
+        self.entry_point_group = entry_point_group
+        self._entries = None
+        self._classes = {}
+
+    @property
+    def entries(self):
+        """Registered definitions: name -> configuration dictionary."""
+        if self._entries is None:
+            entries = {}
+            if self.entry_point_group:
+                for ep in entry_points(group=self.entry_point_group):
+                    entries[ep.name] = {"definition": ep.load()}
+            for name, entry in self.app.config["WTFLOW_WORKFLOWS"].items():
+                entries[name] = (
+                    dict(entry) if isinstance(entry, dict) else {"definition": entry}
+                )
+            self._entries = entries
+        return self._entries
+
+    def register(self, name, definition, **options):
+        """Register a definition under ``name`` (replacing any previous one).
+
+        :param name: the workflow name.
+        :param definition: a canvas, a ``Workflow`` subclass, or an import
+            string to one of them.
+        :param options: other configuration (e.g. ``permission_factory``).
+        """
+        self.entries[name] = {"definition": definition, **options}
+        self._classes.pop(name, None)
+
+    def get_workflow_class(self, name):
+        """Return the ``Workflow`` subclass registered under ``name``.
+
+        :raises UnknownWorkflowError: when nothing is registered so.
+        :raises InvalidDefinitionError: when the definition is not a canvas or
+            a ``Workflow`` subclass.
+        """
+        if name in self._classes:
+            return self._classes[name]
+        entry = self.entries.get(name) if isinstance(name, str) else None
+        if entry is None or "definition" not in entry:
+            raise UnknownWorkflowError(name)
+        self._classes[name] = _as_workflow_class(name, entry["definition"])
+        return self._classes[name]
+
+    def workflow_class(self, name):
+        """Like :meth:`get_workflow_class`, but ``None`` when unavailable."""
+        try:
+            return self.get_workflow_class(name)
+        except (UnknownWorkflowError, InvalidDefinitionError):
+            return None
+
+
+def _as_workflow_class(name, definition):
+    """Turn a registered definition into a ``Workflow`` subclass."""
+    from .api import Workflow
+
+    if isinstance(definition, str):
+        try:
+            definition = import_string(definition)
+        except ImportError as exc:
+            raise InvalidDefinitionError(
+                f"Definition of workflow {name!r} cannot be imported: {exc}"
+            ) from exc
+    if isinstance(definition, type) and issubclass(definition, Workflow):
+        return definition
+    if isinstance(definition, (Signature, Task)):
+        return type(f"Workflow[{name}]", (Workflow,), {"definition": definition})
+    raise InvalidDefinitionError(
+        f"Definition of workflow {name!r} must be a Celery canvas or a Workflow "
+        f"subclass, not {definition!r}."
+    )
+
+
+class InvenioWTFlow:
+    """Invenio-WTFlow extension."""
+
+    def __init__(self, app=None, **kwargs):
+        """Extension initialization."""
+        if app:
+            self.init_app(app, **kwargs)
+
+    def init_app(self, app, entry_point_group=ENTRY_POINT_GROUP):
+        """Flask application initialization."""
+        self.init_config(app)
+        if app.config["WTFLOW_SQLITE_SERIALIZE"]:
+            serialise_sqlite_transactions()
+        state = _WTFlowState(app, entry_point_group=entry_point_group)
+        app.extensions["invenio-wtflow"] = state
+        return state
+
+    def init_config(self, app):
+        """Initialize configuration with the defaults of ``config.py``."""
+        for key in dir(config):
+            if key.startswith("WTFLOW_"):
+                app.config.setdefault(key, getattr(config, key))
+
+
+def _sqlite_connect(dbapi_connection, connection_record):
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        # Let SQLAlchemy, not the driver, decide where transactions begin.
+        dbapi_connection.isolation_level = None
+
+
+def _sqlite_begin(conn):
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def serialise_sqlite_transactions():
+    """Make every SQLite transaction real, and a writer from its first statement.
+
+    The sqlite3 driver starts transactions lazily, at the first write, which
+    breaks savepoints and lets two transactions read the same row before either
+    writes it. With ``BEGIN IMMEDIATE`` SQLite serialises writers, which is the
+    lock the orchestrator relies on where PostgreSQL has ``FOR UPDATE``.
+    Registered once per process, for SQLite engines only.
+    """
+    if not event.contains(Engine, "connect", _sqlite_connect):
+        event.listen(Engine, "connect", _sqlite_connect)
+        event.listen(Engine, "begin", _sqlite_begin)

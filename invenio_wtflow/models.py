@@ -1,0 +1,227 @@
+# SPDX-FileCopyrightText: 2026 invenio-wtflow authors.
+# SPDX-License-Identifier: MIT
+
+"""Database models for workflow runs, their tasks and the edges between them."""
+
+import enum
+import uuid
+from datetime import datetime, timezone
+
+from invenio_db import db
+from sqlalchemy.dialects import postgresql
+from sqlalchemy_utils.types import JSONType, UUIDType
+
+JSON = (
+    db.JSON()
+    .with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
+    .with_variant(JSONType(), "sqlite")
+    .with_variant(JSONType(), "mysql")
+)
+"""A JSON column type: JSONB on PostgreSQL, text-encoded JSON elsewhere."""
+
+
+def utcnow():
+    """Return the current time, timezone-aware in UTC."""
+    return datetime.now(tz=timezone.utc)
+
+
+class TaskStatus(str, enum.Enum):
+    """Status of one task run."""
+
+    PENDING = "pending"
+    QUEUED = "queued"
+    RUNNING = "running"
+    WAITING = "waiting"
+    SUCCESS = "success"
+    FAILURE = "failure"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self):
+        """Whether the status is final for the current attempt."""
+        return self in TERMINAL_TASK_STATUSES
+
+    def __str__(self):
+        """Return the value, as stored in the database."""
+        return self.value
+
+
+TERMINAL_TASK_STATUSES = frozenset(
+    {TaskStatus.SUCCESS, TaskStatus.FAILURE, TaskStatus.CANCELLED}
+)
+"""Statuses a task leaves only by being restarted."""
+
+ACTIVE_TASK_STATUSES = frozenset(
+    {TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.WAITING}
+)
+"""Statuses of a task whose attempt has been handed to Celery."""
+
+
+class WorkflowStatus(str, enum.Enum):
+    """Status of one workflow run, derived from its tasks."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    WAITING = "waiting"
+    SUCCESS = "success"
+    FAILURE = "failure"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self):
+        """Whether the run has finished (until it is restarted)."""
+        return self in (
+            WorkflowStatus.SUCCESS,
+            WorkflowStatus.FAILURE,
+            WorkflowStatus.CANCELLED,
+        )
+
+    def __str__(self):
+        """Return the value, as stored in the database."""
+        return self.value
+
+
+class WorkflowRun(db.Model, db.Timestamp):
+    """One execution of a workflow definition."""
+
+    __tablename__ = "wtflow_workflow"
+    __table_args__ = (db.UniqueConstraint("name", "key"),)
+    __versioned__ = {}
+
+    id = db.Column(UUIDType, primary_key=True, default=uuid.uuid4)
+    """Run identifier; kept across restarts."""
+
+    name = db.Column(db.String(255), nullable=False, index=True)
+    """Name under which the definition is registered."""
+
+    key = db.Column(db.String(255), nullable=True)
+    """Caller-chosen idempotency key, unique per definition name."""
+
+    data = db.Column(JSON, nullable=False, default=dict)
+    """Workflow data: keyword arguments for bare tasks, merged on start."""
+
+    status = db.Column(
+        db.String(16), nullable=False, default=WorkflowStatus.PENDING.value, index=True
+    )
+    """Status derived from the tasks (see :mod:`invenio_wtflow.engine.status`)."""
+
+    message = db.Column(db.Text, nullable=True)
+    """Human-readable reason for the current status (e.g. which task failed)."""
+
+    output = db.Column(JSON, nullable=True)
+    """Which task results make up the run's result (see ``engine.graph``)."""
+
+    root_id = db.Column(UUIDType, db.ForeignKey("wtflow_workflow.id"), nullable=True)
+    """Top workflow of a tree of parent/child runs (itself for a root)."""
+
+    created_by = db.Column(db.Integer, nullable=True, index=True)
+    """Identifier of the user who created the run, if any."""
+
+    started_at = db.Column(db.UTCDateTime, nullable=True)
+    """When the run was (last) started."""
+
+    finished_at = db.Column(db.UTCDateTime, nullable=True)
+    """When the run reached a terminal status."""
+
+    version_id = db.Column(db.Integer, nullable=False)
+    """Optimistic concurrency counter, also used as an ETag."""
+
+    __mapper_args__ = {"version_id_col": version_id}
+
+    tasks = db.relationship(
+        "TaskRun",
+        back_populates="workflow",
+        order_by="TaskRun.position",
+        foreign_keys="TaskRun.workflow_id",
+        lazy="select",
+    )
+
+
+class TaskRun(db.Model, db.Timestamp):
+    """One node of a workflow run."""
+
+    __tablename__ = "wtflow_task"
+    __table_args__ = (db.UniqueConstraint("workflow_id", "position"),)
+    __versioned__ = {"exclude": ["remaining"]}
+
+    id = db.Column(UUIDType, primary_key=True, default=uuid.uuid4)
+    """Task run identifier; kept across attempts."""
+
+    workflow_id = db.Column(
+        UUIDType, db.ForeignKey("wtflow_workflow.id"), nullable=False, index=True
+    )
+    """Workflow run this task belongs to."""
+
+    position = db.Column(db.Integer, nullable=False)
+    """Position of the node in graph order (depth first, left to right)."""
+
+    name = db.Column(db.String(255), nullable=False)
+    """Registered Celery task name."""
+
+    signature = db.Column(JSON, nullable=False, default=dict)
+    """Partial arguments, options and input wiring compiled from the definition."""
+
+    status = db.Column(
+        db.String(16), nullable=False, default=TaskStatus.PENDING.value, index=True
+    )
+    """Current status of the task (see :class:`TaskStatus`)."""
+
+    attempt = db.Column(db.Integer, nullable=False, default=0)
+    """Number of attempts dispatched so far; each one has its own Celery id."""
+
+    celery_id = db.Column(db.String(36), nullable=True, unique=True)
+    """Celery task id of the current attempt."""
+
+    retries = db.Column(db.Integer, nullable=False, default=0)
+    """Celery retries within the current attempt."""
+
+    remaining = db.Column(db.Integer, nullable=False, default=0)
+    """Number of upstream tasks not yet successful (the join counter)."""
+
+    message = db.Column(db.Text, nullable=True)
+    """Last message reported by the task, or the reason for its status."""
+
+    progress = db.Column(db.Float, nullable=True)
+    """Last progress reported by the task, between 0 and 1."""
+
+    result = db.Column(JSON, nullable=True)
+    """JSON result of the last successful attempt."""
+
+    error = db.Column(db.Text, nullable=True)
+    """Exception of the last failed attempt, as ``Type: message``."""
+
+    traceback = db.Column(db.Text, nullable=True)
+    """Traceback of the last failed attempt."""
+
+    queued_at = db.Column(db.UTCDateTime, nullable=True)
+    """When the current attempt was queued (or is due, for a Celery retry)."""
+
+    started_at = db.Column(db.UTCDateTime, nullable=True)
+    """When the current attempt started running."""
+
+    finished_at = db.Column(db.UTCDateTime, nullable=True)
+    """When the current attempt reached a terminal status."""
+
+    workflow = db.relationship(
+        WorkflowRun, back_populates="tasks", foreign_keys=[workflow_id]
+    )
+
+
+class TaskDependency(db.Model):
+    """An edge of the graph: ``task`` runs after ``depends_on`` succeeded."""
+
+    __tablename__ = "wtflow_task_dependency"
+
+    task_id = db.Column(
+        UUIDType, db.ForeignKey("wtflow_task.id"), primary_key=True, nullable=False
+    )
+    """The downstream task."""
+
+    depends_on_id = db.Column(
+        UUIDType,
+        db.ForeignKey("wtflow_task.id"),
+        primary_key=True,
+        nullable=False,
+        index=True,
+    )
+    """The upstream task."""

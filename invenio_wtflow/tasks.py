@@ -1,0 +1,274 @@
+# SPDX-FileCopyrightText: 2026 invenio-wtflow authors.
+# SPDX-License-Identifier: MIT
+
+"""The ``@workflow_task`` decorator, its Celery base class and the sweeper task.
+
+A workflow task is an ordinary Celery task. When a message carries the
+``wtflow_task`` header (the engine published it), the base class claims the
+attempt in the database, builds the call's arguments from the stored graph
+(upstream results, partial arguments, workflow data), runs the body and
+records the outcome, queueing what becomes ready; the messages of newly ready
+tasks are published after that commit. Without the header (a direct call or a
+plain ``delay()``) it behaves exactly like a plain Celery task and writes
+nothing.
+"""
+
+import logging
+import traceback
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from numbers import Number
+
+from celery import shared_task
+from celery._state import _task_stack
+from celery.exceptions import Retry
+from celery.local import Proxy
+from flask import has_app_context
+from flask_celeryext import AppContextTask
+from invenio_db import db
+
+from .engine import orchestrator
+from .engine.dispatch import HEADER
+from .engine.dispatch import requeue_stale as _requeue_stale
+from .engine.graph import BARE_OPTION, call_arguments, ensure_json, resolve
+from .models import TaskRun
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Execution:
+    """What the running attempt knows about its place in the workflow."""
+
+    task_run_id: str
+    celery_id: str
+    workflow_id: str
+    position: int
+    args: tuple
+    kwargs: dict
+
+
+def _task_run_id(request):
+    """Return the task run id a message belongs to, or ``None``."""
+    headers = request.headers or {}
+    return headers.get(HEADER) or getattr(request, HEADER, None)
+
+
+def _eta(when):
+    """Turn a :class:`~celery.exceptions.Retry`'s ``when`` into a datetime."""
+    now = datetime.now(tz=timezone.utc)
+    if isinstance(when, datetime):
+        return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    if isinstance(when, Number):
+        return now + timedelta(seconds=when)
+    return now
+
+
+class WorkflowTask(AppContextTask):
+    """Celery base class of the tasks a workflow runs.
+
+    Subclasses flask-celeryext's ``AppContextTask`` so that the body runs in
+    the Flask application context, as every Invenio task does.
+    """
+
+    abstract = True
+
+    def __call__(self, *args, **kwargs):
+        """Run as a workflow step when the engine sent the message."""
+        task_run_id = _task_run_id(self.request)
+        if task_run_id is None:
+            return super().__call__(*args, **kwargs)
+        if has_app_context():
+            return self._run_step(task_run_id)
+        with self.app.flask_app.app_context():
+            return self._run_step(task_run_id)
+
+    def __ror__(self, other):
+        """Let a bare task follow a canvas: ``group(a, b) | publish``."""
+        return other | self.bare()
+
+    def __or__(self, other):
+        """Let a bare task start a chain: ``extract | group(a, b)``."""
+        return self.bare() | other
+
+    def bare(self):
+        """Signature of this task that receives the workflow data as kwargs."""
+        return self.si().set(**{BARE_OPTION: True})
+
+    def _run_step(self, task_run_id):
+        """Claim the attempt, run the body, record the outcome."""
+        request = self.request
+        execution = orchestrator.atomic(
+            _claim, task_run_id, request.id, request.retries or 0, self.run
+        )
+        if execution is None:
+            logger.info(
+                "Attempt %s of task run %s is not current; ignoring this delivery.",
+                request.id,
+                task_run_id,
+            )
+            return None
+        request.wtflow = execution
+        _task_stack.push(self)
+        try:
+            result = self.run(*execution.args, **execution.kwargs)
+            ensure_json(result, f"Result of task {self.name}")
+        except Retry as exc:
+            db.session.rollback()
+            orchestrator.atomic(
+                orchestrator.retry,
+                task_run_id,
+                request.id,
+                request.retries or 0,
+                str(exc.exc if exc.exc is not None else exc),
+                _eta(exc.when),
+            )
+            raise
+        except Exception as exc:
+            db.session.rollback()
+            orchestrator.atomic(
+                orchestrator.fail,
+                task_run_id,
+                request.id,
+                f"{type(exc).__name__}: {exc}",
+                traceback.format_exc(),
+            )
+            raise
+        finally:
+            _task_stack.pop()
+        orchestrator.atomic(orchestrator.succeed, task_run_id, request.id, result)
+        return result
+
+    #
+    # What a bound task's body can use
+    #
+    @property
+    def execution(self):
+        """The current :class:`Execution`, or ``None`` outside a workflow."""
+        return getattr(self.request, "wtflow", None)
+
+    def _require_execution(self):
+        execution = self.execution
+        if execution is None:
+            raise RuntimeError(
+                f"Task {self.name} is not running as part of a workflow."
+            )
+        return execution
+
+    @property
+    def workflow(self):
+        """The :class:`~invenio_wtflow.api.Workflow` this attempt belongs to."""
+        from .api import Workflow
+
+        return Workflow.get(self._require_execution().workflow_id)
+
+    def update_status(self, message=None, progress=None):
+        """Record a message and/or progress (0..1) for the running attempt.
+
+        The change is committed at once (together with anything the body left
+        pending in the session), so that watchers see it while the task runs.
+
+        :param message: a short human-readable message.
+        :param progress: a number between 0 and 1.
+        :returns: whether the attempt is still current (``False`` once stopped).
+        """
+        execution = self._require_execution()
+        if progress is not None and not 0 <= progress <= 1:
+            raise ValueError(f"progress must be between 0 and 1, not {progress!r}")
+        return orchestrator.atomic(
+            orchestrator.report,
+            execution.task_run_id,
+            execution.celery_id,
+            message,
+            progress,
+        )
+
+    def results(self, name):
+        """Return the stored result of another task of the same workflow.
+
+        :param name: the task's registered name, or its last dotted part
+            (``"extract_metadata"`` for ``my_site.tasks.extract_metadata``).
+        :raises LookupError: when no task, or more than one, has that name.
+        """
+        execution = self._require_execution()
+        rows = (
+            db.session.query(TaskRun.name, TaskRun.position, TaskRun.result)
+            .filter(TaskRun.workflow_id == execution.workflow_id)
+            .order_by(TaskRun.position)
+            .all()
+        )
+        found = [r for r in rows if name in (r.name, r.name.rsplit(".", 1)[-1])]
+        if len(found) != 1:
+            raise LookupError(
+                f"{len(found)} tasks named {name!r} in workflow "
+                f"{execution.workflow_id}; expected exactly one."
+            )
+        return found[0].result
+
+
+def _claim(uow, task_run_id, celery_id, retries, func):
+    """Claim an attempt and compute its arguments, in one transaction."""
+    task = orchestrator.claim(uow, task_run_id, celery_id, retries)
+    if task is None:
+        return None
+    signature = task.signature
+    ref = signature.get("input")
+    incoming = resolve(ref, orchestrator.inputs(task)) if ref is not None else None
+    args, kwargs = call_arguments(func, signature, incoming, task.workflow.data)
+    return Execution(
+        task_run_id=str(task.id),
+        celery_id=celery_id,
+        workflow_id=str(task.workflow_id),
+        position=task.position,
+        args=tuple(args),
+        kwargs=kwargs,
+    )
+
+
+def workflow_task(*args, **options):
+    """Declare a Celery task that workflows can run.
+
+    Use it bare (``@workflow_task``) or with any Celery task option
+    (``@workflow_task(bind=True, max_retries=3, queue="video")``). The task is
+    a shared task, so it binds to the Invenio Celery application. Outside a
+    workflow it is a plain Celery task.
+
+    :param options: Celery task options.
+    """
+    options.setdefault("base", WorkflowTask)
+    if not issubclass(options["base"], WorkflowTask):
+        raise TypeError("The base of a workflow task must subclass WorkflowTask.")
+
+    def decorate(func):
+        proxy = shared_task(**options)(func)
+        return _WorkflowTaskProxy(proxy._get_current_object)
+
+    if len(args) == 1 and callable(args[0]):
+        return decorate(args[0])
+    if args:
+        raise TypeError("workflow_task takes only keyword options.")
+    return decorate
+
+
+class _WorkflowTaskProxy(Proxy):
+    """Lazy proxy to a shared workflow task that also supports ``canvas | task``.
+
+    Python looks up reflected operators on the type, which Celery's proxy lacks.
+    """
+
+    __slots__ = ()
+
+    def __ror__(self, other):
+        return self._get_current_object().__ror__(other)
+
+
+@shared_task(ignore_result=True)
+def requeue_stale():
+    """Publish again the attempts left queued too long (run it from beat)."""
+    count = _requeue_stale()
+    if count:
+        logger.warning("Re-published %d stale attempt(s).", count)
+    return count
+
+
+__all__ = ("WorkflowTask", "workflow_task", "requeue_stale")

@@ -1,0 +1,51 @@
+# SPDX-FileCopyrightText: 2026 invenio-wtflow authors.
+# SPDX-License-Identifier: MIT
+
+"""A light Invenio application for the tests and the test worker."""
+
+from flask import Flask
+from flask_celeryext import FlaskCeleryExt
+from invenio_db import InvenioDB
+
+from invenio_wtflow import InvenioWTFlow
+
+
+def create_test_app(**config):
+    """Create a Flask app with only the extensions invenio-wtflow needs.
+
+    :param config: configuration overriding the defaults.
+    """
+    app = Flask("testapp")
+    app.config.update(
+        SECRET_KEY="test",
+        TESTING=True,
+        DB_VERSIONING_USER_MODEL=None,
+        SQLALCHEMY_TRACK_MODIFICATIONS=False,
+        CELERY_TASK_ALWAYS_EAGER=True,
+        CELERY_TASK_EAGER_PROPAGATES=True,
+        CELERY_RESULT_BACKEND="cache",
+        CELERY_CACHE_BACKEND="memory",
+        WTFLOW_WORKFLOWS=EXAMPLE_WORKFLOWS,
+    )
+    app.config.update(config)
+    if app.config.get("CELERY_TASK_EAGER_PROPAGATES_EXCEPTIONS") is not None:
+        # pytest-invenio sets a key flask-celeryext does not map.
+        app.config["CELERY_TASK_EAGER_PROPAGATES"] = True
+    FlaskCeleryExt(app)
+    InvenioDB(app)
+    InvenioWTFlow(app)
+    from . import example_tasks  # noqa: F401 - registers the tasks
+
+    return app
+
+
+EXAMPLE_WORKFLOWS = {
+    "video": {"definition": "tests.example_tasks:VideoProcessing"},
+    "add-chain": {"definition": "tests.example_tasks:add_chain"},
+    "fan-out": {"definition": "tests.example_tasks:fan_out"},
+    "flaky": {"definition": "tests.example_tasks:flaky_workflow"},
+    "failing": {"definition": "tests.example_tasks:failing_workflow"},
+    "slow": {"definition": "tests.example_tasks:slow_workflow"},
+    "join": {"definition": "tests.example_tasks:JoinWorkflow"},
+}
+"""Definitions registered in every test application."""

@@ -1,0 +1,133 @@
+# SPDX-FileCopyrightText: 2026 invenio-wtflow authors.
+# SPDX-License-Identifier: MIT
+
+"""Workflow tasks and definitions used by the tests (and the test worker)."""
+
+import os
+import time
+
+from celery import chain, chord, group
+
+from invenio_wtflow import Workflow, workflow_task
+
+
+@workflow_task
+def add(x, y):
+    """Return the sum of two numbers."""
+    return x + y
+
+
+@workflow_task
+def mul(x, y):
+    """Return the product of two numbers."""
+    return x * y
+
+
+@workflow_task
+def tsum(numbers):
+    """Return the sum of a list of numbers."""
+    return sum(numbers)
+
+
+@workflow_task
+def echo(*args, **kwargs):
+    """Return the positional arguments as a list (and kwargs if any)."""
+    return [list(args), kwargs] if kwargs else list(args)
+
+
+@workflow_task(bind=True)
+def extract_metadata(self, video_id):
+    """Pretend to extract metadata of a video."""
+    self.update_status(message="probing", progress=0.5)
+    return {"video_id": video_id, "duration": 42}
+
+
+@workflow_task
+def extract_frames(video_id):
+    """Pretend to extract frames of a video."""
+    return {"video_id": video_id, "frames": 3}
+
+
+@workflow_task(bind=True)
+def transcode(self, extracted, video_id, quality):
+    """Pretend to transcode a video, reading an upstream result."""
+    metadata = self.results("extract_metadata")
+    return {"video_id": video_id, "quality": quality, "seen": len(extracted),
+            "duration": metadata["duration"]}
+
+
+@workflow_task
+def publish(video_id):
+    """Pretend to publish a video."""
+    return f"published {video_id}"
+
+
+@workflow_task(bind=True, max_retries=3, default_retry_delay=0)
+def flaky(self, counter_file):
+    """Fail the first time (per counter file), then succeed."""
+    count = int(open(counter_file).read()) if os.path.exists(counter_file) else 0
+    with open(counter_file, "w") as fp:
+        fp.write(str(count + 1))
+    if count == 0:
+        raise self.retry(exc=RuntimeError("first try fails"), countdown=0)
+    return count + 1
+
+
+@workflow_task
+def boom(*args):
+    """Always fail."""
+    raise ValueError("boom")
+
+
+@workflow_task
+def sleepy(seconds):
+    """Sleep, then return the number of seconds slept."""
+    time.sleep(seconds)
+    return seconds
+
+
+@workflow_task
+def record(*upstream, name, marker_dir):
+    """Append a mark to a file per name, to count executions across processes."""
+    with open(os.path.join(marker_dir, name), "a") as fp:
+        fp.write("x")
+    return name
+
+
+class VideoProcessing(Workflow):
+    """The seed's example: a fan-out, a join, then publication."""
+
+    definition = chain(
+        group(extract_metadata, extract_frames),
+        transcode.s(quality="720p"),
+        publish,
+    )
+
+
+add_chain = chain(add.s(1, 2), add.s(3), mul.s(10))
+"""``(1 + 2 + 3) * 10``."""
+
+fan_out = chord([add.s(i, i) for i in range(5)], tsum.s())
+"""``sum(2 * i for i < 5)``."""
+
+flaky_workflow = chain(flaky.si(), add.si(1, 1))
+"""A task retried once by Celery, then a follower."""
+
+failing_workflow = chain(add.s(1, 1), boom.s(), group(add.s(1), add.s(2)), tsum.s())
+"""The second task fails: everything after it must be cancelled."""
+
+slow_workflow = chain(sleepy.si(30), add.si(1, 1))
+"""A long first task, to stop while it runs."""
+
+
+JOIN_WIDTH = 200
+"""Width of the group in :class:`JoinWorkflow`."""
+
+
+class JoinWorkflow(Workflow):
+    """A wide group joined by one task (``marker_dir`` comes from the data)."""
+
+    definition = chain(
+        group(record.s(name=f"member-{i}") for i in range(JOIN_WIDTH)),
+        record.s(name="join"),
+    )

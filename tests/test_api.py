@@ -1,0 +1,255 @@
+# SPDX-FileCopyrightText: 2026 invenio-wtflow authors.
+# SPDX-License-Identifier: MIT
+
+"""The Python API in eager mode, as Invenio sites test."""
+
+import uuid
+
+import pytest
+from celery import chain
+
+from invenio_wtflow import Workflow, current_wtflow
+from invenio_wtflow.api import Task
+from invenio_wtflow.engine import dispatch
+from invenio_wtflow.errors import (
+    InvalidDataError,
+    InvalidDefinitionError,
+    InvalidStateError,
+    TaskNotFoundError,
+    UnknownWorkflowError,
+    WorkflowNotFoundError,
+)
+from invenio_wtflow.models import TaskDependency, TaskRun, WorkflowRun
+
+from .example_tasks import add, record
+
+
+def statuses(wf):
+    """Return the statuses of a run's tasks in graph order."""
+    return [t.status for t in Workflow.get(wf.id).tasks]
+
+
+def count_rows(db):
+    """Return the number of workflow and task rows."""
+    return WorkflowRun.query.count(), TaskRun.query.count()
+
+
+def test_create_writes_every_task_pending_before_anything_runs(app, db):
+    wf = Workflow.create("video", data={"video_id": 1})
+    assert wf.status == "pending"
+    assert [t.name.rsplit(".", 1)[-1] for t in wf.tasks] == [
+        "extract_metadata",
+        "extract_frames",
+        "transcode",
+        "publish",
+    ]
+    assert statuses(wf) == ["pending"] * 4
+    assert TaskDependency.query.count() == 3
+    assert type(wf).__name__ == "VideoProcessing"
+
+
+def test_video_workflow_runs_end_to_end(app, db):
+    wf = Workflow.create("video", data={"video_id": 1})
+    wf.start(video_id=7)
+    assert wf.status == "success"
+    assert wf.data == {"video_id": 7}
+    tasks = wf.tasks
+    assert tasks[0].result == {"video_id": 7, "duration": 42}
+    assert tasks[0].message == "probing"
+    assert tasks[2].result == {
+        "video_id": 7,
+        "quality": "720p",
+        "seen": 2,
+        "duration": 42,
+    }
+    assert wf.result == "published 7"
+    assert [t.attempt for t in tasks] == [1, 1, 1, 1]
+
+
+def test_results_follow_celery_semantics(app, db):
+    assert Workflow.create("add-chain").start().result == 60
+    assert Workflow.create("fan-out").start().result == 20
+
+
+def test_idempotent_create_with_key(app, db):
+    first = Workflow.create("add-chain", key="deposit-1")
+    again = Workflow.create("add-chain", data={"other": 1}, key="deposit-1")
+    assert again.id == first.id
+    assert count_rows(db) == (1, 3)
+    assert Workflow.create("add-chain", key="deposit-2").id != first.id
+
+
+def test_history_records_every_status_change(app, db):
+    wf = Workflow.create("add-chain").start()
+    assert [h["status"] for h in wf.tasks[0].history()] == [
+        "pending",
+        "queued",
+        "running",
+        "success",
+    ]
+    assert [h["status"] for h in wf.history()][0] == "pending"
+    assert wf.history()[-1]["status"] == "success"
+    video = Workflow.create("video", data={"video_id": 1}).start()
+    messages = [h["message"] for h in video.tasks[0].history()]
+    assert "probing" in messages
+
+
+def test_failure_cancels_downstream_and_fails_the_workflow(app, db):
+    wf = Workflow.create("failing").start()
+    assert wf.status == "failure"
+    assert statuses(wf) == [
+        "success",
+        "failure",
+        "cancelled",
+        "cancelled",
+        "cancelled",
+    ]
+    failed = wf.tasks[1]
+    assert failed.error == "ValueError: boom"
+    assert "Traceback" in failed.model.traceback
+    assert "boom" in wf.message
+    assert all("upstream task" in t.message for t in wf.tasks[2:])
+
+
+def test_celery_retry_is_recorded_and_succeeds(app, db, tmp_path):
+    wf = Workflow.create("flaky", data={"counter_file": str(tmp_path / "c")})
+    wf.start()
+    assert wf.status == "success"
+    flaky = wf.tasks[0]
+    assert flaky.result == 2
+    assert flaky.model.retries == 1
+    assert flaky.attempt == 1
+    assert "queued" in [h["status"] for h in flaky.history()][2:]
+
+
+def test_restart_task_reruns_it_and_downstream_only(app, db, tmp_path):
+    current_wtflow.register(
+        "marks",
+        chain(
+            record.si(name="a"), record.si(name="b"), record.si(name="c")
+        ),
+    )
+    wf = Workflow.create("marks", data={"marker_dir": str(tmp_path)}).start()
+    assert wf.status == "success"
+    Task.get(wf.tasks[1].id).restart()
+    wf = Workflow.get(wf.id)
+    assert wf.status == "success"
+    assert [(tmp_path / n).read_text() for n in "abc"] == ["x", "xx", "xx"]
+    assert [t.attempt for t in wf.tasks] == [1, 2, 2]
+
+
+def test_restart_workflow_keeps_id_and_merges_data(app, db, tmp_path):
+    wf = Workflow.create("video", data={"video_id": 1, "keep": True}).start()
+    wf.restart(video_id=2)
+    again = Workflow.get(wf.id)
+    assert again.id == wf.id and again.status == "success"
+    assert again.data == {"video_id": 2, "keep": True}
+    assert again.result == "published 2"
+    assert [t.attempt for t in again.tasks] == [2, 2, 2, 2]
+    assert WorkflowRun.query.count() == 1
+
+
+def test_restart_of_failed_task_after_fix(app, db):
+    wf = Workflow.create("failing").start()
+    with pytest.raises(InvalidStateError, match="did not succeed"):
+        Task.get(wf.tasks[2].id).restart()
+    assert statuses(wf)[2] == "cancelled"
+
+
+def test_stop_cancels_everything_unfinished(app, db, monkeypatch):
+    sent = []
+    monkeypatch.setattr(dispatch, "_send", sent.append)
+    wf = Workflow.create("add-chain").start()
+    assert statuses(wf) == ["queued", "pending", "pending"]
+    stale = sent[0]
+    wf.stop()
+    assert wf.status == "cancelled"
+    assert statuses(wf) == ["cancelled"] * 3
+    versions = len(wf.tasks[0].history())
+    monkeypatch.undo()
+    dispatch.publish([stale])  # a late delivery of the revoked attempt
+    assert statuses(wf) == ["cancelled"] * 3
+    assert len(Workflow.get(wf.id).tasks[0].history()) == versions
+
+
+def test_duplicate_and_stale_deliveries_are_ignored(app, db, tmp_path):
+    current_wtflow.register("one-mark", record.si(name="m"))
+    wf = Workflow.create("one-mark", data={"marker_dir": str(tmp_path)}).start()
+    task = wf.tasks[0]
+    first = dispatch.Message.for_task(task.model)
+    dispatch.publish([first])  # the same message delivered twice
+    assert (tmp_path / "m").read_text() == "x"
+    Task.get(task.id).restart()
+    assert (tmp_path / "m").read_text() == "xx"
+    versions = len(Task.get(task.id).history())
+    dispatch.publish([first])  # an old attempt's message after a restart
+    assert (tmp_path / "m").read_text() == "xx"
+    assert len(Task.get(task.id).history()) == versions
+    assert Task.get(task.id).attempt == 2
+
+
+def test_sweeper_publishes_what_a_crash_left_queued(app, db, monkeypatch):
+    monkeypatch.setattr(dispatch, "_send", lambda message: None)  # lost publish
+    wf = Workflow.create("add-chain").start()
+    assert statuses(wf) == ["queued", "pending", "pending"]
+    monkeypatch.undo()
+    assert dispatch.requeue_stale(older_than=3600) == 0
+    assert dispatch.requeue_stale(older_than=0) == 1
+    assert Workflow.get(wf.id).status == "success"
+    assert Workflow.get(wf.id).result == 60
+
+
+def test_plain_calls_write_nothing(app, db):
+    assert add(1, 2) == 3
+    assert add.delay(2, 3).get() == 5
+    assert chain(add.s(1, 1), add.s(1)).apply_async().get() == 3
+    assert count_rows(db) == (0, 0)
+
+
+def test_custom_status_rule(app, db):
+    class Lenient(Workflow):
+        definition = chain(add.si(1, 1), add.si(2, 2))
+
+        def compute_status(self, counts):
+            return "success" if counts.get("success") else "pending"
+
+    current_wtflow.register("lenient", Lenient)
+    wf = Workflow.create("lenient")
+    Task.get(wf.tasks[0].id)
+    wf.start()
+    assert isinstance(wf, Lenient) and wf.status == "success"
+
+
+@pytest.mark.parametrize(
+    "call, error",
+    [
+        (lambda: Workflow.create("nope"), UnknownWorkflowError),
+        (lambda: Workflow.create("add-chain", data={"x": object()}), InvalidDataError),
+        (lambda: Workflow.create("add-chain", data=[1]), InvalidDataError),
+        (lambda: Workflow.create("add-chain", key=""), InvalidDataError),
+        (lambda: Workflow.get(uuid.uuid4()), WorkflowNotFoundError),
+        (lambda: Workflow.get("not-a-uuid"), WorkflowNotFoundError),
+        (lambda: Task.get(uuid.uuid4()), TaskNotFoundError),
+    ],
+)
+def test_bad_input_raises_and_writes_nothing(app, db, call, error):
+    with pytest.raises(error):
+        call()
+    assert count_rows(db) == (0, 0)
+
+
+def test_invalid_definition_is_rejected(app, db):
+    current_wtflow.register("broken", {"not": "a canvas"})
+    current_wtflow.register("missing", "tests.example_tasks:nothing_here")
+    for name in ("broken", "missing"):
+        with pytest.raises(InvalidDefinitionError):
+            Workflow.create(name)
+    assert count_rows(db) == (0, 0)
+
+
+def test_start_twice_is_an_error(app, db):
+    wf = Workflow.create("add-chain").start()
+    before = len(wf.history())
+    with pytest.raises(InvalidStateError, match="only a pending run"):
+        wf.start()
+    assert len(Workflow.get(wf.id).history()) == before
