@@ -139,6 +139,18 @@ class WorkflowTask(AppContextTask):
         orchestrator.atomic(orchestrator.succeed, task_run_id, request.id, result)
         return result
 
+    def retry(self, args=None, kwargs=None, *more, **options):
+        """Retry like Celery; inside a workflow, with the attempt's arguments.
+
+        The engine's messages carry no arguments (they are computed from the
+        database when the attempt is claimed), so the retry message gets the
+        computed ones, which keeps Celery's argument check happy.
+        """
+        execution = self.execution
+        if execution is not None and args is None and kwargs is None:
+            args, kwargs = execution.args, execution.kwargs
+        return super().retry(args, kwargs, *more, **options)
+
     #
     # What a bound task's body can use
     #

@@ -116,8 +116,8 @@ flaky_workflow = chain(flaky.si(), add.si(1, 1))
 failing_workflow = chain(add.s(1, 1), boom.s(), group(add.s(1), add.s(2)), tsum.s())
 """The second task fails: everything after it must be cancelled."""
 
-slow_workflow = chain(sleepy.si(30), add.si(1, 1))
-"""A long first task, to stop while it runs."""
+slow_workflow = chain(sleepy.si(), add.si(1, 1))
+"""A long first task (``seconds`` from the data), to stop while it runs."""
 
 
 JOIN_WIDTH = 200

@@ -1,0 +1,262 @@
+# SPDX-FileCopyrightText: 2026 invenio-wtflow authors.
+# SPDX-License-Identifier: MIT
+
+"""The engine with a real Celery worker (prefork, 4 processes) on PostgreSQL.
+
+Selected when ``SQLALCHEMY_DATABASE_URI`` points to PostgreSQL and
+``WTFLOW_TEST_BROKER_URL`` to a broker (Redis in CI).
+"""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from invenio_db import db as _db
+
+from invenio_wtflow import Workflow
+from invenio_wtflow.api import Task
+from invenio_wtflow.engine import dispatch
+from invenio_wtflow.models import TaskRun, WorkflowRun
+
+from .example_tasks import JOIN_WIDTH
+
+BROKER_URL = os.environ.get("WTFLOW_TEST_BROKER_URL")
+DB_URI = os.environ.get("SQLALCHEMY_DATABASE_URI", "")
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        not (BROKER_URL and DB_URI.startswith("postgresql")),
+        reason="needs SQLALCHEMY_DATABASE_URI (PostgreSQL) and WTFLOW_TEST_BROKER_URL",
+    ),
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+CONCURRENCY = 4
+TERMINAL = {"success", "failure", "cancelled"}
+
+
+@pytest.fixture(scope="module")
+def broker_uri():
+    """The broker the worker consumes from."""
+    return BROKER_URL
+
+
+@pytest.fixture(scope="module")
+def celery_config_ext(celery_config_ext):
+    """Publish for real instead of running tasks eagerly."""
+    celery_config_ext["CELERY_TASK_ALWAYS_EAGER"] = False
+    celery_config_ext["CELERY_RESULT_BACKEND"] = None
+    return celery_config_ext
+
+
+@pytest.fixture(scope="module")
+def worker(app, tmp_path_factory):
+    """Start a prefork worker with several processes; stop it at the end."""
+    celery = app.extensions["flask-celeryext"].celery
+    celery.control.purge()
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    env = dict(
+        os.environ,
+        SQLALCHEMY_DATABASE_URI=DB_URI,
+        WTFLOW_TEST_BROKER_URL=BROKER_URL,
+        PYTHONPATH=str(ROOT),
+    )
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "tests.worker:celery",
+                "worker",
+                "--pool=prefork",
+                f"--concurrency={CONCURRENCY}",
+                "--loglevel=INFO",
+                "--without-gossip",
+                "--without-mingle",
+                "--prefetch-multiplier=1",
+                "-n",
+                f"wtflow-test-{os.getpid()}@%h",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 60
+    while not celery.control.ping(timeout=0.5):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"worker did not start:\n{log.read_text()[-3000:]}")
+    yield proc
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:  # pragma: no cover
+        proc.kill()
+
+
+@pytest.fixture()
+def clean(app):
+    """Leave no rows behind (the worker commits for real)."""
+    yield
+    _db.session.rollback()
+    for table in (
+        "wtflow_task_dependency",
+        "wtflow_task_version",
+        "wtflow_workflow_version",
+        "wtflow_task",
+        "wtflow_workflow",
+        "transaction",
+    ):
+        _db.session.execute(_db.text(f"DELETE FROM {table}"))
+    _db.session.commit()
+
+
+def wait(workflow_ids, timeout=120, until=TERMINAL):
+    """Poll until every run's status is in ``until``; return the runs."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _db.session.rollback()
+        _db.session.expire_all()
+        runs = [Workflow.get(i) for i in workflow_ids]
+        if all(r.status in until for r in runs):
+            return runs
+        if time.monotonic() > deadline:
+            pytest.fail(f"timeout: {[(r.name, r.status) for r in runs]}")
+        time.sleep(0.2)
+
+
+def wait_task(task_id, status, timeout=60):
+    """Poll until a task has a status."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _db.session.rollback()
+        if Task.get(task_id).status == status:
+            return
+        time.sleep(0.1)
+    pytest.fail(f"task {task_id} never became {status}")
+
+
+def test_video_workflow(worker, clean):
+    wf = Workflow.create("video", data={"video_id": 3}).start()
+    (wf,) = wait([wf.id])
+    assert wf.status == "success", [(t.name, t.status, t.error) for t in wf.tasks]
+    assert wf.result == "published 3"
+    for task in wf.tasks:
+        assert [h["status"] for h in task.history()] == [
+            "pending",
+            "queued",
+            "running",
+            "success",
+        ] or task.position == 0  # extract_metadata also reports a message
+
+
+def test_failure_propagates(worker, clean):
+    wf = Workflow.create("failing").start()
+    (wf,) = wait([wf.id])
+    assert wf.status == "failure"
+    assert [t.status for t in wf.tasks] == [
+        "success",
+        "failure",
+        "cancelled",
+        "cancelled",
+        "cancelled",
+    ]
+
+
+def test_celery_retry(worker, clean, tmp_path):
+    wf = Workflow.create("flaky", data={"counter_file": str(tmp_path / "c")})
+    (wf,) = wait([wf.start().id])
+    assert wf.status == "success", [(t.status, t.error) for t in wf.tasks]
+    assert wf.tasks[0].result == 2 and wf.tasks[0].model.retries == 1
+
+
+def test_stop_while_running_ignores_the_late_result(worker, clean):
+    wf = Workflow.create("slow", data={"seconds": 2}).start()
+    first = wf.tasks[0]
+    wait_task(first.id, "running")
+    wf.stop()
+    assert [t.status for t in Workflow.get(wf.id).tasks] == ["cancelled"] * 2
+    time.sleep(3)  # the body finishes and reports; nothing may change
+    _db.session.rollback()
+    wf = Workflow.get(wf.id)
+    assert wf.status == "cancelled"
+    assert [t.status for t in wf.tasks] == ["cancelled"] * 2
+    assert "success" not in [h["status"] for h in wf.tasks[0].history()]
+
+
+def test_restart_task_with_a_worker(worker, clean, tmp_path):
+    wf = Workflow.create("join", data={"marker_dir": str(tmp_path)}).start()
+    (wf,) = wait([wf.id])
+    assert wf.status == "success"
+    Task.get(wf.tasks[3].id).restart()
+    (wf,) = wait([wf.id])
+    assert wf.status == "success"
+    assert (tmp_path / "member-3").read_text() == "xx"
+    assert (tmp_path / "member-4").read_text() == "x"
+    assert (tmp_path / "join").read_text() == "xx"
+
+
+def test_sweeper_recovers_a_lost_publish(worker, clean, monkeypatch):
+    monkeypatch.setattr(dispatch, "_send", lambda message: None)
+    wf = Workflow.create("add-chain").start()
+    monkeypatch.undo()
+    time.sleep(0.5)
+    assert [t.status for t in Workflow.get(wf.id).tasks][0] == "queued"
+    assert dispatch.requeue_stale(older_than=0) == 1
+    (wf,) = wait([wf.id])
+    assert wf.status == "success" and wf.result == 60
+
+
+@pytest.mark.parametrize("batch", range(5))
+def test_join_fires_exactly_once(worker, clean, tmp_path, batch):
+    """Four 200-task groups per batch, joined concurrently by 4 processes."""
+    runs = []
+    for i in range(4):
+        marker_dir = tmp_path / f"run-{i}"
+        marker_dir.mkdir()
+        wf = Workflow.create("join", data={"marker_dir": str(marker_dir)})
+        runs.append((wf.start().id, marker_dir))
+    done = wait([r[0] for r in runs], timeout=300)
+    for wf, (_, marker_dir) in zip(done, runs):
+        assert wf.status == "success"
+        join = wf.tasks[-1]
+        assert (marker_dir / "join").read_text() == "x"
+        assert join.attempt == 1
+        assert [h["status"] for h in join.history()].count("queued") == 1
+        assert join.result == "join"
+        members = [(marker_dir / f"member-{i}").read_text() for i in range(JOIN_WIDTH)]
+        assert members == ["x"] * JOIN_WIDTH
+
+
+def test_concurrent_create_with_the_same_key(app, clean):
+    barrier = threading.Barrier(8)
+    ids, errors = [], []
+
+    def create():
+        with app.app_context():
+            try:
+                barrier.wait()
+                ids.append(Workflow.create("add-chain", key="same-key").id)
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+            finally:
+                _db.session.remove()
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert len(set(ids)) == 1
+    _db.session.rollback()
+    assert WorkflowRun.query.filter_by(key="same-key").count() == 1
+    assert TaskRun.query.count() == 3

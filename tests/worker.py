@@ -1,0 +1,22 @@
+# SPDX-FileCopyrightText: 2026 invenio-wtflow authors.
+# SPDX-License-Identifier: MIT
+
+"""Celery application of the test worker (``celery -A tests.worker worker``).
+
+Reads ``SQLALCHEMY_DATABASE_URI`` and ``WTFLOW_TEST_BROKER_URL`` from the
+environment, like the integration tests that start it.
+"""
+
+import os
+
+from .app import create_test_app
+
+app = create_test_app(
+    SQLALCHEMY_DATABASE_URI=os.environ["SQLALCHEMY_DATABASE_URI"],
+    CELERY_BROKER_URL=os.environ["WTFLOW_TEST_BROKER_URL"],
+    CELERY_TASK_ALWAYS_EAGER=False,
+    CELERY_RESULT_BACKEND=None,
+    CELERY_TASK_ACKS_LATE=True,
+    CELERY_WORKER_PREFETCH_MULTIPLIER=1,
+)
+celery = app.extensions["flask-celeryext"].celery
