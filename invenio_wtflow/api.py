@@ -224,7 +224,7 @@ class Workflow:
 
     @property
     def status(self):
-        """Stored status (see :meth:`compute_status`)."""
+        """The stored status of the run (see :meth:`compute_status`)."""
         return self.model.status
 
     @property

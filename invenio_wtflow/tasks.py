@@ -156,7 +156,7 @@ class WorkflowTask(AppContextTask):
     #
     @property
     def execution(self):
-        """The current :class:`Execution`, or ``None`` outside a workflow."""
+        """The current :class:`~invenio_wtflow.tasks.Execution`, or ``None`` outside a workflow."""
         return getattr(self.request, "wtflow", None)
 
     def _require_execution(self):
@@ -283,4 +283,4 @@ def requeue_stale():
     return count
 
 
-__all__ = ("WorkflowTask", "workflow_task", "requeue_stale")
+__all__ = ("Execution", "WorkflowTask", "workflow_task", "requeue_stale")

@@ -52,8 +52,12 @@ def extract_frames(video_id):
 def transcode(self, extracted, video_id, quality):
     """Pretend to transcode a video, reading an upstream result."""
     metadata = self.results("extract_metadata")
-    return {"video_id": video_id, "quality": quality, "seen": len(extracted),
-            "duration": metadata["duration"]}
+    return {
+        "video_id": video_id,
+        "quality": quality,
+        "seen": len(extracted),
+        "duration": metadata["duration"],
+    }
 
 
 @workflow_task

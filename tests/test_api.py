@@ -125,9 +125,7 @@ def test_celery_retry_is_recorded_and_succeeds(app, db, tmp_path):
 def test_restart_task_reruns_it_and_downstream_only(app, db, tmp_path):
     current_wtflow.register(
         "marks",
-        chain(
-            record.si(name="a"), record.si(name="b"), record.si(name="c")
-        ),
+        chain(record.si(name="a"), record.si(name="b"), record.si(name="c")),
     )
     wf = Workflow.create("marks", data={"marker_dir": str(tmp_path)}).start()
     assert wf.status == "success"

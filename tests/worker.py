@@ -12,8 +12,8 @@ import os
 from .app import create_test_app
 
 app = create_test_app(
-    SQLALCHEMY_DATABASE_URI=os.environ["SQLALCHEMY_DATABASE_URI"],
-    CELERY_BROKER_URL=os.environ["WTFLOW_TEST_BROKER_URL"],
+    SQLALCHEMY_DATABASE_URI=os.environ.get("SQLALCHEMY_DATABASE_URI", "sqlite://"),
+    CELERY_BROKER_URL=os.environ.get("WTFLOW_TEST_BROKER_URL", "memory://"),
     CELERY_TASK_ALWAYS_EAGER=False,
     CELERY_RESULT_BACKEND=None,
     CELERY_TASK_ACKS_LATE=True,

@@ -60,7 +60,7 @@ class Node:
 
     @property
     def signature(self):
-        """The JSON document stored in :attr:`TaskRun.signature`."""
+        """The JSON document stored in :attr:`~invenio_wtflow.models.TaskRun.signature`."""
         return {
             "args": self.args,
             "kwargs": self.kwargs,
@@ -228,9 +228,7 @@ def call_arguments(func, signature, incoming, data):
         params = inspect.signature(func).parameters
     except (TypeError, ValueError):  # pragma: no cover - builtins
         return args, kwargs
-    if signature["bare"] and any(
-        p.kind is p.VAR_KEYWORD for p in params.values()
-    ):
+    if signature["bare"] and any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return args, {**data, **kwargs}
     try:
         bound = inspect.signature(func).bind_partial(*args, **kwargs).arguments

@@ -206,7 +206,7 @@ def refresh_status(workflow, message=None):
     ``compute_status`` method of the definition class registered under the
     run's name.
 
-    :param workflow: the locked :class:`WorkflowRun`.
+    :param workflow: the locked :class:`~invenio_wtflow.models.WorkflowRun`.
     :param message: reason to record when the status changes.
     """
     db.session.flush()
@@ -423,9 +423,7 @@ def fail(uow, task_id, celery_id, error, traceback=None):
             _lock_tasks(TaskRun.id.in_(downstream)),
             f"Cancelled: upstream task {task.name} (node {task.position}) failed.",
         )
-    refresh_status(
-        workflow, f"Task {task.name} (node {task.position}) failed: {error}"
-    )
+    refresh_status(workflow, f"Task {task.name} (node {task.position}) failed: {error}")
     return True
 
 
@@ -532,9 +530,7 @@ def restart_task(uow, task_id):
     outside = set().union(*(dependencies.get(i, set()) for i in reset_ids)) - reset_ids
     upstream = {t.id: t for t in TaskRun.query.filter(TaskRun.id.in_(outside))}
     dead = [
-        t
-        for t in upstream.values()
-        if t.status in (FAILURE.value, CANCELLED.value)
+        t for t in upstream.values() if t.status in (FAILURE.value, CANCELLED.value)
     ]
     if dead:
         names = ", ".join(f"{t.name} (node {t.position})" for t in dead)
