@@ -23,6 +23,15 @@ mask() {
     sed -E 's#(://[^:/@]+):[^@]*@#\1:***@#' <<<"$1"
 }
 
+# On a fresh clone (no virtualenv with the test dependencies on PATH), make one.
+if ! python -c "import invenio_wtflow, pytest_invenio, check_manifest, sphinx" 2>/dev/null; then
+    echo "==> no test environment on PATH: installing into .venv"
+    [[ -x .venv/bin/python ]] || python3 -m venv .venv
+    .venv/bin/python -m pip install --quiet --upgrade pip setuptools wheel
+    .venv/bin/python -m pip install --quiet -e '.[tests,postgresql,docs]'
+    export PATH="$PWD/.venv/bin:$PATH"
+fi
+
 db_uri="${SQLALCHEMY_DATABASE_URI:-}"
 broker_url="${WTFLOW_TEST_BROKER_URL:-}"
 
