@@ -41,12 +41,6 @@ TERMINAL = {"success", "failure", "cancelled"}
 
 
 @pytest.fixture(scope="module")
-def broker_uri():
-    """The broker the worker consumes from."""
-    return BROKER_URL
-
-
-@pytest.fixture(scope="module")
 def celery_config_ext(celery_config_ext):
     """Publish for real instead of running tasks eagerly."""
     celery_config_ext["CELERY_TASK_ALWAYS_EAGER"] = False
