@@ -112,7 +112,7 @@ class WorkflowTask(AppContextTask):
         _task_stack.push(self)
         try:
             result = self.run(*execution.args, **execution.kwargs)
-            ensure_json(result, f"Result of task {self.name}")
+            stored = ensure_json(result, f"Result of task {self.name}")
         except Retry as exc:
             db.session.rollback()
             orchestrator.atomic(
@@ -136,7 +136,7 @@ class WorkflowTask(AppContextTask):
             raise
         finally:
             _task_stack.pop()
-        orchestrator.atomic(orchestrator.succeed, task_run_id, request.id, result)
+        orchestrator.atomic(orchestrator.succeed, task_run_id, request.id, stored)
         return result
 
     def retry(self, args=None, kwargs=None, *more, **options):

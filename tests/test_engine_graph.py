@@ -79,9 +79,21 @@ def test_invalid_definitions(canvas):
 def test_arguments_must_be_json():
     with pytest.raises(InvalidDataError, match="JSON"):
         compile_canvas(add.s(object(), 1))
-    with pytest.raises(InvalidDataError, match="without loss"):
-        compile_canvas(add.s((1, 2), 1))
-    assert ensure_json({"a": [1]}, "x") == {"a": [1]}
+    with pytest.raises(InvalidDataError, match="JSON"):
+        compile_canvas(add.s(float("nan"), 1))
+    # As Celery's JSON serializer does: tuples become lists, keys strings.
+    assert compile_canvas(add.s((1, 2), {1: "a"})).nodes[0].args == [[1, 2], {"1": "a"}]
+
+
+def test_plain_celery_tasks_are_refused(app):
+    from celery import shared_task
+
+    @shared_task(name="tests.plain_task")
+    def plain_task():
+        """Not a workflow task."""
+
+    with pytest.raises(InvalidDefinitionError, match="@workflow_task"):
+        compile_canvas(chain(add.s(1, 1), plain_task.si()))
 
 
 def test_call_arguments_fill_only_missing_required_parameters():

@@ -186,6 +186,18 @@ def test_stop_while_running_ignores_the_late_result(worker, clean):
     assert "success" not in [h["status"] for h in wf.tasks[0].history()]
 
 
+def test_restart_after_stop_runs_a_fresh_attempt(worker, clean):
+    wf = Workflow.create("slow", data={"seconds": 1}).start()
+    wait_task(wf.tasks[0].id, "running")
+    revoked = wf.tasks[0].model.celery_id
+    wf.stop()
+    wf.restart(seconds=0)
+    (wf,) = wait([wf.id])
+    assert wf.status == "success"
+    assert wf.tasks[0].model.celery_id != revoked
+    assert [t.attempt for t in wf.tasks] == [2, 1]
+
+
 def test_restart_task_with_a_worker(worker, clean, tmp_path):
     wf = Workflow.create("join", data={"marker_dir": str(tmp_path)}).start()
     (wf,) = wait([wf.id])

@@ -26,6 +26,7 @@ import json
 from dataclasses import dataclass, field
 
 from celery import Task
+from celery import current_app as current_celery_app
 from celery.canvas import Signature, _chain, _chord, group
 
 from ..errors import InvalidDataError, InvalidDefinitionError
@@ -79,22 +80,19 @@ class Graph:
 
 
 def ensure_json(value, what):
-    """Return ``value`` if it survives a JSON round trip unchanged.
+    """Return ``value`` as it will be stored: after a JSON round trip.
+
+    Like Celery's JSON serializer, tuples become lists and keys become
+    strings; anything else that JSON cannot represent is an error.
 
     :param value: the value to check.
     :param what: what the value is, for the error message.
     :raises InvalidDataError: when the value cannot be stored as JSON.
     """
     try:
-        encoded = json.dumps(value, sort_keys=True, allow_nan=False)
+        return json.loads(json.dumps(value, allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise InvalidDataError(f"{what} must be JSON-serialisable: {exc}") from exc
-    if json.loads(encoded) != value:
-        raise InvalidDataError(
-            f"{what} must be JSON-serialisable without loss "
-            f"(tuples, non-string keys and the like change on the way): {value!r}"
-        )
-    return value
 
 
 class _Compiler:
@@ -106,6 +104,7 @@ class _Compiler:
     def compile(self, sig, incoming, deps, in_chain=False):
         """Compile ``sig`` and return ``(output reference, terminal positions)``."""
         if isinstance(sig, Task):
+            _check_workflow_task(sig.name)
             return self._task(sig.name, (), {}, {}, True, None, deps)
         if isinstance(sig, _chord):
             header, terminals = self._group(list(sig.tasks), incoming, deps)
@@ -126,6 +125,7 @@ class _Compiler:
                     f"Canvas primitive {sig.subtask_type or sig.task!r} is not supported in a "
                     "workflow definition (use chain, group and chord)."
                 )
+            _check_workflow_task(sig.task)
             options = dict(sig.options)
             bare = bool(options.pop(BARE_OPTION, False)) or (
                 incoming is None and not sig.args and not sig.kwargs
@@ -171,6 +171,22 @@ class _Compiler:
         )
         self.nodes.append(node)
         return {"task": position}, [position]
+
+
+def _check_workflow_task(name):
+    """Refuse tasks that are known here but not declared with ``@workflow_task``.
+
+    Such a task would never report to the engine and its row would stay
+    ``queued``. A name unknown to this process (registered only in workers)
+    is accepted.
+    """
+    from ..tasks import WorkflowTask
+
+    task = current_celery_app.tasks.get(name)
+    if task is not None and not isinstance(task, WorkflowTask):
+        raise InvalidDefinitionError(
+            f"Task {name!r} is not a workflow task: declare it with @workflow_task."
+        )
 
 
 def compile_canvas(canvas):

@@ -88,18 +88,27 @@ def atomic(func_, *args, **kwargs):
 #
 # Locks and queries
 #
-def lock_workflow(workflow_id):
+def lock_workflow(workflow_id=None, task_id=None):
     """Lock the root of a workflow's tree, then the workflow, and return it.
 
-    :param workflow_id: id of the workflow run.
+    :param workflow_id: id of the workflow run,
+    :param task_id: or the id of one of its tasks.
     :raises WorkflowNotFoundError: when there is no such run.
+    :raises TaskNotFoundError: when there is no such task.
     """
-    root_id = db.session.execute(
-        select(WorkflowRun.root_id).where(WorkflowRun.id == workflow_id)
-    ).scalar_one_or_none()
-    if root_id is None:
+    query = select(WorkflowRun.id, WorkflowRun.root_id)
+    if task_id is not None:
+        query = query.join(TaskRun, TaskRun.workflow_id == WorkflowRun.id).where(
+            TaskRun.id == task_id
+        )
+    else:
+        query = query.where(WorkflowRun.id == workflow_id)
+    row = db.session.execute(query).one_or_none()
+    if row is None:
+        if task_id is not None:
+            raise TaskNotFoundError(task_id)
         raise WorkflowNotFoundError(workflow_id)
-    ids = [root_id] if root_id == workflow_id else [root_id, workflow_id]
+    ids = [row.root_id] if row.root_id == row.id else [row.root_id, row.id]
     for id_ in ids:
         workflow = (
             db.session.query(WorkflowRun)
@@ -109,15 +118,6 @@ def lock_workflow(workflow_id):
             .one()
         )
     return workflow
-
-
-def _task_workflow_id(task_id):
-    workflow_id = db.session.execute(
-        select(TaskRun.workflow_id).where(TaskRun.id == task_id)
-    ).scalar_one_or_none()
-    if workflow_id is None:
-        raise TaskNotFoundError(task_id)
-    return workflow_id
 
 
 def _lock_tasks(*criteria):
@@ -349,7 +349,7 @@ def _lock_running(task_id, celery_id, statuses=(RUNNING,)):
     ``None`` means the attempt is no longer current (stopped, restarted,
     already finished): the caller must change nothing.
     """
-    workflow = lock_workflow(_task_workflow_id(task_id))
+    workflow = lock_workflow(task_id=task_id)
     task = _lock_tasks(TaskRun.id == task_id)[0]
     allowed = {s.value for s in statuses}
     if task.celery_id != celery_id or task.status not in allowed:
@@ -481,7 +481,7 @@ def stop(uow, workflow_id):
 
 def stop_task(uow, task_id):
     """Cancel one task (revoking its attempt) and everything downstream of it."""
-    workflow = lock_workflow(_task_workflow_id(task_id))
+    workflow = lock_workflow(task_id=task_id)
     task = _lock_tasks(TaskRun.id == task_id)[0]
     if TaskStatus(task.status) in TERMINAL_TASK_STATUSES:
         return task
@@ -524,7 +524,7 @@ def restart_task(uow, task_id):
     :raises InvalidStateError: when a task to reset depends on a task outside
         the reset set that failed or was cancelled (restart that one instead).
     """
-    workflow = lock_workflow(_task_workflow_id(task_id))
+    workflow = lock_workflow(task_id=task_id)
     dependants, dependencies = _edges(workflow.id)
     reset_ids = {task_id} | _downstream([task_id], dependants)
     outside = set().union(*(dependencies.get(i, set()) for i in reset_ids)) - reset_ids
