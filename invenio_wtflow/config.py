@@ -35,3 +35,12 @@ SQLite is the embedded default: this makes its transactions and savepoints
 real and serialises writers, so the engine's conditional transitions hold.
 It has no effect on other databases.
 """
+
+WTFLOW_REVOKE_TERMINATE = False
+"""Whether stopping a task also terminates its running attempt.
+
+``False`` (Celery's default for ``revoke``) drops queued attempts and lets a
+running body finish; its late result is ignored either way. ``True`` sends
+``SIGTERM`` to the worker process running it, which suits long transcodes but
+interrupts whatever the body was doing.
+"""

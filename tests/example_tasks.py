@@ -135,3 +135,9 @@ class JoinWorkflow(Workflow):
         group(record.s(name=f"member-{i}") for i in range(JOIN_WIDTH)),
         record.s(name="join"),
     )
+
+
+@workflow_task(bind=True)
+def whoami(self):
+    """Return what the task knows of its workflow run."""
+    return {"id": str(self.workflow.id), "data": self.workflow.data}

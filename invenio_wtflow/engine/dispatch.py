@@ -124,7 +124,10 @@ def revoke(celery_ids):
     if not celery_ids or celery.conf.task_always_eager:
         return
     try:
-        celery.control.revoke(list(celery_ids), terminate=False)
+        celery.control.revoke(
+            list(celery_ids),
+            terminate=current_app.config["WTFLOW_REVOKE_TERMINATE"],
+        )
     except Exception:
         logger.exception("Could not revoke attempts %s.", celery_ids)
 
