@@ -8,6 +8,7 @@ publish the Celery messages of the tasks they queue after that commit.
 """
 
 from invenio_db import db
+from sqlalchemy import select
 from sqlalchemy_continuum import version_class
 
 from .engine import orchestrator
@@ -19,7 +20,7 @@ from .errors import (
     TaskNotFoundError,
     WorkflowNotFoundError,
 )
-from .models import TaskRun, TaskStatus, WorkflowRun, WorkflowStatus
+from .models import TaskDependency, TaskRun, TaskStatus, WorkflowRun, WorkflowStatus
 from .proxies import current_wtflow
 
 
@@ -123,6 +124,9 @@ class Workflow:
     definition = None
     """The Celery canvas (or bare task) the workflow runs."""
 
+    created_now = False
+    """After :meth:`create`: whether this call created the run (not a key hit)."""
+
     def __init__(self, model):
         """Wrap a :class:`~invenio_wtflow.models.WorkflowRun`."""
         self.model = model
@@ -179,10 +183,12 @@ class Workflow:
         if key is not None and (not isinstance(key, str) or not key):
             raise InvalidDataError("key must be a non-empty string.")
         graph = klass.compile()
-        model, _ = orchestrator.atomic(
+        model, created = orchestrator.atomic(
             orchestrator.create, name, graph, data, key=key, created_by=created_by
         )
-        return klass(model)
+        workflow = klass(model)
+        workflow.created_now = created
+        return workflow
 
     #
     # Actions
@@ -221,6 +227,9 @@ class Workflow:
     key = property(lambda self: self.model.key, doc="Idempotency key.")
     data = property(lambda self: self.model.data, doc="Workflow data.")
     message = property(lambda self: self.model.message, doc="Status reason.")
+    created_by = property(
+        lambda self: self.model.created_by, doc="Id of the user who created it."
+    )
 
     @property
     def status(self):
@@ -236,6 +245,37 @@ class Workflow:
                 TaskRun.position
             )
         ]
+
+    def dependencies(self):
+        """Map each task id of the run to the ids it depends on (one query)."""
+        rows = db.session.execute(
+            select(TaskDependency.task_id, TaskDependency.depends_on_id)
+            .join(TaskRun, TaskRun.id == TaskDependency.task_id)
+            .where(TaskRun.workflow_id == self.model.id)
+        ).all()
+        edges = {}
+        for task_id, depends_on_id in rows:
+            edges.setdefault(task_id, []).append(depends_on_id)
+        return edges
+
+    @classmethod
+    def search(cls, page=1, size=25, created_by=None, **filters):
+        """Return ``(runs, total)``: a page of runs, newest first.
+
+        :param page: page number, from 1.
+        :param size: runs per page.
+        :param created_by: only runs created by this user id.
+        :param filters: ``name`` and/or ``status`` to match exactly.
+        """
+        query = select(WorkflowRun)
+        for field in ("name", "status"):
+            if filters.get(field) is not None:
+                query = query.where(getattr(WorkflowRun, field) == filters[field])
+        if created_by is not None:
+            query = query.where(WorkflowRun.created_by == created_by)
+        query = query.order_by(WorkflowRun.created.desc(), WorkflowRun.id.desc())
+        pagination = db.paginate(query, page=page, per_page=size, error_out=False)
+        return [cls._wrap(m) for m in pagination.items], pagination.total
 
     @property
     def result(self):

@@ -44,3 +44,22 @@ running body finish; its late result is ignored either way. ``True`` sends
 ``SIGTERM`` to the worker process running it, which suits long transcodes but
 interrupts whatever the body was doing.
 """
+
+WTFLOW_PERMISSION_FACTORY = "invenio_wtflow.permissions:permission_factory"
+"""Import string of ``permission_factory(workflow, action)``.
+
+A definition can override it with a ``permission_factory`` key in
+:data:`WTFLOW_WORKFLOWS`.
+"""
+
+WTFLOW_URL_PREFIX = "/workflows"
+"""URL prefix of the REST API's blueprint."""
+
+WTFLOW_DEFAULT_PAGE_SIZE = 25
+"""Page size of lists when the request gives none."""
+
+WTFLOW_MAX_PAGE_SIZE = 100
+"""Largest page size a request may ask for."""
+
+WTFLOW_MAX_BODY_SIZE = 1024 * 1024
+"""Largest request body, in bytes, the REST API accepts (413 above)."""

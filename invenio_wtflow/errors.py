@@ -1,7 +1,9 @@
 # SPDX-FileCopyrightText: 2026 invenio-wtflow authors.
 # SPDX-License-Identifier: MIT
 
-"""Errors raised by the engine and the Python API."""
+"""Errors raised by the engine and the Python API, and their REST forms."""
+
+from invenio_rest.errors import FieldError, RESTException
 
 
 class WTFlowError(Exception):
@@ -45,3 +47,86 @@ class TaskNotFoundError(WTFlowError, LookupError):
 
 class InvalidStateError(WTFlowError, RuntimeError):
     """The operation is not allowed in the run's current status."""
+
+
+#
+# REST forms (JSON bodies through invenio-rest)
+#
+class WTFlowRESTError(RESTException):
+    """A JSON error response: ``{"status": ..., "message": ..., "errors": ...}``."""
+
+    code = 400
+    description = "Bad request."
+
+    def __init__(self, description=None, errors=None, **kwargs):
+        """Initialise with a message and optional field errors."""
+        super().__init__(errors=errors, **kwargs)
+        if description is not None:
+            self.description = description
+
+
+class BadRequestError(WTFlowRESTError):
+    """The request is malformed or names something invalid."""
+
+    code = 400
+    description = "Bad request."
+
+
+class UnauthorizedError(WTFlowRESTError):
+    """The caller is not logged in."""
+
+    code = 401
+    description = "Authentication required."
+
+
+class ForbiddenError(WTFlowRESTError):
+    """The caller may not do this."""
+
+    code = 403
+    description = "Permission denied."
+
+
+class NotFoundError(WTFlowRESTError):
+    """No such run or task."""
+
+    code = 404
+    description = "Not found."
+
+
+class ConflictError(WTFlowRESTError):
+    """The operation is not allowed in the current status."""
+
+    code = 409
+    description = "Conflict."
+
+
+class PayloadTooLargeError(WTFlowRESTError):
+    """The request body is larger than ``WTFLOW_MAX_BODY_SIZE``."""
+
+    code = 413
+    description = "Request body too large."
+
+
+class UnsupportedMediaTypeError(WTFlowRESTError):
+    """The request body is not JSON."""
+
+    code = 415
+    description = "Expected a JSON body (Content-Type: application/json)."
+
+
+def to_rest_error(exc):
+    """Return the REST form of a domain error.
+
+    :param exc: a :class:`WTFlowError`.
+    """
+    if isinstance(exc, (WorkflowNotFoundError, TaskNotFoundError)):
+        return NotFoundError(str(exc))
+    if isinstance(exc, InvalidStateError):
+        return ConflictError(str(exc))
+    if isinstance(exc, UnknownWorkflowError):
+        return BadRequestError(str(exc), errors=[FieldError("name", str(exc))])
+    if isinstance(exc, InvalidDataError):
+        return BadRequestError(str(exc), errors=[FieldError("data", str(exc))])
+    error = WTFlowRESTError(str(exc))
+    error.code = 500
+    return error

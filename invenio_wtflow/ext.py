@@ -69,6 +69,18 @@ class _WTFlowState:
         self._classes[name] = _as_workflow_class(name, entry["definition"])
         return self._classes[name]
 
+    def permission_factory(self, name=None):
+        """Return the permission factory of a definition (or the global one).
+
+        :param name: the workflow name; ``None`` for the global factory.
+        """
+        entry = self.entries.get(name) or {} if name else {}
+        factory = (
+            entry.get("permission_factory")
+            or self.app.config["WTFLOW_PERMISSION_FACTORY"]
+        )
+        return import_string(factory) if isinstance(factory, str) else factory
+
     def workflow_class(self, name):
         """Like :meth:`get_workflow_class`, but ``None`` when unavailable."""
         try:

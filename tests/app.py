@@ -5,9 +5,15 @@
 
 from flask import Flask
 from flask_celeryext import FlaskCeleryExt
+from invenio_access import InvenioAccess
+from invenio_accounts import InvenioAccountsREST
+from invenio_accounts.views.rest import create_rest_blueprint
 from invenio_db import InvenioDB
+from invenio_i18n import InvenioI18N
+from invenio_rest import InvenioREST
 
 from invenio_wtflow import InvenioWTFlow
+from invenio_wtflow.views import create_blueprint
 
 
 def create_test_app(**config):
@@ -20,6 +26,11 @@ def create_test_app(**config):
         SECRET_KEY="test",
         TESTING=True,
         DB_VERSIONING_USER_MODEL=None,
+        SECURITY_PASSWORD_SALT="test",
+        ACCOUNTS_USE_CELERY=False,
+        ACCOUNTS_SESSION_ACTIVITY_ENABLED=False,
+        WTF_CSRF_ENABLED=False,
+        SERVER_NAME="localhost",
         SQLALCHEMY_TRACK_MODIFICATIONS=False,
         CELERY_TASK_ALWAYS_EAGER=True,
         CELERY_TASK_EAGER_PROPAGATES=True,
@@ -33,7 +44,13 @@ def create_test_app(**config):
         app.config["CELERY_TASK_EAGER_PROPAGATES"] = True
     FlaskCeleryExt(app)
     InvenioDB(app)
+    InvenioI18N(app)
+    InvenioAccountsREST(app)
+    InvenioAccess(app)
+    InvenioREST(app)
     InvenioWTFlow(app)
+    app.register_blueprint(create_rest_blueprint(app))
+    app.register_blueprint(create_blueprint(app))
     from . import example_tasks  # noqa: F401 - registers the tasks
 
     return app

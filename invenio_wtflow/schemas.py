@@ -1,0 +1,108 @@
+# SPDX-FileCopyrightText: 2026 invenio-wtflow authors.
+# SPDX-License-Identifier: MIT
+
+"""Marshmallow schemas of the REST API (request bodies, arguments, responses).
+
+Written for marshmallow 3 so that marshmallow 4 needs no change: no
+``context``, ``load_default``/``dump_default``, validators that raise.
+"""
+
+from marshmallow import RAISE, Schema, fields, validate
+
+from .models import TaskStatus, WorkflowStatus
+
+
+class _Strict(Schema):
+    """Refuse unknown fields."""
+
+    class Meta:
+        """Unknown fields are an error."""
+
+        unknown = RAISE
+
+
+class WorkflowCreateSchema(_Strict):
+    """Body of ``POST /workflows/``."""
+
+    name = fields.String(required=True, validate=validate.Length(min=1, max=255))
+    data = fields.Dict(keys=fields.String(), load_default=dict)
+    start = fields.Boolean(load_default=False)
+    key = fields.String(
+        load_default=None, allow_none=True, validate=validate.Length(min=1, max=255)
+    )
+
+
+class DataSchema(_Strict):
+    """Body of start and restart requests: data merged over the run's data."""
+
+    data = fields.Dict(keys=fields.String(), load_default=dict)
+
+
+class ListArgsSchema(_Strict):
+    """Query arguments of ``GET /workflows/``."""
+
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    size = fields.Integer(load_default=None, validate=validate.Range(min=1))
+    name = fields.String(validate=validate.Length(min=1, max=255))
+    status = fields.String(validate=validate.OneOf([s.value for s in WorkflowStatus]))
+    created_by = fields.Integer()
+
+
+class TaskSchema(Schema):
+    """A task in a run's listing."""
+
+    id = fields.UUID()
+    name = fields.String()
+    position = fields.Integer()
+    status = fields.String(validate=validate.OneOf([s.value for s in TaskStatus]))
+    message = fields.String(allow_none=True)
+    progress = fields.Float(allow_none=True)
+    attempt = fields.Integer()
+    retries = fields.Integer()
+    queued = fields.DateTime(attribute="queued_at", allow_none=True)
+    started = fields.DateTime(attribute="started_at", allow_none=True)
+    finished = fields.DateTime(attribute="finished_at", allow_none=True)
+    depends_on = fields.List(fields.UUID())
+
+
+class TaskDetailSchema(TaskSchema):
+    """One task, with its result and error."""
+
+    workflow_id = fields.UUID()
+    result = fields.Raw(allow_none=True)
+    error = fields.String(allow_none=True)
+    traceback = fields.String(allow_none=True)
+    links = fields.Dict()
+
+
+class WorkflowSchema(Schema):
+    """A workflow run."""
+
+    id = fields.UUID()
+    name = fields.String()
+    key = fields.String(allow_none=True)
+    status = fields.String(validate=validate.OneOf([s.value for s in WorkflowStatus]))
+    message = fields.String(allow_none=True)
+    data = fields.Dict()
+    created_by = fields.Integer(allow_none=True)
+    created = fields.DateTime()
+    updated = fields.DateTime()
+    started = fields.DateTime(attribute="started_at", allow_none=True)
+    finished = fields.DateTime(attribute="finished_at", allow_none=True)
+    tasks = fields.List(fields.Nested(TaskSchema))
+    links = fields.Dict()
+
+
+class HistoryEntrySchema(Schema):
+    """One recorded change of a run or a task."""
+
+    transaction_id = fields.Integer()
+    issued_at = fields.DateTime()
+    user_id = fields.Integer(allow_none=True)
+    operation = fields.Integer()
+    status = fields.String()
+    message = fields.String(allow_none=True)
+    progress = fields.Float(allow_none=True)
+    attempt = fields.Integer(allow_none=True)
+    retries = fields.Integer(allow_none=True)
+    error = fields.String(allow_none=True)

@@ -1,0 +1,394 @@
+# SPDX-FileCopyrightText: 2026 invenio-wtflow authors.
+# SPDX-License-Identifier: MIT
+
+"""REST API: create, list, start, watch, stop and restart runs and tasks.
+
+Views stay thin: parse the request, check the permission, call the Python API,
+serialise. Every response carries an ETag and honours ``If-None-Match``.
+"""
+
+import hashlib
+import json
+
+from flask import Blueprint, current_app, request, url_for
+from flask.views import MethodView
+from flask_login import current_user
+from invenio_rest.errors import FieldError
+from marshmallow import ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from .api import Task, Workflow
+from .errors import (
+    BadRequestError,
+    ForbiddenError,
+    NotFoundError,
+    PayloadTooLargeError,
+    UnauthorizedError,
+    UnsupportedMediaTypeError,
+    WTFlowError,
+    to_rest_error,
+)
+from .proxies import current_wtflow
+from .schemas import (
+    DataSchema,
+    HistoryEntrySchema,
+    ListArgsSchema,
+    TaskDetailSchema,
+    WorkflowCreateSchema,
+    WorkflowSchema,
+)
+
+
+#
+# Helpers
+#
+def json_response(payload, status=200, headers=None):
+    """Serialise ``payload`` with an ETag; answer 304 when it matches."""
+    body = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    response = current_app.response_class(
+        body, status=status, mimetype="application/json", headers=headers
+    )
+    response.set_etag(hashlib.sha256(body.encode()).hexdigest()[:32])
+    if request.method in ("GET", "HEAD"):
+        response.make_conditional(request)
+    return response
+
+
+def json_body(schema):
+    """Load the request's JSON object body with ``schema`` (400/413/415)."""
+    limit = current_app.config["WTFLOW_MAX_BODY_SIZE"]
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLargeError(
+            f"Request body is {request.content_length} bytes; the limit is {limit}."
+        )
+    request.max_content_length = limit
+    try:
+        raw = request.get_data(cache=True)
+    except RequestEntityTooLarge:
+        raise PayloadTooLargeError(f"Request body is over {limit} bytes.")
+    if not raw.strip():
+        payload = {}
+    else:
+        if not request.is_json:
+            raise UnsupportedMediaTypeError()
+        try:
+            payload = json.loads(raw)
+        except ValueError as exc:
+            raise BadRequestError(f"Malformed JSON body: {exc}.")
+    if not isinstance(payload, dict):
+        raise BadRequestError(
+            f"The body must be a JSON object, not {type(payload).__name__}."
+        )
+    return load(schema, payload)
+
+
+def load(schema, payload):
+    """Validate with a schema; field errors become a 400 naming each field."""
+    try:
+        return schema.load(payload)
+    except ValidationError as exc:
+        errors = [
+            FieldError(field, "; ".join(_flatten(messages)))
+            for field, messages in sorted(exc.normalized_messages().items())
+        ]
+        names = ", ".join(e.res["field"] for e in errors)
+        raise BadRequestError(f"Invalid fields: {names}.", errors=errors)
+
+
+def _flatten(messages):
+    if isinstance(messages, dict):
+        return [m for value in messages.values() for m in _flatten(value)]
+    if isinstance(messages, list):
+        return [m for value in messages for m in _flatten(value)]
+    return [str(messages)]
+
+
+def check(workflow, action, name=None):
+    """Raise 401/403 unless the current user may take ``action``.
+
+    :param workflow: the run, or ``None`` for ``create`` and listing.
+    :param action: one of :data:`invenio_wtflow.permissions.ACTIONS`.
+    :param name: the definition name whose factory applies.
+    """
+    name = workflow.name if workflow is not None else name
+    factory = current_wtflow.permission_factory(name)
+    if factory(workflow, action).can():
+        return
+    if not current_user.is_authenticated:
+        raise UnauthorizedError()
+    raise ForbiddenError(f"You may not {action.replace('-', ' ')} this workflow.")
+
+
+def get_workflow(workflow_id, action):
+    """Load a run and check the permission to take ``action`` on it."""
+    workflow = Workflow.get(workflow_id)
+    check(workflow, action)
+    return workflow
+
+
+def get_task(workflow_id, task_id, action):
+    """Load a task of a run (404 for another run's task) and check ``action``."""
+    workflow = get_workflow(workflow_id, action)
+    task = Task.get(task_id)
+    if task.workflow_id != workflow.id:
+        raise NotFoundError(f"Workflow {workflow_id} has no task {task_id}.")
+    return workflow, task
+
+
+def workflow_links(workflow):
+    """Links of a run."""
+    return {
+        "self": url_for(
+            "invenio_wtflow.workflow", workflow_id=workflow.id, _external=True
+        ),
+        "history": url_for(
+            "invenio_wtflow.workflow_history", workflow_id=workflow.id, _external=True
+        ),
+    }
+
+
+def dump_workflow(workflow, with_tasks=True):
+    """Serialise a run (with its tasks and their dependencies: 2 queries)."""
+    model = workflow.model
+    payload = {
+        "id": model.id,
+        "name": model.name,
+        "key": model.key,
+        "status": model.status,
+        "message": model.message,
+        "data": model.data,
+        "created_by": model.created_by,
+        "created": model.created,
+        "updated": model.updated,
+        "started_at": model.started_at,
+        "finished_at": model.finished_at,
+        "links": workflow_links(workflow),
+    }
+    exclude = ()
+    if with_tasks:
+        edges = workflow.dependencies()
+        payload["tasks"] = [
+            _task_payload(task.model, edges.get(task.id, [])) for task in workflow.tasks
+        ]
+    else:
+        exclude = ("tasks",)
+    return WorkflowSchema(exclude=exclude).dump(payload)
+
+
+def _task_payload(model, depends_on):
+    return {
+        "id": model.id,
+        "workflow_id": model.workflow_id,
+        "name": model.name,
+        "position": model.position,
+        "status": model.status,
+        "message": model.message,
+        "progress": model.progress,
+        "attempt": model.attempt,
+        "retries": model.retries,
+        "queued_at": model.queued_at,
+        "started_at": model.started_at,
+        "finished_at": model.finished_at,
+        "depends_on": sorted(depends_on, key=str),
+        "result": model.result,
+        "error": model.error,
+        "traceback": model.traceback,
+    }
+
+
+def dump_task(workflow, task):
+    """Serialise one task with its result and error."""
+    edges = workflow.dependencies()
+    payload = _task_payload(task.model, edges.get(task.id, []))
+    payload["links"] = {
+        "self": url_for(
+            "invenio_wtflow.task",
+            workflow_id=workflow.id,
+            task_id=task.id,
+            _external=True,
+        ),
+        "workflow": workflow_links(workflow)["self"],
+    }
+    return TaskDetailSchema().dump(payload)
+
+
+def dump_history(entries):
+    """Serialise history entries, oldest first."""
+    return {"hits": HistoryEntrySchema(many=True).dump(entries)}
+
+
+#
+# Resources
+#
+class WorkflowListResource(MethodView):
+    """``/workflows/``: list and create runs."""
+
+    def get(self):
+        """List runs the caller may read, newest first, paginated."""
+        args = load(ListArgsSchema(), request.args.to_dict())
+        config = current_app.config
+        size = args.get("size") or config["WTFLOW_DEFAULT_PAGE_SIZE"]
+        if size > config["WTFLOW_MAX_PAGE_SIZE"]:
+            raise BadRequestError(
+                f"size must be at most {config['WTFLOW_MAX_PAGE_SIZE']}.",
+                errors=[FieldError("size", "Too large.")],
+            )
+        created_by = args.get("created_by")
+        if not current_wtflow.permission_factory()(None, "read").can():
+            if not current_user.is_authenticated:
+                raise UnauthorizedError()
+            if created_by not in (None, current_user.id):
+                return self._page([], 0, args, size)
+            created_by = current_user.id
+        runs, total = Workflow.search(
+            page=args["page"],
+            size=size,
+            created_by=created_by,
+            name=args.get("name"),
+            status=args.get("status"),
+        )
+        factory = current_wtflow.permission_factory
+        visible = [r for r in runs if factory(r.name)(r, "read").can()]
+        return self._page(visible, total, args, size)
+
+    def _page(self, runs, total, args, size):
+        query = {k: v for k, v in request.args.items() if k not in ("page", "size")}
+        page = args["page"]
+        links = {
+            "self": url_for(
+                ".workflow_list", page=page, size=size, _external=True, **query
+            )
+        }
+        if page * size < total:
+            links["next"] = url_for(
+                ".workflow_list", page=page + 1, size=size, _external=True, **query
+            )
+        if page > 1:
+            links["prev"] = url_for(
+                ".workflow_list", page=page - 1, size=size, _external=True, **query
+            )
+        hits = [dump_workflow(r, with_tasks=False) for r in runs]
+        return json_response({"hits": hits, "total": total, "links": links})
+
+    def post(self):
+        """Create a run (and start it); with a known key, return that run."""
+        body = json_body(WorkflowCreateSchema())
+        check(None, "create", name=body["name"])
+        workflow = Workflow.create(
+            body["name"],
+            data=body["data"],
+            key=body["key"],
+            created_by=current_user.id if current_user.is_authenticated else None,
+        )
+        existed = not workflow.created_now
+        if body["start"] and not existed:
+            check(workflow, "start")
+            workflow.start()
+        payload = dump_workflow(Workflow.get(workflow.id))
+        return json_response(
+            payload,
+            status=200 if existed else 201,
+            headers={"Location": payload["links"]["self"]},
+        )
+
+
+class WorkflowResource(MethodView):
+    """``/workflows/<id>``: read, start, restart, stop a run."""
+
+    def get(self, workflow_id):
+        """The run with its tasks."""
+        return json_response(dump_workflow(get_workflow(workflow_id, "read")))
+
+    def post(self, workflow_id):
+        """Start the run, merging the body's data over its data."""
+        workflow = get_workflow(workflow_id, "start")
+        body = json_body(DataSchema())
+        workflow.start(**body["data"])
+        return json_response(dump_workflow(Workflow.get(workflow.id)), status=202)
+
+    def put(self, workflow_id):
+        """Restart the run (same id), merging the body's data."""
+        workflow = get_workflow(workflow_id, "restart")
+        body = json_body(DataSchema())
+        workflow.restart(**body["data"])
+        return json_response(dump_workflow(Workflow.get(workflow.id)), status=202)
+
+    def delete(self, workflow_id):
+        """Stop the run."""
+        workflow = get_workflow(workflow_id, "stop")
+        workflow.stop()
+        return json_response(dump_workflow(Workflow.get(workflow.id)), status=202)
+
+
+class TaskResource(MethodView):
+    """``/workflows/<id>/tasks/<task_id>``: read, restart, stop one task."""
+
+    def get(self, workflow_id, task_id):
+        """The task with its result and error."""
+        workflow, task = get_task(workflow_id, task_id, "task-read")
+        return json_response(dump_task(workflow, task))
+
+    def put(self, workflow_id, task_id):
+        """Restart the task and what depends on it."""
+        workflow, task = get_task(workflow_id, task_id, "task-restart")
+        json_body(DataSchema())
+        task.restart()
+        return json_response(dump_task(workflow, Task.get(task.id)), status=202)
+
+    def delete(self, workflow_id, task_id):
+        """Stop the task (and cancel what depends on it)."""
+        workflow, task = get_task(workflow_id, task_id, "task-stop")
+        task.stop()
+        return json_response(dump_task(workflow, Task.get(task.id)), status=202)
+
+
+class WorkflowHistoryResource(MethodView):
+    """``/workflows/<id>/history``: the run's recorded changes."""
+
+    def get(self, workflow_id):
+        """Oldest first."""
+        return json_response(dump_history(get_workflow(workflow_id, "read").history()))
+
+
+class TaskHistoryResource(MethodView):
+    """``/workflows/<id>/tasks/<task_id>/history``: the task's changes."""
+
+    def get(self, workflow_id, task_id):
+        """Oldest first."""
+        _, task = get_task(workflow_id, task_id, "task-read")
+        return json_response(dump_history(task.history()))
+
+
+def create_blueprint(app):
+    """Create the REST blueprint (registered through ``api_blueprints``).
+
+    :param app: the Flask application.
+    """
+    blueprint = Blueprint(
+        "invenio_wtflow", __name__, url_prefix=app.config["WTFLOW_URL_PREFIX"]
+    )
+    routes = [
+        ("/", WorkflowListResource, "workflow_list"),
+        ("/<workflow_id>", WorkflowResource, "workflow"),
+        ("/<workflow_id>/history", WorkflowHistoryResource, "workflow_history"),
+        ("/<workflow_id>/tasks/<task_id>", TaskResource, "task"),
+        (
+            "/<workflow_id>/tasks/<task_id>/history",
+            TaskHistoryResource,
+            "task_history",
+        ),
+    ]
+    for rule, view, endpoint in routes:
+        blueprint.add_url_rule(rule, view_func=view.as_view(endpoint))
+
+    @blueprint.errorhandler(WTFlowError)
+    def domain_error(exc):
+        return to_rest_error(exc).get_response()
+
+    @blueprint.errorhandler(405)
+    def method_not_allowed(exc):
+        error = BadRequestError(f"Method {request.method} is not allowed here.")
+        error.code = 405
+        return error.get_response()
+
+    return blueprint

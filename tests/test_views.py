@@ -1,0 +1,272 @@
+# SPDX-FileCopyrightText: 2026 invenio-wtflow authors.
+# SPDX-License-Identifier: MIT
+
+"""REST API, with real users logged in through invenio-accounts."""
+
+import json
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+from celery import group
+from flask_security.utils import hash_password
+from invenio_access.models import ActionUsers
+from sqlalchemy import event
+
+from invenio_wtflow import Workflow, current_wtflow
+from invenio_wtflow.models import TaskRun, WorkflowRun
+from invenio_wtflow.permissions import wtflow_admin_action
+
+from .example_tasks import add
+
+PASSWORD = "a-long-test-password"
+
+
+@pytest.fixture()
+def users(app, db):
+    """An admin (wtflow-admin action), a run's owner and another user."""
+    datastore = app.extensions["security"].datastore
+    made = {}
+    for name in ("admin", "owner", "other"):
+        made[name] = datastore.create_user(
+            email=f"{name}@example.org",
+            password=hash_password(PASSWORD),
+            active=True,
+            confirmed_at=datetime.now(timezone.utc),
+        )
+    db.session.commit()
+    db.session.add(ActionUsers.allow(wtflow_admin_action, user=made["admin"]))
+    db.session.commit()
+    return made
+
+
+def login(client, user):
+    """Log a user in through invenio-accounts' REST login view."""
+    client.post("/logout")
+    res = client.post("/login", json={"email": user.email, "password": PASSWORD})
+    assert res.status_code == 200, res.get_data(as_text=True)
+    return client
+
+
+def rows():
+    """Number of workflow and task rows."""
+    return WorkflowRun.query.count(), TaskRun.query.count()
+
+
+def test_create_start_and_read(client, users):
+    login(client, users["admin"])
+    res = client.post("/workflows/", json={"name": "video", "data": {"video_id": 5}})
+    assert res.status_code == 201
+    body = res.json
+    assert res.headers["Location"] == body["links"]["self"]
+    assert body["status"] == "pending"
+    assert [t["status"] for t in body["tasks"]] == ["pending"] * 4
+    assert body["tasks"][2]["depends_on"] == sorted(
+        [body["tasks"][0]["id"], body["tasks"][1]["id"]]
+    )
+    assert body["created_by"] == users["admin"].id
+
+    res = client.post(f"/workflows/{body['id']}", json={"data": {"video_id": 6}})
+    assert res.status_code == 202
+    assert res.json["status"] == "success"
+    assert res.json["data"] == {"video_id": 6}
+
+    res = client.get(f"/workflows/{body['id']}")
+    assert res.status_code == 200 and res.headers["ETag"]
+    again = client.get(
+        f"/workflows/{body['id']}", headers={"If-None-Match": res.headers["ETag"]}
+    )
+    assert again.status_code == 304
+
+    res = client.post(f"/workflows/{body['id']}", json={})
+    assert res.status_code == 409
+    assert "only a pending run" in res.json["message"]
+
+
+def test_create_with_start_and_key(client, users):
+    login(client, users["admin"])
+    first = client.post(
+        "/workflows/", json={"name": "add-chain", "start": True, "key": "dep-1"}
+    )
+    assert first.status_code == 201 and first.json["status"] == "success"
+    again = client.post(
+        "/workflows/", json={"name": "add-chain", "start": True, "key": "dep-1"}
+    )
+    assert again.status_code == 200 and again.json["id"] == first.json["id"]
+    assert rows() == (1, 3)
+
+
+def test_task_resources_and_history(client, users):
+    login(client, users["admin"])
+    wf = client.post("/workflows/", json={"name": "failing", "start": True}).json
+    assert wf["status"] == "failure"
+    failed = wf["tasks"][1]
+    res = client.get(f"/workflows/{wf['id']}/tasks/{failed['id']}")
+    assert res.status_code == 200
+    assert res.json["error"] == "ValueError: boom"
+    assert "Traceback" in res.json["traceback"]
+
+    history = client.get(f"/workflows/{wf['id']}/tasks/{failed['id']}/history").json
+    assert [h["status"] for h in history["hits"]] == [
+        "pending",
+        "queued",
+        "running",
+        "failure",
+    ]
+    assert client.get(f"/workflows/{wf['id']}/history").json["hits"]
+
+    first = wf["tasks"][0]
+    res = client.put(f"/workflows/{wf['id']}/tasks/{first['id']}", json={})
+    assert res.status_code == 202 and res.json["attempt"] == 2
+
+    res = client.put(f"/workflows/{wf['id']}", json={"data": {"x": 1}})
+    assert res.status_code == 202
+    assert res.json["id"] == wf["id"] and res.json["data"] == {"x": 1}
+
+
+def test_stop_workflow_and_task(client, users):
+    login(client, users["admin"])
+    wf = client.post("/workflows/", json={"name": "add-chain"}).json
+    task = wf["tasks"][1]
+    res = client.delete(f"/workflows/{wf['id']}/tasks/{task['id']}")
+    assert res.status_code == 202 and res.json["status"] == "cancelled"
+    res = client.delete(f"/workflows/{wf['id']}")
+    assert res.status_code == 202
+    assert [t["status"] for t in res.json["tasks"]] == ["cancelled"] * 3
+
+
+def test_list_filters_and_pagination(client, users):
+    login(client, users["admin"])
+    ids = [
+        client.post("/workflows/", json={"name": "add-chain", "start": True}).json["id"]
+        for _ in range(3)
+    ]
+    client.post("/workflows/", json={"name": "failing", "start": True})
+    res = client.get("/workflows/?name=add-chain&size=2")
+    assert res.status_code == 200
+    assert res.json["total"] == 3
+    assert [h["id"] for h in res.json["hits"]] == ids[::-1][:2]
+    assert "next" in res.json["links"] and "prev" not in res.json["links"]
+    page2 = client.get(res.json["links"]["next"]).json
+    assert [h["id"] for h in page2["hits"]] == ids[:1]
+    assert client.get("/workflows/?status=failure").json["total"] == 1
+
+
+def test_permissions(client, users, app):
+    wf = Workflow.create("add-chain", created_by=users["owner"].id)
+    other = Workflow.create("add-chain", created_by=users["admin"].id)
+    url = f"/workflows/{wf.id}"
+
+    assert client.get(url).status_code == 401
+    assert client.get("/workflows/").status_code == 401
+    assert client.post("/workflows/", json={"name": "add-chain"}).status_code == 401
+
+    login(client, users["other"])
+    assert client.get(url).status_code == 403
+    assert client.delete(url).status_code == 403
+    assert client.post("/workflows/", json={"name": "add-chain"}).status_code == 403
+    assert client.get("/workflows/").json["total"] == 0
+
+    login(client, users["owner"])
+    assert client.get(url).status_code == 200
+    listing = client.get("/workflows/").json
+    assert [h["id"] for h in listing["hits"]] == [str(wf.id)]
+    assert client.get(f"/workflows/{other.id}").status_code == 403
+    assert client.post(url, json={}).status_code == 202
+    assert client.put(url, json={}).status_code == 202
+    assert client.delete(url).status_code == 202
+
+
+def test_per_definition_permission_factory(client, users):
+    from invenio_access import Permission
+    from invenio_access.permissions import any_user
+
+    current_wtflow.register(
+        "open",
+        add.si(1, 2),
+        permission_factory=lambda workflow, action: Permission(any_user),
+    )
+    login(client, users["other"])
+    res = client.post("/workflows/", json={"name": "open", "start": True})
+    assert res.status_code == 201 and res.json["status"] == "success"
+
+
+@pytest.mark.parametrize(
+    "body, content_type, status, names",
+    [
+        ("{not json", "application/json", 400, "Malformed JSON"),
+        ("[1, 2]", "application/json", 400, "JSON object"),
+        ('{"name": "nope"}', "application/json", 400, "nope"),
+        ('{"name": "add-chain", "color": "red"}', "application/json", 400, "color"),
+        ('{"name": "add-chain", "data": [1]}', "application/json", 400, "data"),
+        ('{"data": {}}', "application/json", 400, "name"),
+        ('{"name": "add-chain"}', "text/plain", 415, "JSON"),
+    ],
+)
+def test_bad_create_bodies(client, users, body, content_type, status, names):
+    login(client, users["admin"])
+    res = client.post("/workflows/", data=body, content_type=content_type)
+    assert res.status_code == status
+    assert res.json["status"] == status
+    assert names in json.dumps(res.json)
+    assert rows() == (0, 0)
+
+
+def test_body_too_large(client, users, app):
+    login(client, users["admin"])
+    big = json.dumps({"name": "add-chain", "data": {"x": "y" * 2_000_000}})
+    res = client.post("/workflows/", data=big, content_type="application/json")
+    assert res.status_code == 413 and res.json["status"] == 413
+    assert rows() == (0, 0)
+
+
+@pytest.mark.parametrize(
+    "query, field", [("size=abc", "size"), ("size=1000", "size"), ("page=0", "page")]
+)
+def test_bad_list_arguments(client, users, query, field):
+    login(client, users["admin"])
+    res = client.get(f"/workflows/?{query}")
+    assert res.status_code == 400
+    assert res.json["errors"][0]["field"] == field
+
+
+def test_not_found(client, users):
+    login(client, users["admin"])
+    wf = Workflow.create("add-chain")
+    other = Workflow.create("add-chain")
+    task_of_other = other.tasks[0].id
+    assert client.get("/workflows/not-a-uuid").status_code == 404
+    assert client.get(f"/workflows/{uuid.uuid4()}").json["status"] == 404
+    res = client.get(f"/workflows/{wf.id}/tasks/{task_of_other}")
+    assert res.status_code == 404
+    assert client.delete(f"/workflows/{uuid.uuid4()}").status_code == 404
+
+
+def count_queries(app, db, func):
+    """Run ``func`` and return how many SQL statements it sent."""
+    statements = []
+
+    def record(conn, cursor, statement, *args):
+        if "SAVEPOINT" not in statement:
+            statements.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        func()
+    finally:
+        event.remove(db.engine, "before_cursor_execute", record)
+    return len(statements)
+
+
+def test_reading_a_run_costs_the_same_for_10_and_1000_tasks(client, users, app, db):
+    login(client, users["admin"])
+    counts = []
+    for width in (10, 1000):
+        current_wtflow.register(
+            f"wide-{width}", group(add.si(i, i) for i in range(width))
+        )
+        wf = Workflow.create(f"wide-{width}")
+        url = f"/workflows/{wf.id}"
+        client.get(url)  # warm caches (user, permissions)
+        counts.append(count_queries(app, db, lambda: client.get(url).json["tasks"]))
+    assert counts[0] == counts[1]
