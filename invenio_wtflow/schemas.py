@@ -11,6 +11,9 @@ from marshmallow import RAISE, Schema, fields, validate
 
 from .models import TaskStatus, WorkflowStatus
 
+MAX_INTEGER = 2**31 - 1
+"""Largest integer argument accepted (a database INTEGER)."""
+
 
 class _Strict(Schema):
     """Refuse unknown fields."""
@@ -41,11 +44,15 @@ class DataSchema(_Strict):
 class ListArgsSchema(_Strict):
     """Query arguments of ``GET /workflows/``."""
 
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
-    size = fields.Integer(load_default=None, validate=validate.Range(min=1))
+    page = fields.Integer(
+        load_default=1, validate=validate.Range(min=1, max=MAX_INTEGER)
+    )
+    size = fields.Integer(
+        load_default=None, validate=validate.Range(min=1, max=MAX_INTEGER)
+    )
     name = fields.String(validate=validate.Length(min=1, max=255))
     status = fields.String(validate=validate.OneOf([s.value for s in WorkflowStatus]))
-    created_by = fields.Integer()
+    created_by = fields.Integer(validate=validate.Range(min=0, max=MAX_INTEGER))
 
 
 class TaskSchema(Schema):

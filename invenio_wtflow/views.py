@@ -28,6 +28,7 @@ from .errors import (
     WTFlowError,
     to_rest_error,
 )
+from .openapi import build_spec
 from .proxies import current_wtflow
 from .schemas import (
     DataSchema,
@@ -359,6 +360,17 @@ class TaskHistoryResource(MethodView):
         return json_response(dump_history(task.history()))
 
 
+class OpenAPIResource(MethodView):
+    """``/workflows/openapi.json``: the OpenAPI 3 document of this API."""
+
+    def get(self):
+        """Generated from the schemas with apispec."""
+        from . import __version__
+
+        prefix = current_app.config["WTFLOW_URL_PREFIX"]
+        return json_response(build_spec(prefix, __version__))
+
+
 def create_blueprint(app):
     """Create the REST blueprint (registered through ``api_blueprints``).
 
@@ -369,6 +381,7 @@ def create_blueprint(app):
     )
     routes = [
         ("/", WorkflowListResource, "workflow_list"),
+        ("/openapi.json", OpenAPIResource, "openapi"),
         ("/<workflow_id>", WorkflowResource, "workflow"),
         ("/<workflow_id>/history", WorkflowHistoryResource, "workflow_history"),
         ("/<workflow_id>/tasks/<task_id>", TaskResource, "task"),

@@ -25,7 +25,7 @@ def create_test_app(**config):
     app.config.update(
         SECRET_KEY="test",
         TESTING=True,
-        DB_VERSIONING_USER_MODEL=None,
+        DB_VERSIONING_USER_MODEL="User",
         SECURITY_PASSWORD_SALT="test",
         ACCOUNTS_USE_CELERY=False,
         ACCOUNTS_SESSION_ACTIVITY_ENABLED=False,

@@ -251,3 +251,15 @@ def test_start_twice_is_an_error(app, db):
     with pytest.raises(InvalidStateError, match="only a pending run"):
         wf.start()
     assert len(Workflow.get(wf.id).history()) == before
+
+
+def test_stop_and_restart_where_they_make_no_sense(app, db):
+    wf = Workflow.create("add-chain").start()
+    with pytest.raises(InvalidStateError, match="nothing to stop"):
+        wf.stop()
+    with pytest.raises(InvalidStateError, match="nothing to stop"):
+        Task.get(wf.tasks[0].id).stop()
+    pending = Workflow.create("add-chain")
+    with pytest.raises(InvalidStateError, match="not run yet"):
+        Task.get(pending.tasks[0].id).restart()
+    assert Workflow.get(wf.id).status == "success"

@@ -113,6 +113,7 @@ def test_task_resources_and_history(client, users):
         "running",
         "failure",
     ]
+    assert history["hits"][0]["user_id"] == users["admin"].id  # who created it
     assert client.get(f"/workflows/{wf['id']}/history").json["hits"]
 
     first = wf["tasks"][0]
@@ -122,6 +123,20 @@ def test_task_resources_and_history(client, users):
     res = client.put(f"/workflows/{wf['id']}", json={"data": {"x": 1}})
     assert res.status_code == 202
     assert res.json["id"] == wf["id"] and res.json["data"] == {"x": 1}
+
+
+def test_actions_that_make_no_sense_are_conflicts(client, users):
+    login(client, users["admin"])
+    wf = client.post("/workflows/", json={"name": "add-chain"}).json
+    pending_task = wf["tasks"][0]
+    res = client.put(f"/workflows/{wf['id']}/tasks/{pending_task['id']}", json={})
+    assert res.status_code == 409 and "not run yet" in res.json["message"]
+    done = client.post("/workflows/", json={"name": "add-chain", "start": True}).json
+    before = client.get(f"/workflows/{done['id']}/history").json
+    res = client.delete(f"/workflows/{done['id']}/tasks/{done['tasks'][0]['id']}")
+    assert res.status_code == 409 and "already success" in res.json["message"]
+    assert client.delete(f"/workflows/{done['id']}").status_code == 409
+    assert client.get(f"/workflows/{done['id']}/history").json == before
 
 
 def test_stop_workflow_and_task(client, users):
@@ -174,7 +189,10 @@ def test_permissions(client, users, app):
     assert client.get(f"/workflows/{other.id}").status_code == 403
     assert client.post(url, json={}).status_code == 202
     assert client.put(url, json={}).status_code == 202
-    assert client.delete(url).status_code == 202
+    finished = client.delete(url)
+    assert finished.status_code == 409 and "nothing to stop" in finished.json["message"]
+    pending = Workflow.create("add-chain", created_by=users["owner"].id)
+    assert client.delete(f"/workflows/{pending.id}").status_code == 202
 
 
 def test_per_definition_permission_factory(client, users):

@@ -468,8 +468,15 @@ def report(uow, task_id, celery_id, message=None, progress=None):
 
 
 def stop(uow, workflow_id):
-    """Cancel every non-terminal task of a run and revoke its attempts."""
+    """Cancel every non-terminal task of a run and revoke its attempts.
+
+    :raises InvalidStateError: when the run has already finished.
+    """
     workflow = lock_workflow(workflow_id)
+    if WorkflowStatus(workflow.status).is_terminal:
+        raise InvalidStateError(
+            f"Workflow {workflow.id} is already {workflow.status}; nothing to stop."
+        )
     tasks = _lock_tasks(
         TaskRun.workflow_id == workflow.id,
         TaskRun.status.notin_([s.value for s in TERMINAL_TASK_STATUSES]),
@@ -480,11 +487,16 @@ def stop(uow, workflow_id):
 
 
 def stop_task(uow, task_id):
-    """Cancel one task (revoking its attempt) and everything downstream of it."""
+    """Cancel one task (revoking its attempt) and everything downstream of it.
+
+    :raises InvalidStateError: when the task has already finished.
+    """
     workflow = lock_workflow(task_id=task_id)
     task = _lock_tasks(TaskRun.id == task_id)[0]
     if TaskStatus(task.status) in TERMINAL_TASK_STATUSES:
-        return task
+        raise InvalidStateError(
+            f"Task {task.id} is already {task.status}; nothing to stop."
+        )
     dependants, _ = _edges(workflow.id)
     _cancel(uow, [task], "Cancelled: the task was stopped.")
     downstream = _downstream([task.id], dependants)
@@ -521,10 +533,18 @@ def restart_task(uow, task_id):
 
     Upstream tasks keep their results and are not re-run.
 
-    :raises InvalidStateError: when a task to reset depends on a task outside
-        the reset set that failed or was cancelled (restart that one instead).
+    :raises InvalidStateError: when the task has not run yet, or when a task
+        to reset depends on a task outside the reset set that failed or was
+        cancelled (restart that one instead).
     """
     workflow = lock_workflow(task_id=task_id)
+    status = db.session.execute(
+        select(TaskRun.status).where(TaskRun.id == task_id)
+    ).scalar_one()
+    if status == PENDING.value:
+        raise InvalidStateError(
+            f"Task {task_id} has not run yet; there is nothing to restart."
+        )
     dependants, dependencies = _edges(workflow.id)
     reset_ids = {task_id} | _downstream([task_id], dependants)
     outside = set().union(*(dependencies.get(i, set()) for i in reset_ids)) - reset_ids
