@@ -29,10 +29,12 @@ database and lost connections; each retry starts a fresh transaction.
 """
 
 WTFLOW_SQLITE_SERIALIZE = True
-"""Start SQLite transactions with ``BEGIN IMMEDIATE`` (see ``ext.py``).
+"""Make SQLite transactions real and the engine's ones writers at once.
 
 SQLite is the embedded default: this makes its transactions and savepoints
-real and serialises writers, so the engine's conditional transitions hold.
+real, begins the engine's transactions with ``BEGIN IMMEDIATE`` (so writers
+are serialised and the conditional transitions hold) and turns on WAL mode so
+readers never block the writer (see :mod:`invenio_wtflow.engine.sqlite`).
 It has no effect on other databases.
 """
 

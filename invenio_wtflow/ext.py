@@ -3,16 +3,13 @@
 
 """The Flask extension and the registry of workflow definitions."""
 
-import sqlite3
-
 from celery import Task
 from celery.canvas import Signature
 from invenio_base.utils import entry_points
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
 from werkzeug.utils import import_string
 
 from . import config
+from .engine.sqlite import serialise_sqlite_transactions
 from .errors import InvalidDefinitionError, UnknownWorkflowError
 
 ENTRY_POINT_GROUP = "invenio_wtflow.workflows"
@@ -132,28 +129,3 @@ class InvenioWTFlow:
         for key in dir(config):
             if key.startswith("WTFLOW_"):
                 app.config.setdefault(key, getattr(config, key))
-
-
-def _sqlite_connect(dbapi_connection, connection_record):
-    if isinstance(dbapi_connection, sqlite3.Connection):
-        # Let SQLAlchemy, not the driver, decide where transactions begin.
-        dbapi_connection.isolation_level = None
-
-
-def _sqlite_begin(conn):
-    if conn.dialect.name == "sqlite":
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def serialise_sqlite_transactions():
-    """Make every SQLite transaction real, and a writer from its first statement.
-
-    The sqlite3 driver starts transactions lazily, at the first write, which
-    breaks savepoints and lets two transactions read the same row before either
-    writes it. With ``BEGIN IMMEDIATE`` SQLite serialises writers, which is the
-    lock the orchestrator relies on where PostgreSQL has ``FOR UPDATE``.
-    Registered once per process, for SQLite engines only.
-    """
-    if not event.contains(Engine, "connect", _sqlite_connect):
-        event.listen(Engine, "connect", _sqlite_connect)
-        event.listen(Engine, "begin", _sqlite_begin)

@@ -44,6 +44,7 @@ class Execution:
     celery_id: str
     workflow_id: str
     position: int
+    retries: int
     args: tuple
     kwargs: dict
 
@@ -76,12 +77,23 @@ class WorkflowTask(AppContextTask):
     def __call__(self, *args, **kwargs):
         """Run as a workflow step when the engine sent the message."""
         task_run_id = _task_run_id(self.request)
-        if task_run_id is None:
+        if task_run_id is None or self.execution is not None:
+            # A plain call, or the step's body calling the task directly.
             return super().__call__(*args, **kwargs)
         if has_app_context():
             return self._run_step(task_run_id)
         with self.app.flask_app.app_context():
             return self._run_step(task_run_id)
+
+    def apply(self, args=None, kwargs=None, *more, **options):
+        """Run eagerly; a workflow step never raises out of the engine's loop.
+
+        Celery runs an eager retry as a nested ``apply`` that follows
+        ``task_eager_propagates``; the outcome of a step is in the database.
+        """
+        if HEADER in (options.get("headers") or {}):
+            options["throw"] = False
+        return super().apply(args, kwargs, *more, **options)
 
     def __ror__(self, other):
         """Let a bare task follow a canvas: ``group(a, b) | publish``."""
@@ -109,17 +121,21 @@ class WorkflowTask(AppContextTask):
             )
             return None
         request.wtflow = execution
+        retries = request.retries or 0
         _task_stack.push(self)
         try:
             result = self.run(*execution.args, **execution.kwargs)
             stored = ensure_json(result, f"Result of task {self.name}")
+            # The body's own database work is committed before the engine
+            # records success, so a retried engine transaction cannot lose it.
+            db.session.commit()
         except Retry as exc:
             db.session.rollback()
             orchestrator.atomic(
                 orchestrator.retry,
                 task_run_id,
                 request.id,
-                request.retries or 0,
+                retries,
                 str(exc.exc if exc.exc is not None else exc),
                 _eta(exc.when),
             )
@@ -132,11 +148,14 @@ class WorkflowTask(AppContextTask):
                 request.id,
                 f"{type(exc).__name__}: {exc}",
                 traceback.format_exc(),
+                retries,
             )
             raise
         finally:
             _task_stack.pop()
-        orchestrator.atomic(orchestrator.succeed, task_run_id, request.id, stored)
+        orchestrator.atomic(
+            orchestrator.succeed, task_run_id, request.id, stored, retries
+        )
         return result
 
     def retry(self, args=None, kwargs=None, *more, **options):
@@ -193,6 +212,7 @@ class WorkflowTask(AppContextTask):
             execution.celery_id,
             message,
             progress,
+            execution.retries,
         )
 
     def results(self, name):
@@ -232,6 +252,7 @@ def _claim(uow, task_run_id, celery_id, retries, func):
         celery_id=celery_id,
         workflow_id=str(task.workflow_id),
         position=task.position,
+        retries=retries,
         args=tuple(args),
         kwargs=kwargs,
     )
@@ -269,6 +290,16 @@ class _WorkflowTaskProxy(Proxy):
     """
 
     __slots__ = ()
+
+    def apply(self, args=None, kwargs=None, *more, **options):
+        """Run eagerly; a workflow step never raises out of the engine's loop.
+
+        Celery runs an eager retry as a nested ``apply`` that follows
+        ``task_eager_propagates``; the outcome of a step is in the database.
+        """
+        if HEADER in (options.get("headers") or {}):
+            options["throw"] = False
+        return super().apply(args, kwargs, *more, **options)
 
     def __ror__(self, other):
         return self._get_current_object().__ror__(other)

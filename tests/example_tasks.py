@@ -141,3 +141,41 @@ class JoinWorkflow(Workflow):
 def whoami(self):
     """Return what the task knows of its workflow run."""
     return {"id": str(self.workflow.id), "data": self.workflow.data}
+
+
+@workflow_task(bind=True, max_retries=5, default_retry_delay=0)
+def twice(self, counter_file):
+    """Fail twice (per counter file) through Celery retries, then succeed."""
+    count = int(open(counter_file).read()) if os.path.exists(counter_file) else 0
+    with open(counter_file, "w") as fp:
+        fp.write(str(count + 1))
+    if count < 2:
+        raise self.retry(exc=RuntimeError(f"try {count + 1} fails"), countdown=0)
+    return count + 1
+
+
+@workflow_task(autoretry_for=(RuntimeError,), max_retries=2, default_retry_delay=0)
+def always_retrying():
+    """Fail every time; Celery's autoretry gives up after two retries."""
+    raise RuntimeError("still broken")
+
+
+@workflow_task
+def fact(n):
+    """Compute a factorial by calling itself directly (not as a workflow)."""
+    return 1 if n <= 1 else n * fact(n - 1)
+
+
+@workflow_task(queue="video")
+def on_video_queue():
+    """A task routed to the ``video`` queue by its own option."""
+    return "routed"
+
+
+@workflow_task
+def write_mark(name):
+    """Write a row in the test table ``marks`` with the task's session."""
+    from invenio_db import db
+
+    db.session.execute(db.text("INSERT INTO marks (name) VALUES (:n)"), {"n": name})
+    return name

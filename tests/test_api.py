@@ -6,7 +6,7 @@
 import uuid
 
 import pytest
-from celery import chain
+from celery import chain, group
 
 from invenio_wtflow import Workflow, current_wtflow
 from invenio_wtflow.api import Task
@@ -21,7 +21,15 @@ from invenio_wtflow.errors import (
 )
 from invenio_wtflow.models import TaskDependency, TaskRun, WorkflowRun
 
-from .example_tasks import add, record
+from .example_tasks import (
+    add,
+    always_retrying,
+    fact,
+    on_video_queue,
+    record,
+    twice,
+    write_mark,
+)
 
 
 def statuses(wf):
@@ -149,7 +157,7 @@ def test_restart_workflow_keeps_id_and_merges_data(app, db, tmp_path):
 
 def test_restart_of_failed_task_after_fix(app, db):
     wf = Workflow.create("failing").start()
-    with pytest.raises(InvalidStateError, match="did not succeed"):
+    with pytest.raises(InvalidStateError, match="failed; restart it instead"):
         Task.get(wf.tasks[2].id).restart()
     assert statuses(wf)[2] == "cancelled"
 
@@ -263,3 +271,53 @@ def test_stop_and_restart_where_they_make_no_sense(app, db):
     with pytest.raises(InvalidStateError, match="not run yet"):
         Task.get(pending.tasks[0].id).restart()
     assert Workflow.get(wf.id).status == "success"
+
+
+def test_eager_retries_and_exhausted_autoretry(app, db, tmp_path):
+    current_wtflow.register(
+        "retrying", group(twice.si(), always_retrying.si(), add.si(1, 1))
+    )
+    wf = Workflow.create("retrying", data={"counter_file": str(tmp_path / "c")})
+    wf.start()  # nothing escapes the engine, even with eager propagation on
+    assert statuses(wf) == ["success", "failure", "success"]
+    assert wf.tasks[0].result == 3 and wf.tasks[0].model.retries == 2
+    assert "still broken" in wf.tasks[1].error
+
+
+def test_a_step_may_call_its_task_directly(app, db):
+    current_wtflow.register("fact", fact.si(5))
+    assert Workflow.create("fact").start().result == 120
+
+
+def test_task_routing_options_are_used(app, db, monkeypatch):
+    from celery import current_app as celery
+
+    sent = []
+    monkeypatch.setattr(celery.conf, "task_always_eager", False)
+    monkeypatch.setattr(celery, "send_task", lambda name, **kw: sent.append(kw))
+    current_wtflow.register("routed", on_video_queue.si())
+    Workflow.create("routed").start()
+    assert sent[0]["queue"] == "video"
+
+
+def test_body_writes_survive_a_retried_success_transaction(app, db, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    from invenio_wtflow.engine import orchestrator
+
+    db.session.execute(db.text("CREATE TABLE IF NOT EXISTS marks (name TEXT)"))
+    db.session.commit()
+    lock = orchestrator.lock_workflow
+    failures = []
+
+    def flaky_lock(*args, **kwargs):
+        if kwargs.get("task_id") and not failures:
+            failures.append(1)
+            raise OperationalError("SELECT", {}, Exception("connection dropped"))
+        return lock(*args, **kwargs)
+
+    monkeypatch.setattr(orchestrator, "lock_workflow", flaky_lock)
+    current_wtflow.register("writes", write_mark.si("one"))
+    wf = Workflow.create("writes").start()
+    assert failures and Workflow.get(wf.id).status == "success"
+    assert db.session.execute(db.text("SELECT name FROM marks")).all() == [("one",)]

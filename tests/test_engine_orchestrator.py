@@ -10,6 +10,7 @@ from celery import chord
 from sqlalchemy import event
 
 from invenio_wtflow import Workflow, current_wtflow
+from invenio_wtflow.api import Task
 from invenio_wtflow.engine import dispatch, orchestrator
 from invenio_wtflow.engine.status import default_status
 from invenio_wtflow.tasks import requeue_stale
@@ -94,3 +95,29 @@ def test_sweeper_task(app, db, monkeypatch):
     finally:
         app.config["WTFLOW_REQUEUE_AFTER"] = 300
     assert Workflow.get(wf.id).result == 60
+
+
+def test_a_recorded_retry_cannot_be_claimed_twice(app, db, monkeypatch):
+    monkeypatch.setattr(dispatch, "_send", lambda message: None)
+    wf = Workflow.create("add-chain").start()
+    task = wf.tasks[0].model
+    task_id, celery_id = task.id, task.celery_id
+    atomic = orchestrator.atomic
+    assert atomic(orchestrator.claim, task_id, celery_id, 0)
+    assert atomic(orchestrator.retry, task_id, celery_id, 0, "boom")
+    # An acks-late redelivery or a sweeper re-send of the first message:
+    assert atomic(orchestrator.claim, task_id, celery_id, 0) is None
+    # The retry message itself, once:
+    assert atomic(orchestrator.claim, task_id, celery_id, 1)
+    assert atomic(orchestrator.claim, task_id, celery_id, 1) is None
+    # The superseded execution cannot report.
+    assert not atomic(orchestrator.succeed, task_id, celery_id, 3, 0)
+    assert atomic(orchestrator.succeed, task_id, celery_id, 3, 1)
+
+
+def test_restarting_a_member_after_stop_reruns_the_stopped_group(app, db):
+    wf = Workflow.create("fan-out")
+    wf.stop()
+    Task.get(wf.tasks[0].id).restart()
+    wf = Workflow.get(wf.id)
+    assert wf.status == "success" and wf.result == 20

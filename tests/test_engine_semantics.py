@@ -32,6 +32,20 @@ CANVASES = {
     ),
     "one-member group in chain": chain(group(add.s(3, 3)), echo.s()),
     "partial kwargs": chain(add.s(1, 2), add.s(y=10)),
+    "chord into a one-member group": chord([add.s(1, 1), add.s(2, 2)], group(tsum.s())),
+    "group into a one-member group": chain(
+        group(add.s(1, 1), add.s(2, 2)), group(tsum.s())
+    ),
+    "chord with a chain body": chord(
+        [add.s(1, 1), add.s(2, 2)], chain(tsum.s(), add.s(1))
+    ),
+    "chain ending in a chord": chain(
+        add.s(1, 1), chord([add.s(1), add.s(2)], tsum.s())
+    ),
+    "group of chords": group(
+        chord([add.s(1, 1), add.s(2, 2)], tsum.s()), chord([add.s(3, 3)], tsum.s())
+    ),
+    "one-member chord header": chord([add.s(1, 1)], echo.s()),
 }
 
 

@@ -22,6 +22,7 @@ from invenio_db import db
 from invenio_db.uow import Operation
 
 from ..models import TaskRun, TaskStatus, utcnow
+from .graph import ROUTING_OPTIONS
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class Message:
     celery_id: str
     name: str
     options: dict
+    retries: int = 0
 
     @classmethod
     def for_task(cls, task):
@@ -46,6 +48,7 @@ class Message:
             celery_id=task.celery_id,
             name=task.name,
             options=dict(task.signature.get("options") or {}),
+            retries=task.retries or 0,
         )
 
 
@@ -76,10 +79,26 @@ def publish(messages):
     _outbox.draining = True
     try:
         while _outbox.pending:
-            _send(_outbox.pending.popleft())
+            message = _outbox.pending.popleft()
+            try:
+                _send(message)
+            except Exception:
+                logger.exception(
+                    "Attempt %s of task run %s failed to run eagerly.",
+                    message.celery_id,
+                    message.task_run_id,
+                )
     finally:
         _outbox.pending.clear()
         _outbox.draining = False
+
+
+def _routing(name, options):
+    """The task's own routing options, overridden by the signature's."""
+    task = current_celery_app.tasks.get(name)
+    own = task._get_exec_options() if task is not None else {}
+    kept = {k: v for k, v in own.items() if k in ROUTING_OPTIONS and v is not None}
+    return {**kept, **options}
 
 
 def _send(message):
@@ -92,6 +111,7 @@ def _send(message):
             kwargs={},
             task_id=message.celery_id,
             headers=headers,
+            retries=message.retries,
             throw=False,
         )
         return
@@ -102,7 +122,8 @@ def _send(message):
             kwargs={},
             task_id=message.celery_id,
             headers=headers,
-            **message.options,
+            retries=message.retries,
+            **_routing(message.name, message.options),
         )
     except Exception:
         logger.exception(

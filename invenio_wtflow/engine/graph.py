@@ -108,7 +108,7 @@ class _Compiler:
             return self._task(sig.name, (), {}, {}, True, None, deps)
         if isinstance(sig, _chord):
             header, terminals = self._group(list(sig.tasks), incoming, deps)
-            return self.compile(sig.body, header, terminals, in_chain=True)
+            return self.compile(sig.body, header, terminals)
         if isinstance(sig, group):
             members = list(sig.tasks)
             if in_chain and len(members) == 1:

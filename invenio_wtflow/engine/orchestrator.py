@@ -39,6 +39,7 @@ from ..models import (
     WorkflowStatus,
     utcnow,
 )
+from . import sqlite
 from .dispatch import Message, dispatcher
 from .graph import input_positions
 from .status import default_status
@@ -73,7 +74,7 @@ def atomic(func_, *args, **kwargs):
     retries = current_app.config["WTFLOW_DB_RETRIES"]
     for attempt in range(retries + 1):
         try:
-            with UnitOfWork(db.session) as uow:
+            with sqlite.writer(), UnitOfWork(db.session) as uow:
                 result = func_(uow, *args, **kwargs)
                 uow.commit()
             return result
@@ -309,15 +310,17 @@ def start(uow, workflow_id, data=None):
 def claim(uow, task_id, celery_id, retries=0):
     """Move an attempt ``queued -> running`` and return the task, or ``None``.
 
-    A Celery retry of the running attempt (same Celery id, higher retry count)
-    may claim it again; any other delivery (duplicate, stale attempt, stopped
-    task) claims nothing.
+    ``task.retries`` is the retry count the attempt expects next: a queued
+    attempt is claimed by a delivery with at least that count, and a Celery
+    retry (same Celery id, higher count) may claim a running attempt before
+    the retry was recorded. Any other delivery (duplicate, older retry, stale
+    attempt, stopped task) claims nothing.
     """
     tasks = _lock_tasks(TaskRun.id == task_id)
     if not tasks or tasks[0].celery_id != celery_id:
         return None
     task = tasks[0]
-    claimable = task.status == QUEUED.value or (
+    claimable = (task.status == QUEUED.value and retries >= task.retries) or (
         task.status == RUNNING.value and retries > task.retries
     )
     if not claimable:
@@ -343,16 +346,20 @@ def inputs(task):
     )
 
 
-def _lock_running(task_id, celery_id, statuses=(RUNNING,)):
+def _lock_running(task_id, celery_id, retries, statuses=(RUNNING,)):
     """Lock the root and a task; return ``(workflow, task)`` or ``None``.
 
-    ``None`` means the attempt is no longer current (stopped, restarted,
-    already finished): the caller must change nothing.
+    ``None`` means the execution is no longer current (stopped, restarted,
+    retried, already finished): the caller must change nothing.
     """
     workflow = lock_workflow(task_id=task_id)
     task = _lock_tasks(TaskRun.id == task_id)[0]
     allowed = {s.value for s in statuses}
-    if task.celery_id != celery_id or task.status not in allowed:
+    if (
+        task.celery_id != celery_id
+        or task.status not in allowed
+        or task.retries != retries
+    ):
         logger.info(
             "Ignoring stale report of attempt %s for task %s (%s, attempt %s).",
             celery_id,
@@ -364,12 +371,13 @@ def _lock_running(task_id, celery_id, statuses=(RUNNING,)):
     return workflow, task
 
 
-def succeed(uow, task_id, celery_id, result):
+def succeed(uow, task_id, celery_id, result, retries=0):
     """Record a successful attempt and queue the dependants it completes.
 
+    :param retries: the Celery retry count of the execution reporting.
     :returns: whether the report was applied (``False`` for a stale one).
     """
-    locked = _lock_running(task_id, celery_id)
+    locked = _lock_running(task_id, celery_id, retries)
     if locked is None:
         return False
     workflow, task = locked
@@ -402,12 +410,13 @@ def succeed(uow, task_id, celery_id, result):
     return True
 
 
-def fail(uow, task_id, celery_id, error, traceback=None):
+def fail(uow, task_id, celery_id, error, traceback=None, retries=0):
     """Record a failed attempt and cancel every task downstream of it.
 
+    :param retries: the Celery retry count of the execution reporting.
     :returns: whether the report was applied (``False`` for a stale one).
     """
-    locked = _lock_running(task_id, celery_id)
+    locked = _lock_running(task_id, celery_id, retries)
     if locked is None:
         return False
     workflow, task = locked
@@ -444,21 +453,26 @@ def retry(uow, task_id, celery_id, retries, reason, eta=None):
     ):
         return False
     task.status = QUEUED.value
+    task.retries = retries + 1
     task.message = f"Retry {retries + 1}: {reason}"
     task.queued_at = eta or utcnow()
     return True
 
 
-def report(uow, task_id, celery_id, message=None, progress=None):
+def report(uow, task_id, celery_id, message=None, progress=None, retries=0):
     """Record a running attempt's message and progress.
 
-    :returns: whether the attempt is still the current, running one.
+    :returns: whether the execution is still the current, running one.
     """
     tasks = _lock_tasks(TaskRun.id == task_id)
     if not tasks:
         return False
     task = tasks[0]
-    if task.celery_id != celery_id or task.status != RUNNING.value:
+    if (
+        task.celery_id != celery_id
+        or task.status != RUNNING.value
+        or task.retries != retries
+    ):
         return False
     if message is not None:
         task.message = message
@@ -492,21 +506,20 @@ def stop_task(uow, task_id):
     :raises InvalidStateError: when the task has already finished.
     """
     workflow = lock_workflow(task_id=task_id)
-    task = _lock_tasks(TaskRun.id == task_id)[0]
+    dependants, _ = _edges(workflow.id)
+    downstream = _downstream([task_id], dependants)
+    locked = {t.id: t for t in _lock_tasks(TaskRun.id.in_(downstream | {task_id}))}
+    task = locked.pop(task_id)
     if TaskStatus(task.status) in TERMINAL_TASK_STATUSES:
         raise InvalidStateError(
             f"Task {task.id} is already {task.status}; nothing to stop."
         )
-    dependants, _ = _edges(workflow.id)
     _cancel(uow, [task], "Cancelled: the task was stopped.")
-    downstream = _downstream([task.id], dependants)
-    if downstream:
-        _cancel(
-            uow,
-            _lock_tasks(TaskRun.id.in_(downstream)),
-            f"Cancelled: upstream task {task.name} (node {task.position}) was "
-            "stopped.",
-        )
+    _cancel(
+        uow,
+        list(locked.values()),
+        f"Cancelled: upstream task {task.name} (node {task.position}) was stopped.",
+    )
     refresh_status(workflow, f"Task {task.name} (node {task.position}) stopped.")
     return task
 
@@ -533,9 +546,12 @@ def restart_task(uow, task_id):
 
     Upstream tasks keep their results and are not re-run.
 
+    Cancelled tasks the reset set depends on (siblings of a join stopped
+    with the run) are reset and run too.
+
     :raises InvalidStateError: when the task has not run yet, or when a task
-        to reset depends on a task outside the reset set that failed or was
-        cancelled (restart that one instead).
+        to reset depends on a failed task outside the reset set (restart that
+        one instead).
     """
     workflow = lock_workflow(task_id=task_id)
     status = db.session.execute(
@@ -546,16 +562,28 @@ def restart_task(uow, task_id):
             f"Task {task_id} has not run yet; there is nothing to restart."
         )
     dependants, dependencies = _edges(workflow.id)
+    statuses = dict(
+        db.session.execute(
+            select(TaskRun.id, TaskRun.status).where(TaskRun.workflow_id == workflow.id)
+        ).all()
+    )
+    # What the task needs that was cancelled (a stopped sibling of a join, say)
+    # runs again with it; a failed upstream must be restarted on purpose.
     reset_ids = {task_id} | _downstream([task_id], dependants)
-    outside = set().union(*(dependencies.get(i, set()) for i in reset_ids)) - reset_ids
+    while True:
+        outside = (
+            set().union(*(dependencies.get(i, set()) for i in reset_ids)) - reset_ids
+        )
+        cancelled = {i for i in outside if statuses[i] == CANCELLED.value}
+        if not cancelled:
+            break
+        reset_ids |= cancelled | _downstream(cancelled, dependants)
     upstream = {t.id: t for t in TaskRun.query.filter(TaskRun.id.in_(outside))}
-    dead = [
-        t for t in upstream.values() if t.status in (FAILURE.value, CANCELLED.value)
-    ]
+    dead = [t for t in upstream.values() if t.status == FAILURE.value]
     if dead:
         names = ", ".join(f"{t.name} (node {t.position})" for t in dead)
         raise InvalidStateError(
-            f"Cannot restart task {task_id}: upstream {names} did not succeed; "
+            f"Cannot restart task {task_id}: upstream {names} failed; "
             "restart it instead."
         )
     tasks = _lock_tasks(TaskRun.id.in_(reset_ids))
