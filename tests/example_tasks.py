@@ -145,7 +145,7 @@ def whoami(self):
 
 @workflow_task(bind=True, max_retries=5, default_retry_delay=0)
 def twice(self, counter_file):
-    """Fail twice (per counter file) through Celery retries, then succeed."""
+    """Fail two times (per counter file) through Celery retries, then succeed."""
     count = int(open(counter_file).read()) if os.path.exists(counter_file) else 0
     with open(counter_file, "w") as fp:
         fp.write(str(count + 1))
