@@ -88,9 +88,13 @@ class Task:
         """The :class:`Workflow` this task belongs to."""
         return Workflow.get(self.model.workflow_id)
 
-    def restart(self):
-        """Reset this task and everything downstream, and run them again."""
-        orchestrator.atomic(orchestrator.restart_task, self.model.id)
+    def restart(self, **data):
+        """Reset this task and everything downstream, and run them again.
+
+        :param data: merged over the run's data before the tasks run again.
+        """
+        data = _check_data(data)
+        orchestrator.atomic(orchestrator.restart_task, self.model.id, data)
         db.session.refresh(self.model)
         return self
 

@@ -330,10 +330,10 @@ class TaskResource(MethodView):
         return json_response(dump_task(workflow, task))
 
     def put(self, workflow_id, task_id):
-        """Restart the task and what depends on it."""
+        """Restart the task and what depends on it, merging the body's data."""
         workflow, task = get_task(workflow_id, task_id, "task-restart")
-        json_body(DataSchema())
-        task.restart()
+        body = json_body(DataSchema())
+        task.restart(**body["data"])
         return json_response(dump_task(workflow, Task.get(task.id)), status=202)
 
     def delete(self, workflow_id, task_id):

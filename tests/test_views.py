@@ -117,12 +117,15 @@ def test_task_resources_and_history(client, users):
     assert client.get(f"/workflows/{wf['id']}/history").json["hits"]
 
     first = wf["tasks"][0]
-    res = client.put(f"/workflows/{wf['id']}/tasks/{first['id']}", json={})
+    res = client.put(
+        f"/workflows/{wf['id']}/tasks/{first['id']}", json={"data": {"retry": 1}}
+    )
     assert res.status_code == 202 and res.json["attempt"] == 2
+    assert client.get(f"/workflows/{wf['id']}").json["data"] == {"retry": 1}
 
     res = client.put(f"/workflows/{wf['id']}", json={"data": {"x": 1}})
     assert res.status_code == 202
-    assert res.json["id"] == wf["id"] and res.json["data"] == {"x": 1}
+    assert res.json["id"] == wf["id"] and res.json["data"] == {"retry": 1, "x": 1}
 
 
 def test_actions_that_make_no_sense_are_conflicts(client, users):
@@ -193,6 +196,19 @@ def test_permissions(client, users, app):
     assert finished.status_code == 409 and "nothing to stop" in finished.json["message"]
     pending = Workflow.create("add-chain", created_by=users["owner"].id)
     assert client.delete(f"/workflows/{pending.id}").status_code == 202
+
+
+def test_superuser_may_do_everything(client, users, db):
+    from invenio_access.permissions import superuser_access
+
+    db.session.add(ActionUsers.allow(superuser_access, user=users["other"]))
+    db.session.commit()
+    wf = Workflow.create("add-chain", created_by=users["owner"].id)
+    login(client, users["other"])
+    assert client.get(f"/workflows/{wf.id}").status_code == 200
+    assert client.get("/workflows/").json["total"] == 1
+    res = client.post("/workflows/", json={"name": "add-chain", "start": True})
+    assert res.status_code == 201
 
 
 def test_per_definition_permission_factory(client, users):

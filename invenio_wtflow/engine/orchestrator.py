@@ -541,10 +541,11 @@ def restart(uow, workflow_id, data=None):
     return start(uow, workflow.id)
 
 
-def restart_task(uow, task_id):
+def restart_task(uow, task_id, data=None):
     """Reset a task and everything downstream of it, and run them again.
 
-    Upstream tasks keep their results and are not re-run.
+    Upstream tasks keep their results and are not re-run. ``data`` is merged
+    over the run's data first (it reaches the tasks that run again).
 
     Cancelled tasks the reset set depends on (siblings of a join stopped
     with the run) are reset and run too.
@@ -587,6 +588,8 @@ def restart_task(uow, task_id):
             "restart it instead."
         )
     tasks = _lock_tasks(TaskRun.id.in_(reset_ids))
+    if data:
+        workflow.data = {**workflow.data, **data}
     _cancel(uow, tasks, "Cancelled: the task was restarted.")
     for task in tasks:
         deps = dependencies.get(task.id, set())
