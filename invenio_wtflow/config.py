@@ -21,6 +21,23 @@ database commit and the publish loses nothing. Duplicate messages are harmless:
 only one delivery can claim an attempt.
 """
 
+WTFLOW_TASK_LEASE = 600
+"""Seconds a running attempt may go without a sign of life.
+
+An attempt shows life when it starts and each time its body calls
+``self.update_status()`` or ``self.heartbeat()``. When the lease expires (the
+worker was killed, the machine lost, a hard time limit hit), the sweeper runs
+the task again as a new attempt, or fails it once ``WTFLOW_MAX_ATTEMPTS`` are
+used. Set it above the longest run of a task that does not report, or give
+the task its own with ``@workflow_task(lease=seconds)``.
+"""
+
+WTFLOW_MAX_ATTEMPTS = 3
+"""Attempts of a task the sweeper may start after leases expire.
+
+Restarts by a person are not limited; this only bounds automatic recovery.
+"""
+
 WTFLOW_DB_RETRIES = 5
 """How many times an engine transaction is retried on a transient error.
 

@@ -142,7 +142,7 @@ class TaskRun(db.Model, db.Timestamp):
 
     __tablename__ = "wtflow_task"
     __table_args__ = (db.UniqueConstraint("workflow_id", "position"),)
-    __versioned__ = {"exclude": ["remaining"]}
+    __versioned__ = {"exclude": ["remaining", "lease_expires_at"]}
 
     id = db.Column(UUIDType, primary_key=True, default=uuid.uuid4)
     """Task run identifier; kept across attempts."""
@@ -201,6 +201,9 @@ class TaskRun(db.Model, db.Timestamp):
 
     finished_at = db.Column(db.UTCDateTime, nullable=True)
     """When the current attempt reached a terminal status."""
+
+    lease_expires_at = db.Column(db.UTCDateTime, nullable=True)
+    """When a running attempt that shows no sign of life is presumed dead."""
 
     workflow = db.relationship(
         WorkflowRun, back_populates="tasks", foreign_keys=[workflow_id]

@@ -111,7 +111,12 @@ class WorkflowTask(AppContextTask):
         """Claim the attempt, run the body, record the outcome."""
         request = self.request
         execution = orchestrator.atomic(
-            _claim, task_run_id, request.id, request.retries or 0, self.run
+            _claim,
+            task_run_id,
+            request.id,
+            request.retries or 0,
+            self.run,
+            getattr(self, "lease", None),
         )
         if execution is None:
             logger.info(
@@ -196,6 +201,8 @@ class WorkflowTask(AppContextTask):
     def update_status(self, message=None, progress=None):
         """Record a message and/or progress (0..1) for the running attempt.
 
+        Also renews the attempt's lease (see :meth:`heartbeat`).
+
         The change is committed at once (together with anything the body left
         pending in the session), so that watchers see it while the task runs.
 
@@ -213,7 +220,18 @@ class WorkflowTask(AppContextTask):
             message,
             progress,
             execution.retries,
+            getattr(self, "lease", None),
         )
+
+    def heartbeat(self):
+        """Show that the running attempt is alive: renew its lease.
+
+        Call it from long bodies that do not report progress, more often than
+        the lease (``WTFLOW_TASK_LEASE`` or the task's ``lease`` option).
+
+        :returns: whether the attempt is still current (``False`` once stopped).
+        """
+        return self.update_status()
 
     def results(self, name):
         """Return the stored result of another task of the same workflow.
@@ -238,9 +256,9 @@ class WorkflowTask(AppContextTask):
         return found[0].result
 
 
-def _claim(uow, task_run_id, celery_id, retries, func):
+def _claim(uow, task_run_id, celery_id, retries, func, lease=None):
     """Claim an attempt and compute its arguments, in one transaction."""
-    task = orchestrator.claim(uow, task_run_id, celery_id, retries)
+    task = orchestrator.claim(uow, task_run_id, celery_id, retries, lease)
     if task is None:
         return None
     signature = task.signature

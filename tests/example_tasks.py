@@ -179,3 +179,14 @@ def write_mark(name):
 
     db.session.execute(db.text("INSERT INTO marks (name) VALUES (:n)"), {"n": name})
     return name
+
+
+@workflow_task(lease=2)
+def lost_once(marker_dir):
+    """Hang the first time (a test kills the process), return at once later."""
+    marker = os.path.join(marker_dir, "started")
+    if not os.path.exists(marker):
+        with open(marker, "w") as fp:
+            fp.write(str(os.getpid()))
+        time.sleep(120)
+    return "recovered"

@@ -4,6 +4,7 @@
 """Orchestrator transitions: cost per task and the status rule."""
 
 from contextlib import contextmanager
+from datetime import timedelta
 
 import pytest
 from celery import chord
@@ -13,6 +14,7 @@ from invenio_wtflow import Workflow, current_wtflow
 from invenio_wtflow.api import Task
 from invenio_wtflow.engine import dispatch, orchestrator
 from invenio_wtflow.engine.status import default_status
+from invenio_wtflow.models import TaskRun, utcnow
 from invenio_wtflow.tasks import requeue_stale
 
 from .example_tasks import add, tsum
@@ -121,3 +123,59 @@ def test_restarting_a_member_after_stop_reruns_the_stopped_group(app, db):
     Task.get(wf.tasks[0].id).restart()
     wf = Workflow.get(wf.id)
     assert wf.status == "success" and wf.result == 20
+
+
+def expire_lease(db, task_id):
+    """Move a running attempt's lease into the past."""
+    db.session.query(TaskRun).filter_by(id=task_id).update(
+        {TaskRun.lease_expires_at: utcnow() - timedelta(seconds=1)}
+    )
+    db.session.commit()
+
+
+def claimed_run(monkeypatch, name="add-chain"):
+    """A run whose first task was claimed by a worker that then vanished."""
+    monkeypatch.setattr(dispatch, "_send", lambda message: None)
+    wf = Workflow.create(name).start()
+    task = wf.tasks[0].model
+    orchestrator.atomic(orchestrator.claim, task.id, task.celery_id)
+    monkeypatch.undo()
+    return wf, task.id
+
+
+def test_an_expired_lease_runs_a_new_attempt(app, db, monkeypatch):
+    wf, task_id = claimed_run(monkeypatch)
+    assert dispatch.requeue_stale(older_than=3600) == 0  # lease still running
+    expire_lease(db, task_id)
+    assert dispatch.requeue_stale(older_than=3600) == 1
+    wf = Workflow.get(wf.id)
+    assert wf.status == "success" and wf.result == 60
+    first = wf.tasks[0]
+    assert first.attempt == 2
+    assert any("presumed lost" in (h["message"] or "") for h in first.history())
+
+
+def test_an_expired_lease_fails_the_task_after_max_attempts(app, db, monkeypatch):
+    app.config["WTFLOW_MAX_ATTEMPTS"] = 1
+    try:
+        wf, task_id = claimed_run(monkeypatch)
+        expire_lease(db, task_id)
+        assert dispatch.requeue_stale(older_than=3600) == 1
+    finally:
+        app.config["WTFLOW_MAX_ATTEMPTS"] = 3
+    wf = Workflow.get(wf.id)
+    assert wf.status == "failure"
+    assert [t.status for t in wf.tasks] == ["failure", "cancelled", "cancelled"]
+    assert wf.tasks[0].error.startswith("LeaseExpired")
+
+
+def test_reporting_renews_the_lease(app, db, monkeypatch):
+    wf, task_id = claimed_run(monkeypatch)
+    task = TaskRun.query.get(task_id)
+    expire_lease(db, task_id)
+    assert orchestrator.atomic(
+        orchestrator.report, task_id, task.celery_id, "still here", None, 0, 60
+    )
+    renewed = TaskRun.query.get(task_id).lease_expires_at
+    assert renewed > utcnow() + timedelta(seconds=50)
+    assert dispatch.requeue_stale(older_than=3600) == 0

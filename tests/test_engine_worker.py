@@ -8,6 +8,7 @@ Selected when ``SQLALCHEMY_DATABASE_URI`` points to PostgreSQL and
 """
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -15,14 +16,15 @@ import time
 from pathlib import Path
 
 import pytest
+from celery import chain
 from invenio_db import db as _db
 
-from invenio_wtflow import Workflow
+from invenio_wtflow import Workflow, current_wtflow
 from invenio_wtflow.api import Task
 from invenio_wtflow.engine import dispatch
 from invenio_wtflow.models import TaskRun, WorkflowRun
 
-from .example_tasks import JOIN_WIDTH
+from .example_tasks import JOIN_WIDTH, add, lost_once
 
 BROKER_URL = os.environ.get("WTFLOW_TEST_BROKER_URL")
 DB_URI = os.environ.get("SQLALCHEMY_DATABASE_URI", "")
@@ -196,6 +198,25 @@ def test_restart_after_stop_runs_a_fresh_attempt(worker, clean):
     assert wf.status == "success"
     assert wf.tasks[0].model.celery_id != revoked
     assert [t.attempt for t in wf.tasks] == [2, 1]
+
+
+def test_a_killed_worker_process_is_recovered_by_the_lease(worker, clean, tmp_path):
+    """SIGKILL the pool process running a task: the lease brings it back."""
+    current_wtflow.register("lost", chain(lost_once.si(), add.si(1, 1)))
+    wf = Workflow.create("lost", data={"marker_dir": str(tmp_path)}).start()
+    marker = tmp_path / "started"
+    deadline = time.monotonic() + 30
+    while not (marker.exists() and marker.read_text()):
+        assert time.monotonic() < deadline, "the task never started"
+        time.sleep(0.1)
+    os.kill(int(marker.read_text()), signal.SIGKILL)
+    wait_task(wf.tasks[0].id, "running")  # nobody tells the database
+    time.sleep(2.5)  # the task's lease is 2 seconds
+    assert dispatch.requeue_stale(older_than=3600) == 1
+    (wf,) = wait([wf.id])
+    assert wf.status == "success" and wf.result == 2
+    assert wf.tasks[0].attempt == 2 and wf.tasks[0].result == "recovered"
+    assert not [t for t in wf.tasks if t.status == "running"]
 
 
 def test_restart_task_with_a_worker(worker, clean, tmp_path):

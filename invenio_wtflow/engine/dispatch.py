@@ -184,10 +184,12 @@ def requeue_stale(older_than=None):
 
     Each one's ``queued_at`` is moved to now, so a task that simply waits in a
     long queue is re-sent at most once per period. Duplicates are harmless:
-    only one delivery of an attempt can claim it.
+    only one delivery of an attempt can claim it. Running attempts whose lease
+    has expired are run again or failed (see
+    :func:`~invenio_wtflow.engine.orchestrator.recover_expired`).
 
     :param older_than: seconds; defaults to ``WTFLOW_REQUEUE_AFTER``.
-    :returns: the number of attempts published again.
+    :returns: the number of attempts published again or recovered.
     """
     if older_than is None:
         older_than = current_app.config["WTFLOW_REQUEUE_AFTER"]
@@ -216,6 +218,7 @@ def requeue_stale(older_than=None):
         if touched:
             messages.append(Message.for_task(task))
     db.session.commit()
+    recovered = _recover_expired_leases(now)
     for message in messages:
         logger.warning(
             "Re-publishing attempt %s of task run %s (%s), queued since before %s.",
@@ -225,4 +228,28 @@ def requeue_stale(older_than=None):
             deadline.isoformat(),
         )
     publish(messages)
-    return len(messages)
+    return len(messages) + recovered
+
+
+def _recover_expired_leases(now):
+    """Run again (or fail) running attempts whose lease ended before ``now``."""
+    # Imported here: the orchestrator publishes through this module.
+    from .orchestrator import atomic, recover_expired
+
+    expired = [
+        task_id
+        for (task_id,) in db.session.query(TaskRun.id)
+        .filter(
+            TaskRun.status == TaskStatus.RUNNING.value,
+            TaskRun.lease_expires_at < now,
+        )
+        .order_by(TaskRun.id)
+    ]
+    db.session.commit()
+    recovered = 0
+    for task_id in expired:
+        outcome = atomic(recover_expired, task_id)
+        if outcome:
+            logger.warning("Lease of task run %s expired: %s.", task_id, outcome)
+            recovered += 1
+    return recovered

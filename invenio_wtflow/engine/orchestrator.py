@@ -20,6 +20,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
+from datetime import timedelta
 
 from flask import current_app
 from invenio_db import db
@@ -171,7 +172,7 @@ def _queue(uow, tasks):
         task.celery_id = str(uuid.uuid4())
         task.retries = 0
         task.queued_at = now
-        task.started_at = task.finished_at = None
+        task.started_at = task.finished_at = task.lease_expires_at = None
         op.messages.append(Message.for_task(task))
 
 
@@ -184,6 +185,7 @@ def _reset(task, remaining):
     task.message = task.error = task.traceback = None
     task.progress = task.result = None
     task.queued_at = task.started_at = task.finished_at = None
+    task.lease_expires_at = None
 
 
 def _cancel(uow, tasks, reason):
@@ -307,7 +309,7 @@ def start(uow, workflow_id, data=None):
     return workflow
 
 
-def claim(uow, task_id, celery_id, retries=0):
+def claim(uow, task_id, celery_id, retries=0, lease=None):
     """Move an attempt ``queued -> running`` and return the task, or ``None``.
 
     ``task.retries`` is the retry count the attempt expects next: a queued
@@ -328,7 +330,14 @@ def claim(uow, task_id, celery_id, retries=0):
     task.status = RUNNING.value
     task.retries = retries
     task.started_at = utcnow()
+    task.lease_expires_at = _lease_end(lease)
     return task
+
+
+def _lease_end(lease):
+    """When a lease of ``lease`` seconds (or ``WTFLOW_TASK_LEASE``) ends."""
+    seconds = lease or current_app.config["WTFLOW_TASK_LEASE"]
+    return utcnow() + timedelta(seconds=seconds)
 
 
 def inputs(task):
@@ -382,6 +391,7 @@ def succeed(uow, task_id, celery_id, result, retries=0):
         return False
     workflow, task = locked
     task.status = SUCCESS.value
+    task.lease_expires_at = None
     task.result = result
     task.progress = 1.0
     task.finished_at = utcnow()
@@ -421,6 +431,7 @@ def fail(uow, task_id, celery_id, error, traceback=None, retries=0):
         return False
     workflow, task = locked
     task.status = FAILURE.value
+    task.lease_expires_at = None
     task.error = error
     task.traceback = traceback
     task.finished_at = utcnow()
@@ -453,14 +464,15 @@ def retry(uow, task_id, celery_id, retries, reason, eta=None):
     ):
         return False
     task.status = QUEUED.value
+    task.lease_expires_at = None
     task.retries = retries + 1
     task.message = f"Retry {retries + 1}: {reason}"
     task.queued_at = eta or utcnow()
     return True
 
 
-def report(uow, task_id, celery_id, message=None, progress=None, retries=0):
-    """Record a running attempt's message and progress.
+def report(uow, task_id, celery_id, message=None, progress=None, retries=0, lease=None):
+    """Record a running attempt's message and progress, and renew its lease.
 
     :returns: whether the execution is still the current, running one.
     """
@@ -478,7 +490,55 @@ def report(uow, task_id, celery_id, message=None, progress=None, retries=0):
         task.message = message
     if progress is not None:
         task.progress = progress
+    task.lease_expires_at = _lease_end(lease)
     return True
+
+
+def recover_expired(uow, task_id):
+    """Run again (or fail) a running attempt whose lease has expired.
+
+    The worker that claimed it is presumed dead (killed, lost, past a hard
+    time limit): its attempt is revoked and a new attempt is queued, until
+    ``WTFLOW_MAX_ATTEMPTS`` attempts have been made; then the task fails and
+    what depends on it is cancelled. A late report of the old attempt is
+    ignored, since it carries the old Celery id.
+
+    :returns: ``"requeued"``, ``"failed"`` or ``None`` (nothing to do).
+    """
+    workflow = lock_workflow(task_id=task_id)
+    task = _lock_tasks(TaskRun.id == task_id)[0]
+    now = utcnow()
+    if (
+        task.status != RUNNING.value
+        or task.lease_expires_at is None
+        or task.lease_expires_at > now
+    ):
+        return None
+    dispatcher(uow).revoked.append(task.celery_id)
+    lost = (
+        f"Attempt {task.attempt} presumed lost: no sign of life before its lease ended."
+    )
+    if task.attempt < current_app.config["WTFLOW_MAX_ATTEMPTS"]:
+        _queue(uow, [task])
+        task.message = f"{lost} Running attempt {task.attempt}."
+        refresh_status(workflow)
+        return "requeued"
+    task.status = FAILURE.value
+    task.lease_expires_at = None
+    task.error = f"LeaseExpired: {lost}"
+    task.finished_at = now
+    dependants, _ = _edges(workflow.id)
+    downstream = _downstream([task.id], dependants)
+    if downstream:
+        _cancel(
+            uow,
+            _lock_tasks(TaskRun.id.in_(downstream)),
+            f"Cancelled: upstream task {task.name} (node {task.position}) failed.",
+        )
+    refresh_status(
+        workflow, f"Task {task.name} (node {task.position}) failed: {task.error}"
+    )
+    return "failed"
 
 
 def stop(uow, workflow_id):
