@@ -9,6 +9,7 @@ from invenio_base.utils import entry_points
 from werkzeug.utils import import_string
 
 from . import config
+from .cli import wtflow as wtflow_cli
 from .engine.sqlite import serialise_sqlite_transactions
 from .errors import InvalidDefinitionError, UnknownWorkflowError
 
@@ -122,6 +123,7 @@ class InvenioWTFlow:
             serialise_sqlite_transactions()
         state = _WTFlowState(app, entry_point_group=entry_point_group)
         app.extensions["invenio-wtflow"] = state
+        app.cli.add_command(wtflow_cli)
         return state
 
     def init_config(self, app):
