@@ -275,6 +275,8 @@ class WorkflowListResource(MethodView):
         """Create a run (and start it); with a known key, return that run."""
         body = json_body(WorkflowCreateSchema())
         check(None, "create", name=body["name"])
+        if body["start"]:
+            check(None, "start", name=body["name"])  # before anything is written
         workflow = Workflow.create(
             body["name"],
             data=body["data"],
@@ -283,7 +285,6 @@ class WorkflowListResource(MethodView):
         )
         existed = not workflow.created_now
         if body["start"] and not existed:
-            check(workflow, "start")
             workflow.start()
         payload = dump_workflow(Workflow.get(workflow.id))
         return json_response(

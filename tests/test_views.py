@@ -304,3 +304,18 @@ def test_reading_a_run_costs_the_same_for_10_and_1000_tasks(client, users, app, 
         client.get(url)  # warm caches (user, permissions)
         counts.append(count_queries(app, db, lambda: client.get(url).json["tasks"]))
     assert counts[0] == counts[1]
+
+
+def test_create_and_start_checks_both_permissions_before_writing(client, users):
+    from invenio_access import Permission
+    from invenio_access.permissions import any_user
+
+    def create_only(workflow, action):
+        return Permission(any_user) if action == "create" else Permission()
+
+    current_wtflow.register("create-only", add.si(1, 2), permission_factory=create_only)
+    login(client, users["other"])
+    res = client.post("/workflows/", json={"name": "create-only", "start": True})
+    assert res.status_code == 403
+    assert rows() == (0, 0)
+    assert client.post("/workflows/", json={"name": "create-only"}).status_code == 201
