@@ -309,16 +309,6 @@ class _WorkflowTaskProxy(Proxy):
 
     __slots__ = ()
 
-    def apply(self, args=None, kwargs=None, *more, **options):
-        """Run eagerly; a workflow step never raises out of the engine's loop.
-
-        Celery runs an eager retry as a nested ``apply`` that follows
-        ``task_eager_propagates``; the outcome of a step is in the database.
-        """
-        if HEADER in (options.get("headers") or {}):
-            options["throw"] = False
-        return super().apply(args, kwargs, *more, **options)
-
     def __ror__(self, other):
         return self._get_current_object().__ror__(other)
 

@@ -321,3 +321,10 @@ def test_body_writes_survive_a_retried_success_transaction(app, db, monkeypatch)
     wf = Workflow.create("writes").start()
     assert failures and Workflow.get(wf.id).status == "success"
     assert db.session.execute(db.text("SELECT name FROM marks")).all() == [("one",)]
+
+
+def test_the_decorated_task_is_a_usable_celery_task(app, db):
+    assert add.apply(args=(2, 2)).get() == 4
+    assert add.s(1, 1).apply().get() == 2
+    assert (chain(add.s(1, 1)) | add.s(1)).apply().get() == 3
+    assert count_rows(db) == (0, 0)

@@ -430,6 +430,12 @@ def fail(uow, task_id, celery_id, error, traceback=None, retries=0):
     if locked is None:
         return False
     workflow, task = locked
+    _fail_task(uow, workflow, task, error, traceback)
+    return True
+
+
+def _fail_task(uow, workflow, task, error, traceback=None):
+    """Mark a task ``failure``, cancel what depends on it, refresh the run."""
     task.status = FAILURE.value
     task.lease_expires_at = None
     task.error = error
@@ -444,7 +450,6 @@ def fail(uow, task_id, celery_id, error, traceback=None, retries=0):
             f"Cancelled: upstream task {task.name} (node {task.position}) failed.",
         )
     refresh_status(workflow, f"Task {task.name} (node {task.position}) failed: {error}")
-    return True
 
 
 def retry(uow, task_id, celery_id, retries, reason, eta=None):
@@ -523,21 +528,7 @@ def recover_expired(uow, task_id):
         task.message = f"{lost} Running attempt {task.attempt}."
         refresh_status(workflow)
         return "requeued"
-    task.status = FAILURE.value
-    task.lease_expires_at = None
-    task.error = f"LeaseExpired: {lost}"
-    task.finished_at = now
-    dependants, _ = _edges(workflow.id)
-    downstream = _downstream([task.id], dependants)
-    if downstream:
-        _cancel(
-            uow,
-            _lock_tasks(TaskRun.id.in_(downstream)),
-            f"Cancelled: upstream task {task.name} (node {task.position}) failed.",
-        )
-    refresh_status(
-        workflow, f"Task {task.name} (node {task.position}) failed: {task.error}"
-    )
+    _fail_task(uow, workflow, task, f"LeaseExpired: {lost}")
     return "failed"
 
 
