@@ -14,6 +14,7 @@ from flask.cli import with_appcontext
 from invenio_db import db
 
 from .api import Task, Workflow
+from .engine.check import check_workflow
 from .engine.dispatch import requeue_stale
 from .errors import WTFlowError
 from .models import TERMINAL_TASK_STATUSES, WorkflowStatus
@@ -360,3 +361,21 @@ def requeue(older_than, as_json):
     if as_json:
         return _echo_json({"requeued": count})
     click.echo(f"Re-published or recovered {count} attempt(s).")
+
+
+@_command()
+@click.argument("workflow_id")
+@json_option
+def check(workflow_id, as_json):
+    """Check a run's consistency; exit 1 when a problem is found."""
+    workflow = Workflow.get(workflow_id)
+    problems = check_workflow(workflow.id)
+    if as_json:
+        _echo_json({"id": str(workflow.id), "problems": problems})
+    elif problems:
+        for line in problems:
+            click.echo(line)
+    else:
+        click.echo(f"{workflow.id}: consistent.")
+    if problems:
+        raise click.exceptions.Exit(FAILED)

@@ -22,6 +22,7 @@ from invenio_db import db as _db
 from invenio_wtflow import Workflow, current_wtflow
 from invenio_wtflow.api import Task
 from invenio_wtflow.engine import dispatch
+from invenio_wtflow.engine.check import check_workflow
 from invenio_wtflow.models import TaskRun, WorkflowRun
 
 from .example_tasks import JOIN_WIDTH, add, lost_once
@@ -123,6 +124,8 @@ def wait(workflow_ids, timeout=120, until=TERMINAL):
         _db.session.expire_all()
         runs = [Workflow.get(i) for i in workflow_ids]
         if all(r.status in until for r in runs):
+            for run in runs:  # every test of this suite ends consistent
+                assert check_workflow(run.id) == [], run.name
             return runs
         if time.monotonic() > deadline:
             pytest.fail(f"timeout: {[(r.name, r.status) for r in runs]}")

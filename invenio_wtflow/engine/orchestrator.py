@@ -134,7 +134,7 @@ def _lock_tasks(*criteria):
     )
 
 
-def _edges(workflow_id):
+def edges(workflow_id):
     """Return ``(dependants, dependencies)`` maps of task ids of a workflow."""
     rows = db.session.execute(
         select(TaskDependency.task_id, TaskDependency.depends_on_id)
@@ -148,7 +148,7 @@ def _edges(workflow_id):
     return dependants, dependencies
 
 
-def _downstream(task_ids, dependants):
+def downstream_of(task_ids, dependants):
     """Return every task reachable from ``task_ids`` (excluding them)."""
     seen, stack = set(), list(task_ids)
     while stack:
@@ -220,7 +220,7 @@ def refresh_status(workflow, message=None):
             .group_by(TaskRun.status)
         ).all()
     )
-    status = WorkflowStatus(_status_rule(workflow)(counts))
+    status = WorkflowStatus(status_rule(workflow)(counts))
     if status.value != workflow.status:
         workflow.status = status.value
         workflow.message = message
@@ -228,7 +228,8 @@ def refresh_status(workflow, message=None):
     return status
 
 
-def _status_rule(workflow):
+def status_rule(workflow):
+    """Return the status rule of a run's definition (or the default rule)."""
     ext = current_app.extensions.get("invenio-wtflow")
     cls = ext.workflow_class(workflow.name) if ext else None
     if cls is None:
@@ -441,8 +442,8 @@ def _fail_task(uow, workflow, task, error, traceback=None):
     task.error = error
     task.traceback = traceback
     task.finished_at = utcnow()
-    dependants, _ = _edges(workflow.id)
-    downstream = _downstream([task.id], dependants)
+    dependants, _ = edges(workflow.id)
+    downstream = downstream_of([task.id], dependants)
     if downstream:
         _cancel(
             uow,
@@ -557,8 +558,8 @@ def stop_task(uow, task_id):
     :raises InvalidStateError: when the task has already finished.
     """
     workflow = lock_workflow(task_id=task_id)
-    dependants, _ = _edges(workflow.id)
-    downstream = _downstream([task_id], dependants)
+    dependants, _ = edges(workflow.id)
+    downstream = downstream_of([task_id], dependants)
     locked = {t.id: t for t in _lock_tasks(TaskRun.id.in_(downstream | {task_id}))}
     task = locked.pop(task_id)
     if TaskStatus(task.status) in TERMINAL_TASK_STATUSES:
@@ -578,7 +579,7 @@ def stop_task(uow, task_id):
 def restart(uow, workflow_id, data=None):
     """Reset every task of a run to ``pending`` and start it again (same id)."""
     workflow = lock_workflow(workflow_id)
-    _, dependencies = _edges(workflow.id)
+    _, dependencies = edges(workflow.id)
     tasks = _lock_tasks(TaskRun.workflow_id == workflow.id)
     _cancel(uow, tasks, "Cancelled: the workflow was restarted.")
     for task in tasks:
@@ -613,7 +614,7 @@ def restart_task(uow, task_id, data=None):
         raise InvalidStateError(
             f"Task {task_id} has not run yet; there is nothing to restart."
         )
-    dependants, dependencies = _edges(workflow.id)
+    dependants, dependencies = edges(workflow.id)
     statuses = dict(
         db.session.execute(
             select(TaskRun.id, TaskRun.status).where(TaskRun.workflow_id == workflow.id)
@@ -621,7 +622,7 @@ def restart_task(uow, task_id, data=None):
     )
     # What the task needs that was cancelled (a stopped sibling of a join, say)
     # runs again with it; a failed upstream must be restarted on purpose.
-    reset_ids = {task_id} | _downstream([task_id], dependants)
+    reset_ids = {task_id} | downstream_of([task_id], dependants)
     while True:
         outside = (
             set().union(*(dependencies.get(i, set()) for i in reset_ids)) - reset_ids
@@ -629,7 +630,7 @@ def restart_task(uow, task_id, data=None):
         cancelled = {i for i in outside if statuses[i] == CANCELLED.value}
         if not cancelled:
             break
-        reset_ids |= cancelled | _downstream(cancelled, dependants)
+        reset_ids |= cancelled | downstream_of(cancelled, dependants)
     upstream = {t.id: t for t in TaskRun.query.filter(TaskRun.id.in_(outside))}
     dead = [t for t in upstream.values() if t.status == FAILURE.value]
     if dead:

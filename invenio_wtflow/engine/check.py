@@ -1,0 +1,92 @@
+# SPDX-FileCopyrightText: 2026 invenio-wtflow authors.
+# SPDX-License-Identifier: MIT
+
+"""Consistency check of a workflow run: the invariants, read from the rows.
+
+Used at the end of the concurrency and fault tests, and by operators through
+``invenio wtflow check <id>``. It only reads.
+"""
+
+from collections import defaultdict
+
+from invenio_db import db
+
+from ..errors import WorkflowNotFoundError
+from ..models import (
+    ACTIVE_TASK_STATUSES,
+    TaskRun,
+    TaskStatus,
+    WorkflowRun,
+    WorkflowStatus,
+)
+from .orchestrator import downstream_of, edges, status_rule
+
+
+def check_workflow(workflow_id):
+    """Return the problems found in a run (an empty list when consistent).
+
+    Checked, for every task: the join counter equals its unfinished
+    dependencies while it is ``pending``; a task that was queued, runs or
+    succeeded has all its dependencies successful; an active attempt has a
+    Celery id and a running one a lease; what depends on a failed task is
+    cancelled. For the run: its status is the rule applied to its tasks, and a
+    finished run has no active task.
+
+    :param workflow_id: the run's id.
+    :raises WorkflowNotFoundError: when there is no such run.
+    """
+    workflow = db.session.get(WorkflowRun, workflow_id)
+    if workflow is None:
+        raise WorkflowNotFoundError(workflow_id)
+    tasks = {t.id: t for t in TaskRun.query.filter_by(workflow_id=workflow.id).all()}
+    dependants, dependencies = edges(workflow.id)
+
+    problems = []
+
+    def problem(task, message):
+        problems.append(f"task {task.name} (node {task.position}): {message}")
+
+    for task in sorted(tasks.values(), key=lambda t: t.position):
+        status = TaskStatus(task.status)
+        unfinished = [
+            tasks[d]
+            for d in dependencies[task.id]
+            if tasks[d].status != TaskStatus.SUCCESS.value
+        ]
+        if status is TaskStatus.PENDING and task.remaining != len(unfinished):
+            problem(
+                task,
+                f"join counter is {task.remaining} but {len(unfinished)} "
+                "dependencies are unfinished",
+            )
+        if unfinished and (status in ACTIVE_TASK_STATUSES or status.value == "success"):
+            names = ", ".join(f"node {t.position} ({t.status})" for t in unfinished)
+            problem(
+                task, f"is {status.value} although upstream {names} did not succeed"
+            )
+        if status in ACTIVE_TASK_STATUSES and not task.celery_id:
+            problem(task, f"is {status.value} without a Celery id")
+        if status is TaskStatus.RUNNING and task.lease_expires_at is None:
+            problem(task, "is running without a lease")
+        if status is TaskStatus.FAILURE:
+            for child in downstream_of([task.id], dependants):
+                if tasks[child].status != TaskStatus.CANCELLED.value:
+                    problem(
+                        tasks[child],
+                        f"is {tasks[child].status} downstream of failed "
+                        f"node {task.position}",
+                    )
+
+    counts = defaultdict(int)
+    for task in tasks.values():
+        counts[task.status] += 1
+    expected = WorkflowStatus(status_rule(workflow)(dict(counts)))
+    if workflow.status != expected.value:
+        problems.append(
+            f"workflow status is {workflow.status}, its tasks say {expected.value}"
+        )
+    if WorkflowStatus(workflow.status).is_terminal and any(
+        TaskStatus(t.status) in ACTIVE_TASK_STATUSES for t in tasks.values()
+    ):
+        problems.append(f"workflow is {workflow.status} with tasks still active")
+    return problems

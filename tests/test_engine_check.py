@@ -1,0 +1,75 @@
+# SPDX-FileCopyrightText: 2026 invenio-wtflow authors.
+# SPDX-License-Identifier: MIT
+
+"""The consistency checker finds what breaks the invariants."""
+
+import pytest
+
+from invenio_wtflow import Workflow
+from invenio_wtflow.cli import wtflow
+from invenio_wtflow.engine.check import check_workflow
+from invenio_wtflow.errors import WorkflowNotFoundError
+from invenio_wtflow.models import TaskRun, WorkflowRun
+
+
+def corrupt(db, model, id_, **values):
+    """Write values behind the engine's back."""
+    db.session.query(model).filter_by(id=id_).update(values)
+    db.session.commit()
+
+
+@pytest.mark.parametrize("name", ["add-chain", "fan-out", "failing", "video"])
+def test_runs_the_engine_leaves_are_consistent(app, db, name):
+    wf = Workflow.create(name, data={"video_id": 1})
+    assert check_workflow(wf.id) == []
+    wf.start()
+    assert check_workflow(wf.id) == []
+    wf.restart()
+    assert check_workflow(wf.id) == []
+
+
+def test_finds_a_wrong_join_counter(app, db):
+    wf = Workflow.create("fan-out")
+    corrupt(db, TaskRun, wf.tasks[-1].id, remaining=4)
+    assert check_workflow(wf.id) == [
+        f"task {wf.tasks[-1].name} (node 5): join counter is 4 but 5 "
+        "dependencies are unfinished"
+    ]
+
+
+def test_finds_a_task_run_before_its_upstream(app, db):
+    wf = Workflow.create("add-chain")
+    corrupt(db, TaskRun, wf.tasks[1].id, status="success")
+    problems = check_workflow(wf.id)
+    assert any("node 1" in p and "did not succeed" in p for p in problems)
+    assert any("workflow status is pending" in p for p in problems)
+
+
+def test_finds_a_live_task_below_a_failure(app, db):
+    wf = Workflow.create("failing").start()
+    corrupt(db, TaskRun, wf.tasks[4].id, status="pending")
+    assert any("downstream of failed node 1" in p for p in check_workflow(wf.id))
+
+
+def test_finds_a_finished_run_with_active_tasks(app, db):
+    wf = Workflow.create("add-chain")
+    corrupt(db, WorkflowRun, wf.id, status="success")
+    assert "workflow status is success, its tasks say pending" in check_workflow(wf.id)
+
+
+def test_unknown_run(app, db):
+    import uuid
+
+    with pytest.raises(WorkflowNotFoundError):
+        check_workflow(uuid.uuid4())
+
+
+def test_cli_check(app, db):
+    runner = app.test_cli_runner()
+    wf = Workflow.create("add-chain").start()
+    res = runner.invoke(wtflow, ["check", str(wf.id)])
+    assert res.exit_code == 0 and "consistent" in res.output
+    corrupt(db, WorkflowRun, wf.id, status="running")
+    res = runner.invoke(wtflow, ["check", str(wf.id), "--json"])
+    assert res.exit_code == 1
+    assert "its tasks say success" in res.output
