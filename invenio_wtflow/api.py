@@ -122,7 +122,10 @@ class Workflow:
             definition = chain(group(extract_metadata, extract_frames), publish)
 
     :meth:`create` and :meth:`get` return an instance of the class registered
-    under the run's name, so a subclass can override :meth:`compute_status`.
+    under the run's name, so a subclass can override :meth:`compute_status`:
+    that is the hook for a custom status rule (the orchestrator stores its
+    answer, so lists can filter by it). Overriding the :attr:`status` property
+    instead would only change what this object says, not the stored status.
     """
 
     definition = None
