@@ -190,3 +190,12 @@ def lost_once(marker_dir):
             fp.write(str(os.getpid()))
         time.sleep(120)
     return "recovered"
+
+
+@workflow_task
+def slow_record(*upstream, name, marker_dir, seconds=1):
+    """Append a mark to a file per name, then sleep (to be redelivered meanwhile)."""
+    with open(os.path.join(marker_dir, name), "a") as fp:
+        fp.write("x")
+    time.sleep(seconds)
+    return name

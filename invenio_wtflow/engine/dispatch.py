@@ -69,7 +69,9 @@ def publish(messages):
     In eager mode an attempt runs inside the send and publishes its own
     successors; they are appended here and sent by the outermost call, so a
     long chain does not grow the stack. A send that fails is logged and left
-    to the sweeper: the task is ``queued`` in the database already.
+    to the sweeper: the task is ``queued`` in the database already. After a
+    failed send the rest of the batch is left to the sweeper too, so that a
+    broker outage costs the caller one timeout, not one per message.
 
     :param messages: an iterable of :class:`Message`.
     """
@@ -81,13 +83,22 @@ def publish(messages):
         while _outbox.pending:
             message = _outbox.pending.popleft()
             try:
-                _send(message)
+                sent = _send(message)
             except Exception:
                 logger.exception(
                     "Attempt %s of task run %s failed to run eagerly.",
                     message.celery_id,
                     message.task_run_id,
                 )
+                continue
+            if not sent and _outbox.pending:
+                # The broker is down: each send would block for the client's
+                # retries. The rest are queued in the database already.
+                logger.error(
+                    "Broker unavailable: leaving %d more attempt(s) to the sweeper.",
+                    len(_outbox.pending),
+                )
+                break
     finally:
         _outbox.pending.clear()
         _outbox.draining = False
@@ -102,7 +113,10 @@ def _routing(name, options):
 
 
 def _send(message):
-    """Publish one attempt (or run it at once in eager mode)."""
+    """Publish one attempt (or run it at once in eager mode).
+
+    :returns: ``False`` when the broker refused the message.
+    """
     celery = current_celery_app
     headers = {HEADER: message.task_run_id}
     if celery.conf.task_always_eager:
@@ -114,7 +128,7 @@ def _send(message):
             retries=message.retries,
             throw=False,
         )
-        return
+        return True
     try:
         celery.send_task(
             message.name,
@@ -131,6 +145,8 @@ def _send(message):
             message.celery_id,
             message.task_run_id,
         )
+        return False
+    return True
 
 
 def revoke(celery_ids):
