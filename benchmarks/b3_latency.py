@@ -1,0 +1,130 @@
+# SPDX-FileCopyrightText: 2026 invenio-wtflow authors.
+# SPDX-License-Identifier: MIT
+
+"""B3: one-task workflow, submit to success recorded, 200 in sequence (p50, p99)."""
+
+import statistics
+import time
+from datetime import timezone
+
+import sqlalchemy as sa
+from invenio_db import db
+
+from invenio_wtflow import Workflow
+
+from .bench_tasks import plain_noop
+from .common import (
+    CONCURRENCY,
+    PAIRS,
+    POLL,
+    CPUMeter,
+    Worker,
+    bench_app,
+    compare_cpu,
+    describe,
+    flush_backend,
+    percentile,
+    poll_engine,
+    truncate_runs,
+    wait_workflow,
+    warm_up,
+    write_result,
+)
+
+RUNS = 200
+
+
+def engine_latencies():
+    """Seconds from submit to success seen (polled) and recorded (in the row)."""
+    seen, recorded = [], []
+    query = sa.text("SELECT finished_at FROM wtflow_workflow WHERE id = :id")
+    for _ in range(RUNS):
+        wall = time.time()
+        start = time.perf_counter()
+        workflow_id = Workflow.create("bench-one").start().id
+        db.session.remove()
+        assert wait_workflow(workflow_id) == "success"
+        seen.append(time.perf_counter() - start)
+        with poll_engine().connect() as conn:
+            finished = conn.execute(query, {"id": str(workflow_id)}).scalar()
+        recorded.append(finished.replace(tzinfo=timezone.utc).timestamp() - wall)
+    return seen, recorded
+
+
+def baseline_latencies():
+    """Seconds of ``apply_async().get()`` of a no-op task."""
+    values = []
+    for _ in range(RUNS):
+        start = time.perf_counter()
+        plain_noop.apply_async().get(timeout=60, interval=POLL)
+        values.append(time.perf_counter() - start)
+    return values
+
+
+def quantiles(values):
+    """p50 and p99 in milliseconds."""
+    return {
+        "p50_ms": 1000 * statistics.median(values),
+        "p99_ms": 1000 * percentile(values, 99),
+    }
+
+
+def main():
+    """Alternate 200 engine runs and 200 plain calls, three times or more."""
+    pairs, cpu = [], []
+    with bench_app() as app, Worker() as worker:
+        worker.start(app.extensions["flask-celeryext"].celery)
+        warm_up()
+        meter = CPUMeter(worker)
+        for i in range(PAIRS):
+            truncate_runs()
+            before = meter.read()
+            seen, recorded = engine_latencies()
+            used = [meter.delta(before, meter.read())]
+            flush_backend()
+            before = meter.read()
+            baseline = baseline_latencies()
+            used.append(meter.delta(before, meter.read()))
+            cpu.append(tuple(used))
+            pair = {
+                "engine": quantiles(seen),
+                "engine_recorded": quantiles(recorded),
+                "baseline": quantiles(baseline),
+            }
+            pair["ratio_p50"] = pair["engine"]["p50_ms"] / pair["baseline"]["p50_ms"]
+            pairs.append(pair)
+            print(f"  pair {i + 1}: {pair}", flush=True)
+
+    def values(side, key):
+        return [p[side][key] for p in pairs]
+
+    result = {
+        "id": "B3",
+        "scenario": f"one-task workflow, submit to success, {RUNS} in sequence: "
+        f"p50 (status polled every {int(POLL * 1000)} ms)",
+        "against": "plain Celery apply_async().get(), Redis result backend",
+        "workers": CONCURRENCY,
+        "unit": "ms",
+        "target": "median p50 ratio <= 2.0",
+        "engine": describe(values("engine", "p50_ms")),
+        "baseline": describe(values("baseline", "p50_ms")),
+        "ratios": [p["ratio_p50"] for p in pairs],
+        "extra": {
+            "engine_p99_ms": describe(values("engine", "p99_ms")),
+            "baseline_p99_ms": describe(values("baseline", "p99_ms")),
+            "engine_recorded_p50_ms": describe(values("engine_recorded", "p50_ms")),
+            "engine_recorded_p99_ms": describe(values("engine_recorded", "p99_ms")),
+        },
+        "notes": [
+            "engine_recorded: from submit to the run's finished_at written by the "
+            "worker (no polling delay); the p50 ratio uses the polled figure",
+        ],
+    }
+    result["ratio_median"] = statistics.median(result["ratios"])
+    result["cpu"] = compare_cpu(cpu)
+    result["met"] = result["ratio_median"] <= 2.0
+    write_result(result)
+
+
+if __name__ == "__main__":
+    main()

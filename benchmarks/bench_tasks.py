@@ -1,0 +1,103 @@
+# SPDX-FileCopyrightText: 2026 invenio-wtflow authors.
+# SPDX-License-Identifier: MIT
+
+"""No-op tasks of both sides and the workflow definitions the benchmarks run."""
+
+from celery import chain, chord, group, shared_task
+
+from invenio_wtflow import Workflow, workflow_task
+
+from .common import EXPERIMENTS
+
+ENGINE_OPTIONS = {"ignore_result": True} if "ignore-result" in EXPERIMENTS else {}
+
+
+#
+# Engine side: workflow tasks (their results are recorded in the database).
+#
+@workflow_task(**ENGINE_OPTIONS)
+def wf_noop(*args, **kwargs):
+    """Do nothing (engine side)."""
+    return None
+
+
+@workflow_task(**ENGINE_OPTIONS)
+def wf_join(results):
+    """Return how many results were joined (engine side)."""
+    return len(results)
+
+
+#
+# Baseline side: plain Celery tasks (their results go to the result backend).
+#
+@shared_task
+def plain_noop(*args, **kwargs):
+    """Do nothing (plain Celery side)."""
+    return None
+
+
+@shared_task
+def plain_join(results):
+    """Return how many results were joined (plain Celery side)."""
+    return len(results)
+
+
+#
+# Canvases, built the same way for both sides.
+#
+def fan_in(noop, join, width):
+    """``chord(group(noop.si() * width), join.s())``: fan-out then one join."""
+    return chord(group(noop.si() for _ in range(width)), join.s())
+
+
+def long_chain(noop, length):
+    """``chain(noop.s() * length)``: each task receives the previous result."""
+    return chain(noop.s() for _ in range(length))
+
+
+def wide(noop, width):
+    """``group(noop.si() * width)``: independent tasks, no join."""
+    return group(noop.si() for _ in range(width))
+
+
+class _Lazy:
+    """Class attribute built on first access (workers never build big canvases)."""
+
+    def __init__(self, build):
+        self.build = build
+        self.value = None
+
+    def __get__(self, obj, owner):
+        if self.value is None:
+            self.value = self.build()
+        return self.value
+
+
+def _definition(name, build):
+    """A ``Workflow`` subclass whose canvas is built only when compiled."""
+    return type(name, (Workflow,), {"definition": _Lazy(build)})
+
+
+One = _definition("One", lambda: wf_noop.si())
+Chain200 = _definition("Chain200", lambda: long_chain(wf_noop, 200))
+FanIn8 = _definition("FanIn8", lambda: fan_in(wf_noop, wf_join, 8))
+FanIn1000 = _definition("FanIn1000", lambda: fan_in(wf_noop, wf_join, 1000))
+FanIn10000 = _definition("FanIn10000", lambda: fan_in(wf_noop, wf_join, 9999))
+Wide10 = _definition("Wide10", lambda: wide(wf_noop, 10))
+Wide100 = _definition("Wide100", lambda: wide(wf_noop, 100))
+Wide10000 = _definition("Wide10000", lambda: wide(wf_noop, 10000))
+
+WORKFLOWS = {
+    name: {"definition": f"benchmarks.bench_tasks:{cls.__name__}"}
+    for name, cls in {
+        "bench-one": One,
+        "bench-chain-200": Chain200,
+        "bench-fan-in-8": FanIn8,
+        "bench-fan-in-1000": FanIn1000,
+        "bench-fan-in-10000": FanIn10000,
+        "bench-wide-10": Wide10,
+        "bench-wide-100": Wide100,
+        "bench-wide-10000": Wide10000,
+    }.items()
+}
+"""Definitions registered (``WTFLOW_WORKFLOWS``) in the benchmark app and worker."""
