@@ -17,7 +17,7 @@ ORDER = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "SQL")
 
 
 def git():
-    """Commit of the package measured, and whether the tree had changes."""
+    """Commit of the package measured, and whether the package had changes."""
 
     def out(*args):
         return subprocess.run(
@@ -27,7 +27,7 @@ def git():
     dirty = [
         line
         for line in out("status", "--porcelain").splitlines()
-        if not line[3:].startswith("benchmarks/")
+        if line[3:].startswith("invenio_wtflow/")
     ]
     return {
         "commit": out("rev-parse", "--short", "HEAD"),
