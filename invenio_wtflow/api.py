@@ -8,16 +8,17 @@ publish the Celery messages of the tasks they queue after that commit.
 """
 
 from invenio_db import db
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy_continuum import version_class
 
-from .engine import orchestrator
+from .engine import children, orchestrator
 from .engine.graph import compile_canvas, ensure_json, resolve
 from .engine.status import default_status
 from .errors import (
     InvalidDataError,
     InvalidDefinitionError,
     TaskNotFoundError,
+    UnknownWorkflowError,
     WorkflowNotFoundError,
 )
 from .models import TaskDependency, TaskRun, TaskStatus, WorkflowRun, WorkflowStatus
@@ -136,7 +137,33 @@ class Workflow:
 
     def __init__(self, model):
         """Wrap a :class:`~invenio_wtflow.models.WorkflowRun`."""
-        self.model = model
+        self._model = model
+        self._id = None
+
+    @classmethod
+    def _lazy(cls, workflow_id):
+        """Refer to a run by id; its row is loaded on first use.
+
+        A task spawning many children keeps only their ids, so its session
+        does not grow with every child (each flush would scan them all).
+        """
+        workflow = cls(None)
+        workflow._id = workflow_id
+        return workflow
+
+    @property
+    def model(self):
+        """The :class:`~invenio_wtflow.models.WorkflowRun` row."""
+        if self._model is None:
+            self._model = _get(WorkflowRun, self._id)
+            if self._model is None:
+                raise WorkflowNotFoundError(self._id)
+        return self._model
+
+    @property
+    def id(self):
+        """The run's id."""
+        return self._id if self._model is None else self._model.id
 
     #
     # Lookup and creation
@@ -197,6 +224,24 @@ class Workflow:
         workflow.created_now = created
         return workflow
 
+    @classmethod
+    def subworkflow(cls, name, data=None, key=None):
+        """Return a node that runs another registered definition as a child.
+
+        Put it in a canvas like any signature: the node spawns a run of
+        ``name`` (with the run's data, ``data`` merged over it) and succeeds
+        with that run's result when it succeeds, or fails when it fails::
+
+            definition = chain(probe, Workflow.subworkflow("transcode"), publish)
+
+        :param name: the registered name of the definition.
+        :param data: data merged over the parent run's data.
+        :param key: optional identity of the child (see ``WorkflowTask.spawn``).
+        """
+        from .tasks import run_subworkflow
+
+        return run_subworkflow.si(name, data=_check_data(data), key=key)
+
     #
     # Actions
     #
@@ -229,7 +274,6 @@ class Workflow:
     #
     # State
     #
-    id = property(lambda self: self.model.id, doc="The run's id.")
     name = property(lambda self: self.model.name, doc="Definition name.")
     key = property(lambda self: self.model.key, doc="Idempotency key.")
     data = property(lambda self: self.model.data, doc="Workflow data.")
@@ -237,6 +281,42 @@ class Workflow:
     created_by = property(
         lambda self: self.model.created_by, doc="Id of the user who created it."
     )
+    root_id = property(lambda self: self.model.root_id, doc="Root of the tree.")
+    parent_id = property(
+        lambda self: self.model.parent_id, doc="Parent run (``None`` for a root)."
+    )
+    parent_task_id = property(
+        lambda self: self.model.parent_task_id, doc="Task run that spawned it."
+    )
+    spawn_index = property(
+        lambda self: self.model.spawn_index, doc="Spawn order within the parent task."
+    )
+
+    @property
+    def parent(self):
+        """The parent :class:`Workflow`, or ``None`` for a root."""
+        return None if self.parent_id is None else Workflow.get(self.parent_id)
+
+    def count_children(self):
+        """Return the number of child runs (one query)."""
+        return db.session.execute(
+            select(func.count()).where(WorkflowRun.parent_id == self.id)
+        ).scalar_one()
+
+    def children(self, page=1, size=25):
+        """Return ``(runs, total)``: a page of the child runs, in spawn order.
+
+        :param page: page number, from 1.
+        :param size: runs per page.
+        """
+        query = (
+            select(WorkflowRun)
+            .join(TaskRun, TaskRun.id == WorkflowRun.parent_task_id)
+            .where(WorkflowRun.parent_id == self.model.id)
+            .order_by(TaskRun.position, WorkflowRun.spawn_index)
+        )
+        pagination = db.paginate(query, page=page, per_page=size, error_out=False)
+        return [self._wrap(m) for m in pagination.items], pagination.total
 
     @property
     def status(self):
@@ -272,10 +352,11 @@ class Workflow:
         :param page: page number, from 1.
         :param size: runs per page.
         :param created_by: only runs created by this user id.
-        :param filters: ``name`` and/or ``status`` to match exactly.
+        :param filters: ``name``, ``status`` and/or ``parent_id`` to match
+            exactly.
         """
         query = select(WorkflowRun)
-        for field in ("name", "status"):
+        for field in ("name", "status", "parent_id"):
             if filters.get(field) is not None:
                 query = query.where(getattr(WorkflowRun, field) == filters[field])
         if created_by is not None:
@@ -314,6 +395,76 @@ class Workflow:
     def __repr__(self):
         """Show name, id and status."""
         return f"<{type(self).__name__} {self.name} {self.id} {self.status}>"
+
+
+def definition_name(definition):
+    """Return the registered name of a definition given by name or class.
+
+    :raises UnknownWorkflowError: when it is not registered.
+    """
+    if isinstance(definition, str):
+        current_wtflow.get_workflow_class(definition)
+        return definition
+    for name in current_wtflow.entries:
+        if current_wtflow.workflow_class(name) is definition:
+            return name
+    raise UnknownWorkflowError(getattr(definition, "__name__", definition))
+
+
+def spawn_child(execution, definition, data=None, key=None):
+    """Spawn a child run of a running task (see ``WorkflowTask.spawn``).
+
+    :param execution: the running attempt's :class:`~invenio_wtflow.tasks.Execution`.
+    """
+    name = definition_name(definition)
+    klass = current_wtflow.get_workflow_class(name)
+    data = _check_data(data)
+    if key is not None and (not isinstance(key, str) or not key or len(key) > 255):
+        raise InvalidDataError("key must be a non-empty string of at most 255 chars.")
+    child_id, _ = orchestrator.atomic(
+        children.spawn,
+        execution.task_run_id,
+        execution.celery_id,
+        execution.retries,
+        name,
+        klass.compile(),
+        data,
+        key,
+    )
+    return klass._lazy(child_id)
+
+
+def check_children(task_run_id, ids):
+    """Check that every id names a distinct run spawned by the task run.
+
+    :raises ValueError: naming the first id that does not.
+    """
+    if len(set(ids)) != len(ids):
+        raise ValueError("join() got the same child workflow more than once.")
+    found = {
+        str(id_)
+        for (id_,) in db.session.execute(
+            select(WorkflowRun.id).where(
+                WorkflowRun.id.in_([_uuid(i) for i in ids]),
+                WorkflowRun.parent_task_id == _uuid(task_run_id),
+            )
+        )
+    }
+    missing = [i for i in ids if str(_uuid(i)) not in found]
+    if missing:
+        raise ValueError(
+            f"Workflow run {missing[0]} was not spawned by this task; "
+            "join() only waits for the task's own children."
+        )
+
+
+def _uuid(value):
+    import uuid
+
+    try:
+        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not a workflow run id.") from None
 
 
 def _get(model_class, id_):

@@ -49,6 +49,10 @@ class InvalidStateError(WTFlowError, RuntimeError):
     """The operation is not allowed in the run's current status."""
 
 
+class SpawnConflictError(WTFlowError, ValueError):
+    """A child's key was already used with another definition or other data."""
+
+
 #
 # REST forms (JSON bodies through invenio-rest)
 #
@@ -121,7 +125,7 @@ def to_rest_error(exc):
     """
     if isinstance(exc, (WorkflowNotFoundError, TaskNotFoundError)):
         return NotFoundError(str(exc))
-    if isinstance(exc, InvalidStateError):
+    if isinstance(exc, (InvalidStateError, SpawnConflictError)):
         return ConflictError(str(exc))
     if isinstance(exc, UnknownWorkflowError):
         return BadRequestError(str(exc), errors=[FieldError("name", str(exc))])

@@ -85,8 +85,13 @@ class WorkflowRun(db.Model, db.Timestamp):
     """One execution of a workflow definition."""
 
     __tablename__ = "wtflow_workflow"
-    __table_args__ = (db.UniqueConstraint("name", "key"),)
-    __versioned__ = {}
+    __table_args__ = (
+        db.UniqueConstraint("name", "key"),
+        db.UniqueConstraint("parent_task_id", "spawn_key"),
+    )
+    __versioned__ = {
+        "exclude": ["parent_id", "parent_task_id", "spawn_key", "spawn_digest"]
+    }
 
     id = db.Column(UUIDType, primary_key=True, default=uuid.uuid4)
     """Run identifier; kept across restarts."""
@@ -113,6 +118,25 @@ class WorkflowRun(db.Model, db.Timestamp):
 
     root_id = db.Column(UUIDType, db.ForeignKey("wtflow_workflow.id"), nullable=True)
     """Top workflow of a tree of parent/child runs (itself for a root)."""
+
+    parent_id = db.Column(
+        UUIDType, db.ForeignKey("wtflow_workflow.id"), nullable=True, index=True
+    )
+    """Workflow whose task spawned this run (``None`` for a root)."""
+
+    parent_task_id = db.Column(
+        UUIDType, db.ForeignKey("wtflow_task.id", use_alter=True), nullable=True
+    )
+    """Task run that spawned this run (``None`` for a root)."""
+
+    spawn_key = db.Column(db.String(255), nullable=True)
+    """Identity of a child within its parent task: the caller's key or a hash."""
+
+    spawn_digest = db.Column(db.String(64), nullable=True)
+    """Hash of the definition name and data the child was spawned with."""
+
+    spawn_index = db.Column(db.Integer, nullable=True)
+    """Position of a child among the runs its parent task spawned, from 0."""
 
     created_by = db.Column(db.Integer, nullable=True, index=True)
     """Identifier of the user who created the run, if any."""
@@ -142,7 +166,7 @@ class TaskRun(db.Model, db.Timestamp):
 
     __tablename__ = "wtflow_task"
     __table_args__ = (db.UniqueConstraint("workflow_id", "position"),)
-    __versioned__ = {"exclude": ["remaining", "lease_expires_at"]}
+    __versioned__ = {"exclude": ["remaining", "lease_expires_at", "joined"]}
 
     id = db.Column(UUIDType, primary_key=True, default=uuid.uuid4)
     """Task run identifier; kept across attempts."""
@@ -204,6 +228,9 @@ class TaskRun(db.Model, db.Timestamp):
 
     lease_expires_at = db.Column(db.UTCDateTime, nullable=True)
     """When a running attempt that shows no sign of life is presumed dead."""
+
+    joined = db.Column(JSON, nullable=True)
+    """Child runs a ``waiting`` task joins: ``{"children": [ids], ...}``."""
 
     workflow = db.relationship(
         WorkflowRun, back_populates="tasks", foreign_keys=[workflow_id]

@@ -27,7 +27,8 @@ from flask import has_app_context
 from flask_celeryext import AppContextTask
 from invenio_db import db
 
-from .engine import orchestrator
+from .engine import children, orchestrator
+from .engine.children import Join
 from .engine.dispatch import HEADER
 from .engine.dispatch import requeue_stale as _requeue_stale
 from .engine.graph import BARE_OPTION, call_arguments, ensure_json, resolve
@@ -130,7 +131,9 @@ class WorkflowTask(AppContextTask):
         _task_stack.push(self)
         try:
             result = self.run(*execution.args, **execution.kwargs)
-            stored = ensure_json(result, f"Result of task {self.name}")
+            joining = isinstance(result, Join)
+            if not joining:
+                stored = ensure_json(result, f"Result of task {self.name}")
             # The body's own database work is committed before the engine
             # records success, so a retried engine transaction cannot lose it.
             db.session.commit()
@@ -158,6 +161,9 @@ class WorkflowTask(AppContextTask):
             raise
         finally:
             _task_stack.pop()
+        if joining:
+            orchestrator.atomic(children.join, task_run_id, request.id, retries, result)
+            return None
         orchestrator.atomic(
             orchestrator.succeed, task_run_id, request.id, stored, retries
         )
@@ -232,6 +238,54 @@ class WorkflowTask(AppContextTask):
         :returns: whether the attempt is still current (``False`` once stopped).
         """
         return self.update_status()
+
+    def spawn(self, definition, data=None, key=None):
+        """Create and start a child workflow of this task, once.
+
+        The child is committed (with anything the body left pending in the
+        session) and its first tasks are published at once. Its identity
+        within this task is the hash of the definition name and data, or
+        ``key``: spawning the same identity again, for example when this task
+        is retried, returns the existing child instead (restarting it if it
+        failed or was cancelled; a successful child is not run again).
+
+        :param definition: the registered name of a definition, or a
+            registered ``Workflow`` subclass.
+        :param data: the child's data (a JSON object).
+        :param key: optional identity replacing the hash of the data.
+        :returns: the child :class:`~invenio_wtflow.api.Workflow`.
+        :raises SpawnConflictError: when ``key`` names a child spawned with
+            another definition or other data.
+        """
+        from .api import spawn_child
+
+        return spawn_child(self._require_execution(), definition, data, key)
+
+    def join(self, children, return_exceptions=False):
+        """Wait, without holding a worker, for child workflows to finish.
+
+        Return its value from the body (``return self.join(children)``): the
+        task becomes ``waiting``, and ``success`` when the last child has
+        finished, with the children's results as its result, in the order
+        given (the result of the child itself when ``children`` is one run).
+        When a child fails or is cancelled, the task fails and the children
+        still running are stopped; with ``return_exceptions``, the failure is
+        in the results instead, as ``{"exc_type": "ChildWorkflowError", ...}``.
+
+        :param children: child runs (or their ids) this task spawned, or one.
+        :param return_exceptions: collect failures instead of failing.
+        :raises ValueError: when a run was not spawned by this attempt's task.
+        """
+        from .api import Workflow, check_children
+
+        execution = self._require_execution()
+        single = not isinstance(children, (list, tuple))
+        ids = [
+            str(c.id if isinstance(c, Workflow) else c)
+            for c in ([children] if single else children)
+        ]
+        check_children(execution.task_run_id, ids)
+        return Join(tuple(ids), bool(return_exceptions), single)
 
     def results(self, name):
         """Return the stored result of another task of the same workflow.
@@ -313,6 +367,17 @@ class _WorkflowTaskProxy(Proxy):
         return self._get_current_object().__ror__(other)
 
 
+@workflow_task(bind=True, name="invenio_wtflow.subworkflow")
+def run_subworkflow(self, name, data=None, key=None):
+    """Run a registered definition as a node: spawn it and join its result.
+
+    The child's data is the run's data with ``data`` merged over it. Use
+    :meth:`~invenio_wtflow.api.Workflow.subworkflow` to put it in a canvas.
+    """
+    child = self.spawn(name, data={**self.workflow.data, **(data or {})}, key=key)
+    return self.join(child)
+
+
 @shared_task(ignore_result=True)
 def requeue_stale():
     """Publish again the attempts left queued too long (run it from beat)."""
@@ -322,4 +387,10 @@ def requeue_stale():
     return count
 
 
-__all__ = ("Execution", "WorkflowTask", "workflow_task", "requeue_stale")
+__all__ = (
+    "Execution",
+    "WorkflowTask",
+    "workflow_task",
+    "run_subworkflow",
+    "requeue_stale",
+)

@@ -64,5 +64,14 @@ EXAMPLE_WORKFLOWS = {
     "failing": {"definition": "tests.example_tasks:failing_workflow"},
     "slow": {"definition": "tests.example_tasks:slow_workflow"},
     "join": {"definition": "tests.example_tasks:JoinWorkflow"},
+    "transcode-one": {"definition": "tests.example_tasks:transcode_one"},
+    "transcode-all": {"definition": "tests.example_tasks:TranscodeAll"},
+    "spawn-by-key": {"definition": "tests.example_tasks:spawn_by_key"},
+    "join-foreign": {"definition": "tests.example_tasks:join_foreign"},
+    "with-subworkflow": {"definition": "tests.example_tasks:WithSubworkflow"},
+    "mark-child": {"definition": "tests.example_tasks:mark_child"},
+    "spawn-wide": {"definition": "tests.example_tasks:SpawnWide"},
+    "spawn-then-retry": {"definition": "tests.example_tasks:spawn_then_retry"},
+    "spawn-each": {"definition": "tests.example_tasks:spawn_each"},
 }
 """Definitions registered in every test application."""

@@ -199,3 +199,137 @@ def slow_record(*upstream, name, marker_dir, seconds=1):
         fp.write("x")
     time.sleep(seconds)
     return name
+
+
+#
+# Child workflows
+#
+def _mark(marker_dir, name):
+    """Append a mark to a file per name (when a marker directory is given)."""
+    if marker_dir:
+        with open(os.path.join(marker_dir, name), "a") as fp:
+            fp.write("x")
+
+
+@workflow_task
+def transcode_one(video_id, quality, marker_dir=None):
+    """Pretend to transcode one quality; ``broken`` fails."""
+    _mark(marker_dir, f"child-{quality}")
+    if quality == "broken":
+        raise ValueError(f"cannot transcode {quality}")
+    return f"{video_id}@{quality}"
+
+
+@workflow_task(bind=True)
+def transcode_all(self, video_id, qualities, marker_dir=None, gather=False):
+    """Spawn one child per quality found at run time and join them."""
+    _mark(marker_dir, "parent")
+    children = [
+        self.spawn(
+            "transcode-one",
+            data={"video_id": video_id, "quality": q, "marker_dir": marker_dir},
+        )
+        for q in qualities
+    ]
+    return self.join(children, return_exceptions=gather)
+
+
+@workflow_task
+def count_results(results):
+    """Return how many results the join gave, and the results."""
+    return {"count": len(results), "results": results}
+
+
+class TranscodeAll(Workflow):
+    """One transcode child per quality, then a summary of their results."""
+
+    definition = chain(transcode_all, count_results.s())
+
+
+@workflow_task(bind=True)
+def spawn_by_key(self, first, second):
+    """Spawn two children under the same key, with the data given."""
+    a = self.spawn("transcode-one", data=first, key="only")
+    b = self.spawn("transcode-one", data=second, key="only")
+    return self.join([a] if a.id == b.id else [a, b])
+
+
+@workflow_task(bind=True)
+def join_foreign(self, other_id):
+    """Try to join a run this task did not spawn."""
+    return self.join([other_id])
+
+
+class WithSubworkflow(Workflow):
+    """A registered definition used as a node: ``(1 + 2 + 3) * 10 + 1``."""
+
+    definition = chain(add.si(1, 2), Workflow.subworkflow("add-chain"), add.s(1))
+
+
+@workflow_task
+def mark_child(index, marker_dir):
+    """A child's only task: mark its index and return it."""
+    _mark(marker_dir, f"child-{index}")
+    return index
+
+
+@workflow_task(bind=True)
+def spawn_wide(self, width, marker_dir):
+    """Spawn ``width`` children and join them all."""
+    _mark(marker_dir, "parent")
+    return self.join(
+        [
+            self.spawn("mark-child", data={"index": i, "marker_dir": marker_dir})
+            for i in range(width)
+        ]
+    )
+
+
+class SpawnWide(Workflow):
+    """A task joining many children, then one task after the join."""
+
+    definition = chain(spawn_wide, record.s(name="after"))
+
+
+@workflow_task(bind=True, max_retries=2, default_retry_delay=0)
+def spawn_then_retry(self, qualities, marker_dir):
+    """Spawn children, wait for them to finish, then ask Celery for a retry once.
+
+    The retried execution spawns the same children again: it must get the
+    finished ones back, not run them again.
+    """
+    from invenio_db import db
+    from sqlalchemy import select
+
+    from invenio_wtflow.models import WorkflowRun
+
+    children = [
+        self.spawn(
+            "transcode-one",
+            data={"video_id": 1, "quality": q, "marker_dir": marker_dir},
+        )
+        for q in qualities
+    ]
+    counter = os.path.join(marker_dir, "parent")
+    count = int(open(counter).read()) if os.path.exists(counter) else 0
+    with open(counter, "w") as fp:
+        fp.write(str(count + 1))
+    if count == 0:
+        ids = [c.id for c in children]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            statuses = db.session.execute(
+                select(WorkflowRun.status).where(WorkflowRun.id.in_(ids))
+            ).scalars()
+            if all(s == "success" for s in statuses):
+                break
+            db.session.rollback()
+            time.sleep(0.2)
+        raise self.retry(exc=RuntimeError("retry after the children"), countdown=0)
+    return self.join(children)
+
+
+@workflow_task(bind=True)
+def spawn_each(self, definition, items):
+    """Spawn one child of ``definition`` per data item and join them."""
+    return self.join([self.spawn(definition, data=item) for item in items])

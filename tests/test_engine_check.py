@@ -4,9 +4,11 @@
 """The consistency checker finds what breaks the invariants."""
 
 import pytest
+from celery import current_app as current_celery_app
 
 from invenio_wtflow import Workflow
 from invenio_wtflow.cli import wtflow
+from invenio_wtflow.engine import dispatch
 from invenio_wtflow.engine.check import check_workflow
 from invenio_wtflow.errors import WorkflowNotFoundError
 from invenio_wtflow.models import TaskRun, WorkflowRun
@@ -73,3 +75,51 @@ def test_cli_check(app, db):
     res = runner.invoke(wtflow, ["check", str(wf.id), "--json"])
     assert res.exit_code == 1
     assert "its tasks say success" in res.output
+
+
+def waiting_parent(monkeypatch):
+    """A run whose first task waits on two spawned children, still queued."""
+    sent = []
+    monkeypatch.setattr(dispatch, "_send", lambda m: sent.append(m) or True)
+    wf = Workflow.create(
+        "transcode-all", data={"video_id": 1, "qualities": ["a", "b"]}
+    ).start()
+    message = sent.pop(0)
+    current_celery_app.tasks[message.name].apply(
+        task_id=message.celery_id,
+        headers={dispatch.HEADER: message.task_run_id},
+        throw=False,
+    )
+    wf = Workflow.get(wf.id)
+    assert wf.tasks[0].status == "waiting"
+    return wf
+
+
+def test_a_waiting_join_is_consistent_and_a_wrong_counter_is_found(
+    app, db, monkeypatch
+):
+    wf = waiting_parent(monkeypatch)
+    assert check_workflow(wf.id) == []
+    corrupt(db, TaskRun, wf.tasks[0].id, remaining=1)
+    assert check_workflow(wf.id) == [
+        f"task {wf.tasks[0].name} (node 0): join counter is 1 but 2 joined "
+        "children are unfinished"
+    ]
+
+
+def test_finds_a_join_that_never_fired(app, db, monkeypatch):
+    wf = waiting_parent(monkeypatch)
+    for child in wf.children()[0]:
+        corrupt(db, WorkflowRun, child.id, status="success")
+    corrupt(db, TaskRun, wf.tasks[0].id, remaining=0)
+    assert check_workflow(wf.id) == [
+        f"task {wf.tasks[0].name} (node 0): is still waiting although every "
+        "joined child has finished"
+    ]
+
+
+def test_finds_a_child_running_under_a_cancelled_task(app, db, monkeypatch):
+    wf = waiting_parent(monkeypatch)
+    corrupt(db, TaskRun, wf.tasks[0].id, status="cancelled")
+    problems = check_workflow(wf.id)
+    assert any("is cancelled but child" in p for p in problems)

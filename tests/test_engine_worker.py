@@ -99,23 +99,6 @@ def worker(app, tmp_path_factory):
         proc.kill()
 
 
-@pytest.fixture()
-def clean(app):
-    """Leave no rows behind (the worker commits for real)."""
-    yield
-    _db.session.rollback()
-    for table in (
-        "wtflow_task_dependency",
-        "wtflow_task_version",
-        "wtflow_workflow_version",
-        "wtflow_task",
-        "wtflow_workflow",
-        "transaction",
-    ):
-        _db.session.execute(_db.text(f"DELETE FROM {table}"))
-    _db.session.commit()
-
-
 def wait(workflow_ids, timeout=120, until=TERMINAL):
     """Poll until every run's status is in ``until``; return the runs."""
     deadline = time.monotonic() + timeout
@@ -290,3 +273,78 @@ def test_concurrent_create_with_the_same_key(app, clean):
     _db.session.rollback()
     assert WorkflowRun.query.filter_by(key="same-key").count() == 1
     assert TaskRun.query.count() == 3
+
+
+#
+# Child workflows
+#
+SPAWN_WIDTH = 1000
+"""Children spawned and joined by one task in the stress test."""
+
+
+def consistent_tree(root_id):
+    """Check every run of a tree; return the number of runs checked."""
+    runs = WorkflowRun.query.filter_by(root_id=root_id).all()
+    for run in runs:
+        assert check_workflow(run.id) == [], run.name
+    return len(runs)
+
+
+@pytest.mark.parametrize("batch", range(3))
+def test_a_join_of_1000_children_fires_exactly_once(worker, clean, tmp_path, batch):
+    """One task spawns 1,000 children while 3 more processes run them."""
+    wf = Workflow.create(
+        "spawn-wide", data={"width": SPAWN_WIDTH, "marker_dir": str(tmp_path)}
+    ).start()
+    (wf,) = wait([wf.id], timeout=600)
+    assert wf.status == "success", [(t.name, t.status, t.error) for t in wf.tasks]
+    spawner, after = wf.tasks
+    assert spawner.result == list(range(SPAWN_WIDTH))
+    assert [h["status"] for h in spawner.history()].count("success") == 1
+    assert [h["status"] for h in after.history()].count("queued") == 1
+    assert (tmp_path / "parent").read_text() == "x"
+    assert (tmp_path / "after").read_text() == "x"
+    for i in range(SPAWN_WIDTH):
+        assert (tmp_path / f"child-{i}").read_text() == "x", i
+    assert consistent_tree(wf.id) == SPAWN_WIDTH + 1
+
+
+def test_a_retried_parent_gets_its_finished_children_back(worker, clean, tmp_path):
+    wf = Workflow.create(
+        "spawn-then-retry",
+        data={"qualities": ["a", "b", "c"], "marker_dir": str(tmp_path)},
+    ).start()
+    (wf,) = wait([wf.id], timeout=180)
+    assert wf.status == "success", [(t.name, t.status, t.error) for t in wf.tasks]
+    assert wf.result == ["1@a", "1@b", "1@c"]
+    assert (tmp_path / "parent").read_text() == "2"  # the body ran twice
+    for q in ("a", "b", "c"):  # each child ran once
+        assert (tmp_path / f"child-{q}").read_text() == "x"
+    assert WorkflowRun.query.filter_by(parent_id=wf.id).count() == 3
+    assert consistent_tree(wf.id) == 4
+
+
+def test_stopping_a_parent_stops_running_children(worker, clean):
+    wf = Workflow.create(
+        "spawn-each",
+        data={"definition": "slow", "items": [{"seconds": 30}, {"seconds": 31}]},
+    ).start()
+    deadline = time.monotonic() + 60
+    while True:
+        _db.session.rollback()
+        running = TaskRun.query.filter(
+            TaskRun.workflow_id != wf.id, TaskRun.status == "running"
+        ).count()
+        if running == 2:
+            break
+        assert time.monotonic() < deadline, "the children never ran"
+        time.sleep(0.2)
+    Workflow.get(wf.id).stop()
+    (wf,) = wait([wf.id])
+    assert wf.status == "cancelled"
+    kids = wf.children()[0]
+    assert [k.status for k in kids] == ["cancelled", "cancelled"]
+    time.sleep(2)  # nothing a revoked attempt reports late changes that
+    _db.session.rollback()
+    assert {t.status for k in wf.children()[0] for t in k.tasks} == {"cancelled"}
+    assert consistent_tree(wf.id) == 3

@@ -172,28 +172,6 @@ def worker(app, tmp_path_factory):
 
 
 @pytest.fixture()
-def clean(app):
-    """Leave no rows behind (the workers commit for real), users included."""
-    yield
-    _db.session.rollback()
-    for table in (
-        "wtflow_task_dependency",
-        "wtflow_task_version",
-        "wtflow_workflow_version",
-        "wtflow_task",
-        "wtflow_workflow",
-        "transaction",
-        "access_actionsusers",
-        "accounts_userrole",
-        "accounts_user_session_activity",
-        "accounts_useridentity",
-        "accounts_user",
-    ):
-        _db.session.execute(_db.text(f"DELETE FROM {table}"))
-    _db.session.commit()
-
-
-@pytest.fixture()
 def marker_dir(tmp_path):
     """Where the bodies leave one mark per execution."""
     return tmp_path

@@ -30,7 +30,10 @@ def check_workflow(workflow_id):
     succeeded has all its dependencies successful; an active attempt has a
     Celery id and a running one a lease; what depends on a failed task is
     cancelled. For the run: its status is the rule applied to its tasks, and a
-    finished run has no active task.
+    finished run has no active task. For child runs: a task joining children
+    counts exactly those not finished yet (and is not left waiting once all
+    have), a task that failed or was cancelled has no child still running,
+    and a child shares its parent's root.
 
     :param workflow_id: the run's id.
     :raises WorkflowNotFoundError: when there is no such run.
@@ -45,6 +48,14 @@ def check_workflow(workflow_id):
 
     def problem(task, message):
         problems.append(f"task {task.name} (node {task.position}): {message}")
+
+    spawned = defaultdict(list)
+    for child in WorkflowRun.query.filter_by(parent_id=workflow.id):
+        spawned[child.parent_task_id].append(child)
+        if child.root_id != workflow.root_id:
+            problems.append(f"child {child.id} has another root ({child.root_id})")
+        if child.parent_task_id not in tasks:
+            problems.append(f"child {child.id} names a task of another run")
 
     for task in sorted(tasks.values(), key=lambda t: t.position):
         status = TaskStatus(task.status)
@@ -68,6 +79,15 @@ def check_workflow(workflow_id):
             problem(task, f"is {status.value} without a Celery id")
         if status is TaskStatus.RUNNING and task.lease_expires_at is None:
             problem(task, "is running without a lease")
+        if status is TaskStatus.WAITING and task.joined:
+            _check_join(task, spawned[task.id], problem)
+        if status in (TaskStatus.FAILURE, TaskStatus.CANCELLED):
+            for child in spawned[task.id]:
+                if not WorkflowStatus(child.status).is_terminal:
+                    problem(
+                        task,
+                        f"is {status.value} but child {child.id} is " f"{child.status}",
+                    )
         if status is TaskStatus.FAILURE:
             for child in downstream_of([task.id], dependants):
                 if tasks[child].status != TaskStatus.CANCELLED.value:
@@ -90,3 +110,25 @@ def check_workflow(workflow_id):
     ):
         problems.append(f"workflow is {workflow.status} with tasks still active")
     return problems
+
+
+def _check_join(task, spawned, problem):
+    """A waiting task's counter equals its joined children not finished yet."""
+    by_id = {str(child.id): child for child in spawned}
+    joined = task.joined["children"]
+    strangers = [i for i in joined if i not in by_id]
+    if strangers:
+        problem(task, f"joins runs it did not spawn: {', '.join(strangers)}")
+    unfinished = [
+        i
+        for i in joined
+        if i in by_id and not WorkflowStatus(by_id[i].status).is_terminal
+    ]
+    if task.remaining != len(unfinished):
+        problem(
+            task,
+            f"join counter is {task.remaining} but {len(unfinished)} joined "
+            "children are unfinished",
+        )
+    if not unfinished:
+        problem(task, "is still waiting although every joined child has finished")

@@ -40,7 +40,7 @@ from ..models import (
     WorkflowStatus,
     utcnow,
 )
-from . import sqlite
+from . import children, sqlite
 from .dispatch import Message, dispatcher
 from .graph import input_positions
 from .status import default_status
@@ -48,6 +48,7 @@ from .status import default_status
 logger = logging.getLogger(__name__)
 
 PENDING, QUEUED, RUNNING = TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.RUNNING
+WAITING = TaskStatus.WAITING
 SUCCESS, FAILURE, CANCELLED = (
     TaskStatus.SUCCESS,
     TaskStatus.FAILURE,
@@ -186,29 +187,39 @@ def _reset(task, remaining):
     task.progress = task.result = None
     task.queued_at = task.started_at = task.finished_at = None
     task.lease_expires_at = None
+    task.joined = None
 
 
 def _cancel(uow, tasks, reason):
-    """Cancel non-terminal tasks, revoking their attempts after commit."""
+    """Cancel non-terminal tasks, revoking their attempts after commit.
+
+    The child workflows an active task spawned are stopped with it.
+    """
     now = utcnow()
     op = dispatcher(uow)
+    active = []
     for task in tasks:
         if TaskStatus(task.status) in TERMINAL_TASK_STATUSES:
             continue
         if TaskStatus(task.status) in ACTIVE_TASK_STATUSES:
             op.revoked.append(task.celery_id)
+            active.append(task.id)
         task.status = CANCELLED.value
         task.message = reason
         task.finished_at = now
+    if active:
+        children.stop_children(uow, active, "Cancelled: its parent task was cancelled.")
 
 
-def refresh_status(workflow, message=None):
+def refresh_status(uow, workflow, message=None):
     """Recompute and store a workflow's status from its tasks' statuses.
 
     The rule is :func:`~invenio_wtflow.engine.status.default_status`, or the
     ``compute_status`` method of the definition class registered under the
-    run's name.
+    run's name. A child run that finishes (or runs again) tells the task
+    joining it.
 
+    :param uow: the unit of work.
     :param workflow: the locked :class:`~invenio_wtflow.models.WorkflowRun`.
     :param message: reason to record when the status changes.
     """
@@ -222,10 +233,24 @@ def refresh_status(workflow, message=None):
     )
     status = WorkflowStatus(status_rule(workflow)(counts))
     if status.value != workflow.status:
-        workflow.status = status.value
-        workflow.message = message
-        workflow.finished_at = utcnow() if status.is_terminal else None
+        set_status(uow, workflow, status, message)
     return status
+
+
+def set_status(uow, workflow, status, message=None):
+    """Store a run's status; a child tells its parent task when it settles.
+
+    :param uow: the unit of work.
+    :param workflow: the locked :class:`~invenio_wtflow.models.WorkflowRun`.
+    :param status: the new :class:`~invenio_wtflow.models.WorkflowStatus`.
+    :param message: reason for the change.
+    """
+    was_terminal = WorkflowStatus(workflow.status).is_terminal
+    workflow.status = status.value
+    workflow.message = message
+    workflow.finished_at = utcnow() if status.is_terminal else None
+    if workflow.parent_task_id is not None and was_terminal != status.is_terminal:
+        children.child_changed(uow, workflow)
 
 
 def status_rule(workflow):
@@ -237,38 +262,49 @@ def status_rule(workflow):
     return cls(workflow).compute_status
 
 
-def create(uow, name, graph, data, key=None, created_by=None):
+def create(uow, name, graph, data, key=None, created_by=None, parent=None, start=False):
     """Insert a workflow run with all its tasks ``pending`` and their edges.
 
-    :returns: ``(run, created)``; with a ``key`` that already exists for the
-        name, the existing run and ``False``.
+    :param parent: for a child run, the columns linking it to its parent
+        (``root_id``, ``parent_id``, ``parent_task_id``, ``spawn_key``, ...).
+    :param start: insert the run already started: the tasks with no upstream
+        ``queued`` (published after commit), as :func:`start` would leave
+        them, without updating the rows just inserted.
+    :returns: ``(run, created)``; with a ``key`` (or a child's ``spawn_key``)
+        that already exists, the existing run and ``False``.
     """
-    if key is not None:
-        existing = WorkflowRun.query.filter_by(name=name, key=key).one_or_none()
-        if existing is not None:
-            return existing, False
+    existing = _existing(name, key, parent)
+    if existing is not None:
+        return existing, False
     workflow_id = uuid.uuid4()
+    link = {"root_id": workflow_id, **(parent or {})}
     workflow = WorkflowRun(
         id=workflow_id,
-        root_id=workflow_id,
         name=name,
         key=key,
         data=data,
         status=WorkflowStatus.PENDING.value,
         output=graph.output,
         created_by=created_by,
+        started_at=utcnow() if start else None,
+        **link,
     )
+    if start:
+        ready = sum(1 for node in graph.nodes if not node.depends_on)
+        counts = {QUEUED.value: ready, PENDING.value: len(graph.nodes) - ready}
+        workflow.status = WorkflowStatus(status_rule(workflow)(counts)).value
     try:
         with db.session.begin_nested():
             db.session.add(workflow)
             db.session.flush()
     except IntegrityError:
-        if key is None:
+        # A concurrent call inserted the same key first: the constraint decides.
+        existing = _existing(name, key, parent)
+        if existing is None:
             raise
-        existing = WorkflowRun.query.filter_by(name=name, key=key).one()
         return existing, False
     ids = [uuid.uuid4() for _ in graph.nodes]
-    db.session.add_all(
+    tasks = [
         TaskRun(
             id=ids[node.position],
             workflow_id=workflow_id,
@@ -276,10 +312,15 @@ def create(uow, name, graph, data, key=None, created_by=None):
             name=node.name,
             signature=node.signature,
             status=PENDING.value,
+            attempt=0,
+            retries=0,
             remaining=len(node.depends_on),
         )
         for node in graph.nodes
-    )
+    ]
+    if start:
+        _queue(uow, [task for task in tasks if task.remaining == 0])
+    db.session.add_all(tasks)
     db.session.flush()
     edges = [
         {"task_id": ids[node.position], "depends_on_id": ids[dep]}
@@ -289,6 +330,17 @@ def create(uow, name, graph, data, key=None, created_by=None):
     if edges:
         db.session.execute(TaskDependency.__table__.insert(), edges)
     return workflow, True
+
+
+def _existing(name, key, parent):
+    """The run a keyed creation would duplicate, if any."""
+    if parent is not None:
+        return WorkflowRun.query.filter_by(
+            parent_task_id=parent["parent_task_id"], spawn_key=parent["spawn_key"]
+        ).one_or_none()
+    if key is not None:
+        return WorkflowRun.query.filter_by(name=name, key=key).one_or_none()
+    return None
 
 
 def start(uow, workflow_id, data=None):
@@ -306,7 +358,7 @@ def start(uow, workflow_id, data=None):
         workflow.data = {**workflow.data, **data}
     workflow.started_at = utcnow()
     _queue(uow, _lock_tasks(TaskRun.workflow_id == workflow.id, TaskRun.remaining == 0))
-    refresh_status(workflow)
+    refresh_status(uow, workflow)
     return workflow
 
 
@@ -391,6 +443,12 @@ def succeed(uow, task_id, celery_id, result, retries=0):
     if locked is None:
         return False
     workflow, task = locked
+    complete(uow, workflow, task, result)
+    return True
+
+
+def complete(uow, workflow, task, result):
+    """Mark a locked task ``success`` and queue the dependants it completes."""
     task.status = SUCCESS.value
     task.lease_expires_at = None
     task.result = result
@@ -417,8 +475,7 @@ def succeed(uow, task_id, celery_id, result, retries=0):
     ]
     if ready:
         _queue(uow, _lock_tasks(TaskRun.id.in_(ready)))
-    refresh_status(workflow)
-    return True
+    refresh_status(uow, workflow)
 
 
 def fail(uow, task_id, celery_id, error, traceback=None, retries=0):
@@ -431,17 +488,24 @@ def fail(uow, task_id, celery_id, error, traceback=None, retries=0):
     if locked is None:
         return False
     workflow, task = locked
-    _fail_task(uow, workflow, task, error, traceback)
+    fail_task(uow, workflow, task, error, traceback)
     return True
 
 
-def _fail_task(uow, workflow, task, error, traceback=None):
-    """Mark a task ``failure``, cancel what depends on it, refresh the run."""
+def fail_task(uow, workflow, task, error, traceback=None):
+    """Mark a locked task ``failure``, cancel what depends on it, refresh the run.
+
+    The child workflows the task spawned and that still run are stopped:
+    nothing will join them any more.
+    """
     task.status = FAILURE.value
     task.lease_expires_at = None
     task.error = error
     task.traceback = traceback
     task.finished_at = utcnow()
+    children.stop_children(
+        uow, [task.id], f"Cancelled: parent task {task.name} failed."
+    )
     dependants, _ = edges(workflow.id)
     downstream = downstream_of([task.id], dependants)
     if downstream:
@@ -450,7 +514,9 @@ def _fail_task(uow, workflow, task, error, traceback=None):
             _lock_tasks(TaskRun.id.in_(downstream)),
             f"Cancelled: upstream task {task.name} (node {task.position}) failed.",
         )
-    refresh_status(workflow, f"Task {task.name} (node {task.position}) failed: {error}")
+    refresh_status(
+        uow, workflow, f"Task {task.name} (node {task.position}) failed: {error}"
+    )
 
 
 def retry(uow, task_id, celery_id, retries, reason, eta=None):
@@ -527,29 +593,46 @@ def recover_expired(uow, task_id):
     if task.attempt < current_app.config["WTFLOW_MAX_ATTEMPTS"]:
         _queue(uow, [task])
         task.message = f"{lost} Running attempt {task.attempt}."
-        refresh_status(workflow)
+        refresh_status(uow, workflow)
         return "requeued"
-    _fail_task(uow, workflow, task, f"LeaseExpired: {lost}")
+    fail_task(uow, workflow, task, f"LeaseExpired: {lost}")
     return "failed"
 
 
 def stop(uow, workflow_id):
-    """Cancel every non-terminal task of a run and revoke its attempts.
+    """Cancel every non-terminal task of a run and of its descendants.
 
-    :raises InvalidStateError: when the run has already finished.
+    Running and queued attempts are revoked after the commit; every child
+    workflow still running (spawned by any task of the run, joined or not)
+    is stopped in the same transaction.
+
+    :raises InvalidStateError: when the run and its descendants have all
+        finished already.
     """
     workflow = lock_workflow(workflow_id)
-    if WorkflowStatus(workflow.status).is_terminal:
+    if WorkflowStatus(workflow.status).is_terminal and not children.has_active(
+        workflow.id
+    ):
         raise InvalidStateError(
             f"Workflow {workflow.id} is already {workflow.status}; nothing to stop."
         )
+    stop_run(uow, workflow, "Cancelled: the workflow was stopped.", "Stopped.")
+    return workflow
+
+
+def stop_run(uow, workflow, reason, message=None):
+    """Cancel a locked run's unfinished tasks and stop its running children.
+
+    :param reason: message recorded on each cancelled task.
+    :param message: message recorded on the run (default: ``reason``).
+    """
     tasks = _lock_tasks(
         TaskRun.workflow_id == workflow.id,
         TaskRun.status.notin_([s.value for s in TERMINAL_TASK_STATUSES]),
     )
-    _cancel(uow, tasks, "Cancelled: the workflow was stopped.")
-    refresh_status(workflow, "Stopped.")
-    return workflow
+    _cancel(uow, tasks, reason)
+    children.stop_descendants(uow, workflow.id)
+    refresh_status(uow, workflow, message or reason)
 
 
 def stop_task(uow, task_id):
@@ -572,7 +655,7 @@ def stop_task(uow, task_id):
         list(locked.values()),
         f"Cancelled: upstream task {task.name} (node {task.position}) was stopped.",
     )
-    refresh_status(workflow, f"Task {task.name} (node {task.position}) stopped.")
+    refresh_status(uow, workflow, f"Task {task.name} (node {task.position}) stopped.")
     return task
 
 
@@ -586,9 +669,7 @@ def restart(uow, workflow_id, data=None):
         _reset(task, len(dependencies.get(task.id, ())))
     if data:
         workflow.data = {**workflow.data, **data}
-    workflow.status = WorkflowStatus.PENDING.value
-    workflow.message = None
-    workflow.finished_at = None
+    set_status(uow, workflow, WorkflowStatus.PENDING)
     db.session.flush()
     return start(uow, workflow.id)
 
@@ -654,5 +735,5 @@ def restart_task(uow, task_id, data=None):
     _queue(uow, [t for t in tasks if t.remaining == 0])
     if workflow.started_at is None:
         workflow.started_at = utcnow()
-    refresh_status(workflow, "Task restarted.")
+    refresh_status(uow, workflow, "Task restarted.")
     return workflow

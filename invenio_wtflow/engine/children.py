@@ -1,0 +1,328 @@
+# SPDX-FileCopyrightText: 2026 invenio-wtflow authors.
+# SPDX-License-Identifier: MIT
+
+"""Child workflows: spawning them from a running task, joining and stopping them.
+
+A child run is an ordinary run whose row names its ``parent_id``, the
+``parent_task_id`` that spawned it and the ``root_id`` of the tree; every
+change of any run in a tree takes the lock on the root first, so spawning,
+joining, finishing and stopping are serialised per tree.
+
+A child's identity within its parent task is its ``spawn_key``: the caller's
+key, or a hash of the definition name and the canonical JSON of its data. A
+unique constraint on ``(parent_task_id, spawn_key)`` makes spawning
+idempotent: spawning the same identity again (a retried parent, a concurrent
+duplicate) returns the existing child.
+
+A task joins children by going ``waiting``; its ``remaining`` column counts
+the joined children that have not finished. Each child that finishes
+decrements it in the transaction that finishes the child; the one that brings
+it to zero completes the join, exactly once, under the root lock.
+
+Reuse rule, for a retried or restarted parent task: spawning an identity that
+exists returns that child. A child that succeeded keeps its result and is not
+run again; a child still running is awaited; a child that failed or was
+cancelled is restarted (same id). To run a successful child again, restart it
+(it is a workflow like any other) or spawn it with another key.
+"""
+
+import hashlib
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+
+from invenio_db import db
+from sqlalchemy import func, select
+
+from ..errors import InvalidStateError, SpawnConflictError
+from ..models import TaskRun, TaskStatus, WorkflowRun, WorkflowStatus
+from . import orchestrator
+from .graph import input_positions, resolve
+
+logger = logging.getLogger(__name__)
+
+TERMINAL = [
+    WorkflowStatus.SUCCESS.value,
+    WorkflowStatus.FAILURE.value,
+    WorkflowStatus.CANCELLED.value,
+]
+"""Statuses of a finished run."""
+
+CHILD_ERROR = "ChildWorkflowError"
+"""``exc_type`` of the value that stands for a failed child in a join's result."""
+
+
+@dataclass(frozen=True)
+class Join:
+    """What a task body returns to wait for child runs (see ``WorkflowTask.join``)."""
+
+    children: tuple
+    return_exceptions: bool = False
+    single: bool = False
+
+
+def identity(name, data, key=None):
+    """Return ``(spawn_key, digest)`` of a child within its parent task.
+
+    :param name: the definition name.
+    :param data: the child's data (JSON-compatible).
+    :param key: an explicit key, which replaces the hash as identity.
+    """
+    canonical = json.dumps([name, data], sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(canonical.encode()).hexdigest()
+    return (key if key is not None else digest), digest
+
+
+def spawn(uow, task_id, celery_id, retries, name, graph, data, key=None):
+    """Create and start a child run of a running task (or return the existing one).
+
+    :param task_id: the spawning task run's id.
+    :param celery_id: its current attempt's Celery id.
+    :param retries: the Celery retry count of the execution spawning.
+    :param name: the child's definition name.
+    :param graph: the compiled definition.
+    :param data: the child's data.
+    :param key: optional explicit identity.
+    :returns: ``(child run id, created)``.
+    :raises InvalidStateError: when the attempt is no longer the running one.
+    :raises SpawnConflictError: when the key names a child spawned with other
+        data or another definition.
+    """
+    locked = orchestrator._lock_running(task_id, celery_id, retries)
+    if locked is None:
+        raise InvalidStateError(
+            f"Task run {task_id} (attempt {celery_id}) is no longer running; "
+            "it cannot spawn child workflows."
+        )
+    workflow, task = locked
+    spawn_key, digest = identity(name, data, key)
+    index = db.session.execute(
+        select(func.count()).where(WorkflowRun.parent_task_id == task.id)
+    ).scalar_one()
+    child, created = orchestrator.create(
+        uow,
+        name,
+        graph,
+        data,
+        created_by=workflow.created_by,
+        parent={
+            "root_id": workflow.root_id,
+            "parent_id": workflow.id,
+            "parent_task_id": task.id,
+            "spawn_key": spawn_key,
+            "spawn_digest": digest,
+            "spawn_index": index,
+        },
+        start=True,
+    )
+    if not created:
+        return _reuse(uow, child, name, digest, key).id, False
+    return child.id, True
+
+
+def _reuse(uow, child, name, digest, key):
+    """Return an existing child, restarting it when it failed or was cancelled."""
+    if child.name != name or child.spawn_digest != digest:
+        raise SpawnConflictError(
+            f"Child workflow {child.id} was spawned with key {key!r} as {child.name!r} "
+            "with other data; a key must always name the same definition and data."
+        )
+    if child.status in (WorkflowStatus.FAILURE.value, WorkflowStatus.CANCELLED.value):
+        orchestrator.restart(uow, child.id)
+    elif child.status == WorkflowStatus.PENDING.value:
+        orchestrator.start(uow, child.id)
+    return child
+
+
+def join(uow, task_id, celery_id, retries, spec):
+    """Put a running task in ``waiting`` until the children of ``spec`` finish.
+
+    Completes (or fails) the task at once when they have finished already.
+
+    :param spec: a :class:`Join`.
+    :returns: whether the report was applied (``False`` for a stale one).
+    """
+    locked = orchestrator._lock_running(task_id, celery_id, retries)
+    if locked is None:
+        return False
+    workflow, task = locked
+    task.status = TaskStatus.WAITING.value
+    task.lease_expires_at = None
+    task.joined = {
+        "children": list(spec.children),
+        "return_exceptions": spec.return_exceptions,
+        "single": spec.single,
+    }
+    runs = _runs(spec.children)
+    failed = [r for r in runs if _failed(r)]
+    unfinished = [r for r in runs if r.status not in TERMINAL]
+    if failed and not spec.return_exceptions:
+        _fail_join(uow, workflow, task, failed[0])
+    elif not unfinished:
+        _complete_join(uow, workflow, task, runs)
+    else:
+        task.remaining = len(unfinished)
+        _show_progress(task)
+        orchestrator.refresh_status(uow, workflow)
+    return True
+
+
+def child_changed(uow, child):
+    """Tell the task joining ``child`` that it finished or runs again.
+
+    Called under the root lock by the transaction that changes the child's
+    status between finished and unfinished. The counter is not versioned;
+    the task's message and progress are, at most once per percent.
+    """
+    task = orchestrator._lock_tasks(TaskRun.id == child.parent_task_id)[0]
+    joined = task.joined or {}
+    if task.status != TaskStatus.WAITING.value or str(child.id) not in set(
+        joined.get("children", ())
+    ):
+        return
+    if child.status not in TERMINAL:
+        task.remaining += 1
+        _show_progress(task)
+        return
+    if _failed(child) and not joined["return_exceptions"]:
+        _fail_join(uow, orchestrator.lock_workflow(child.parent_id), task, child)
+        return
+    task.remaining -= 1
+    if task.remaining > 0:
+        total = len(joined["children"])
+        if (
+            total <= 100
+            or (total - task.remaining) * 100 // total
+            != (total - task.remaining - 1) * 100 // total
+        ):
+            _show_progress(task)
+        return
+    runs = _runs(joined["children"])
+    unfinished = [r for r in runs if r.status not in TERMINAL]
+    if unfinished:  # pragma: no cover - the counter is kept under the root lock
+        logger.error("Join counter of task %s drifted; recounting.", task.id)
+        task.remaining = len(unfinished)
+        return
+    _complete_join(uow, orchestrator.lock_workflow(child.parent_id), task, runs)
+
+
+def _failed(run):
+    return run.status in (WorkflowStatus.FAILURE.value, WorkflowStatus.CANCELLED.value)
+
+
+def _runs(ids):
+    """Load runs by id, in the order given."""
+    by_id = {
+        str(run.id): run
+        for run in WorkflowRun.query.filter(WorkflowRun.id.in_(list(ids))).all()
+    }
+    return [by_id[str(i)] for i in ids]
+
+
+def _show_progress(task):
+    total = len(task.joined["children"])
+    done = total - task.remaining
+    task.message = f"Waiting for child workflows: {done} of {total} finished."
+    task.progress = done / total if total else 1.0
+
+
+def _complete_join(uow, workflow, task, runs):
+    """Record the children's results, in the joined order, as the task's result."""
+    results = results_of(runs)
+    values = [
+        results[run.id] if run.status == WorkflowStatus.SUCCESS.value else error(run)
+        for run in runs
+    ]
+    value = values[0] if task.joined["single"] else values
+    task.message = f"Joined {len(runs)} child workflow(s)."
+    orchestrator.complete(uow, workflow, task, value)
+
+
+def _fail_join(uow, workflow, task, child):
+    orchestrator.fail_task(
+        uow,
+        workflow,
+        task,
+        f"{CHILD_ERROR}: child workflow {child.name} {child.id} is {child.status}"
+        + (f": {child.message}" if child.message else "."),
+    )
+
+
+def error(run):
+    """The JSON value standing for a failed or cancelled child in a join result."""
+    return {
+        "exc_type": CHILD_ERROR,
+        "exc_message": run.message or f"child workflow {run.status}",
+        "workflow_id": str(run.id),
+        "status": run.status,
+    }
+
+
+def results_of(runs):
+    """Return ``{run id: result}`` of successful runs, as plain Celery gives it.
+
+    Reads only the task results that make up each run's output (one query).
+    """
+    done = [r for r in runs if r.status == WorkflowStatus.SUCCESS.value]
+    if not done:
+        return {}
+    positions = {p for r in done for p in input_positions(r.output)}
+    stored = defaultdict(dict)
+    for workflow_id, position, result in db.session.execute(
+        select(TaskRun.workflow_id, TaskRun.position, TaskRun.result).where(
+            TaskRun.workflow_id.in_([r.id for r in done]),
+            TaskRun.position.in_(positions),
+        )
+    ):
+        stored[workflow_id][position] = result
+    return {r.id: resolve(r.output, stored[r.id]) for r in done}
+
+
+def stop_children(uow, task_ids, reason):
+    """Stop the unfinished child runs spawned by the given tasks.
+
+    :param task_ids: ids of the parent task runs.
+    :param reason: message recorded on the cancelled tasks of each child.
+    """
+    runs = (
+        WorkflowRun.query.filter(
+            WorkflowRun.parent_task_id.in_(list(task_ids)),
+            WorkflowRun.status.notin_(TERMINAL),
+        )
+        .order_by(WorkflowRun.id)
+        .with_for_update()
+        .all()
+    )
+    for run in runs:
+        orchestrator.stop_run(uow, run, reason)
+
+
+def stop_descendants(uow, workflow_id):
+    """Stop every unfinished child run of a run (and, through them, theirs)."""
+    runs = (
+        WorkflowRun.query.filter(
+            WorkflowRun.parent_id == workflow_id,
+            WorkflowRun.status.notin_(TERMINAL),
+        )
+        .order_by(WorkflowRun.id)
+        .with_for_update()
+        .all()
+    )
+    for run in runs:
+        orchestrator.stop_run(uow, run, "Cancelled: a parent workflow was stopped.")
+
+
+def has_active(workflow_id):
+    """Whether any descendant of a run has not finished."""
+    frontier = [workflow_id]
+    while frontier:
+        rows = db.session.execute(
+            select(WorkflowRun.id, WorkflowRun.status).where(
+                WorkflowRun.parent_id.in_(frontier)
+            )
+        ).all()
+        if any(status not in TERMINAL for _, status in rows):
+            return True
+        frontier = [id_ for id_, _ in rows]
+    return False

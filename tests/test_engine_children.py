@@ -1,0 +1,402 @@
+# SPDX-FileCopyrightText: 2026 invenio-wtflow authors.
+# SPDX-License-Identifier: MIT
+
+"""Child workflows: spawn, join, reuse on retry and restart, stop, sub-workflows."""
+
+import threading
+
+import pytest
+from celery import current_app as current_celery_app
+from invenio_db import db as _db
+
+from invenio_wtflow import Workflow, current_wtflow
+from invenio_wtflow.api import Task
+from invenio_wtflow.engine import children, dispatch, orchestrator
+from invenio_wtflow.engine.check import check_workflow
+from invenio_wtflow.errors import InvalidStateError, SpawnConflictError
+from invenio_wtflow.models import TaskRun, WorkflowRun
+
+
+class ManualBroker:
+    """Keep published attempts and deliver them when the test says so."""
+
+    def __init__(self):
+        """Start empty."""
+        self.messages = []
+
+    def send(self, message):
+        """Keep the message instead of sending it."""
+        self.messages.append(message)
+        return True
+
+    def deliver(self, predicate=lambda message: True):
+        """Run the kept attempts that match, in order (as a worker would)."""
+        matching = [m for m in self.messages if predicate(m)]
+        self.messages = [m for m in self.messages if not predicate(m)]
+        for message in matching:
+            current_celery_app.tasks[message.name].apply(
+                args=(),
+                kwargs={},
+                task_id=message.celery_id,
+                headers={dispatch.HEADER: message.task_run_id},
+                retries=message.retries,
+                throw=False,
+            )
+        return len(matching)
+
+    def deliver_all(self):
+        """Run attempts until none is left."""
+        while self.deliver():
+            pass
+
+
+@pytest.fixture()
+def broker(monkeypatch):
+    """A broker the test drives by hand."""
+    manual = ManualBroker()
+    monkeypatch.setattr(dispatch, "_send", manual.send)
+    return manual
+
+
+def marks(path, name):
+    """How many times a mark was written."""
+    target = path / name
+    return len(target.read_text()) if target.exists() else 0
+
+
+def child_runs(parent):
+    """The child runs of a run, in spawn order."""
+    return Workflow.get(parent.id).children(size=100)[0]
+
+
+def consistent(*runs):
+    """Assert the consistency check finds nothing in each run."""
+    for run in runs:
+        assert check_workflow(run.id) == [], run
+
+
+def test_spawned_children_are_joined_in_spawn_order(app, db, tmp_path):
+    wf = Workflow.create(
+        "transcode-all",
+        data={"video_id": 7, "qualities": ["480p", "720p", "1080p"]},
+    ).start()
+    assert wf.status == "success"
+    spawner, summary = wf.tasks
+    assert spawner.result == ["7@480p", "7@720p", "7@1080p"]
+    assert wf.result == {"count": 3, "results": spawner.result}
+    kids = child_runs(wf)
+    assert [k.data["quality"] for k in kids] == ["480p", "720p", "1080p"]
+    assert [k.spawn_index for k in kids] == [0, 1, 2]
+    for kid in kids:
+        assert kid.status == "success"
+        assert kid.parent_id == wf.id
+        assert kid.root_id == wf.id
+        assert kid.parent_task_id == spawner.id
+        assert kid.parent.id == wf.id
+    statuses = [h["status"] for h in spawner.history()]
+    assert statuses[-2:] == ["waiting", "success"]
+    consistent(wf, *kids)
+
+
+def test_the_task_waits_without_holding_a_worker(app, db, broker):
+    wf = Workflow.create(
+        "transcode-all", data={"video_id": 1, "qualities": ["a", "b"]}
+    ).start()
+    broker.deliver(lambda m: m.name.endswith("transcode_all"))
+    spawner = Workflow.get(wf.id).tasks[0]
+    assert spawner.status == "waiting"
+    assert spawner.model.remaining == 2
+    assert Workflow.get(wf.id).status == "waiting"  # on its children, queued
+    assert len(broker.messages) == 2
+    consistent(wf)
+
+    broker.deliver(lambda m: m is broker.messages[0])
+    spawner = Task.get(spawner.id)
+    assert (spawner.status, spawner.model.remaining) == ("waiting", 1)
+    assert spawner.message == "Waiting for child workflows: 1 of 2 finished."
+    assert spawner.progress == 0.5
+    consistent(wf)
+
+    broker.deliver_all()
+    assert Workflow.get(wf.id).status == "success"
+    assert Task.get(spawner.id).result == ["1@a", "1@b"]
+
+
+def test_a_join_of_finished_children_completes_at_once(app, db):
+    wf = Workflow.create("transcode-all", data={"video_id": 1, "qualities": []}).start()
+    assert wf.status == "success"
+    assert wf.result == {"count": 0, "results": []}
+
+
+def test_spawning_the_same_identity_returns_the_same_child(app, db):
+    same = {"video_id": 1, "quality": "a"}
+    wf = Workflow.create("spawn-by-key", data={"first": same, "second": same})
+    wf.start()
+    assert wf.status == "success"
+    assert wf.result == ["1@a"]
+    assert WorkflowRun.query.filter_by(parent_id=wf.id).count() == 1
+
+
+def test_a_key_with_other_data_is_a_conflict(app, db):
+    wf = Workflow.create(
+        "spawn-by-key",
+        data={
+            "first": {"video_id": 1, "quality": "a"},
+            "second": {"video_id": 1, "quality": "b"},
+        },
+    ).start()
+    assert wf.status == "failure"
+    task = wf.tasks[0]
+    assert task.error.startswith("SpawnConflictError: ")
+    assert "key 'only'" in task.error
+    # The first child was committed; the conflicting spawn wrote nothing, and
+    # the first child was stopped with its failed parent task.
+    kids = child_runs(wf)
+    assert [k.data["quality"] for k in kids] == ["a"]
+    consistent(wf, *kids)
+
+
+def test_identity_hashes_name_and_canonical_data():
+    key, digest = children.identity("x", {"b": 1, "a": [1, 2]})
+    assert key == digest == children.identity("x", {"a": [1, 2], "b": 1})[1]
+    assert children.identity("y", {"b": 1, "a": [1, 2]})[0] != key
+    assert children.identity("x", {"a": 1}, key="k") == (
+        "k",
+        children.identity("x", {"a": 1})[1],
+    )
+
+
+def test_join_refuses_runs_the_task_did_not_spawn(app, db):
+    other = Workflow.create("add-chain")
+    wf = Workflow.create("join-foreign", data={"other_id": str(other.id)}).start()
+    assert wf.status == "failure"
+    assert "was not spawned by this task" in wf.tasks[0].error
+    assert Workflow.get(other.id).status == "pending"
+
+
+def test_a_failed_child_fails_the_join_and_stops_its_siblings(app, db, broker):
+    wf = Workflow.create(
+        "transcode-all",
+        data={"video_id": 1, "qualities": ["a", "broken", "c"]},
+    ).start()
+    broker.deliver(lambda m: m.name.endswith("transcode_all"))
+    kids = child_runs(wf)
+    broken = kids[1]
+    broker.deliver(lambda m: m.task_run_id == str(broken.tasks[0].id))
+
+    wf = Workflow.get(wf.id)
+    assert wf.status == "failure"
+    spawner, summary = wf.tasks
+    assert spawner.status == "failure"
+    assert spawner.error.startswith("ChildWorkflowError: child workflow transcode-one")
+    assert summary.status == "cancelled"
+    assert [k.status for k in child_runs(wf)] == ["cancelled", "failure", "cancelled"]
+    # The siblings' attempts were revoked: delivering them changes nothing.
+    broker.deliver_all()
+    assert [k.status for k in child_runs(wf)] == ["cancelled", "failure", "cancelled"]
+    consistent(wf, *child_runs(wf))
+
+
+def test_return_exceptions_collects_failures(app, db):
+    wf = Workflow.create(
+        "transcode-all",
+        data={"video_id": 1, "qualities": ["a", "broken"], "gather": True},
+    ).start()
+    assert wf.status == "success"
+    ok, failed = wf.tasks[0].result
+    assert ok == "1@a"
+    assert failed["exc_type"] == "ChildWorkflowError"
+    assert failed["status"] == "failure"
+    assert failed["workflow_id"] == str(child_runs(wf)[1].id)
+    assert "cannot transcode broken" in failed["exc_message"]
+
+
+def test_restarting_the_spawning_task_reuses_successful_children(app, db, tmp_path):
+    wf = Workflow.create(
+        "transcode-all",
+        data={
+            "video_id": 1,
+            "qualities": ["a", "broken", "c"],
+            "marker_dir": str(tmp_path),
+            "gather": True,
+        },
+    ).start()
+    assert wf.status == "success"
+    before = [k.id for k in child_runs(wf)]
+    assert [marks(tmp_path, f"child-{q}") for q in ("a", "broken", "c")] == [1, 1, 1]
+
+    wf.tasks[0].restart()
+    assert marks(tmp_path, "parent") == 2
+    # The successful children were reused; the failed one ran again.
+    assert [marks(tmp_path, f"child-{q}") for q in ("a", "broken", "c")] == [1, 2, 1]
+    assert [k.id for k in child_runs(wf)] == before
+    assert Workflow.get(wf.id).status == "success"
+    consistent(wf, *child_runs(wf))
+
+
+def test_stopping_the_parent_stops_every_descendant(app, db, broker):
+    wf = Workflow.create(
+        "transcode-all", data={"video_id": 1, "qualities": ["a", "b"]}
+    ).start()
+    broker.deliver(lambda m: m.name.endswith("transcode_all"))
+    assert [k.status for k in child_runs(wf)] == ["running", "running"]
+
+    Workflow.get(wf.id).stop()
+    wf = Workflow.get(wf.id)
+    assert wf.status == "cancelled"
+    assert [t.status for t in wf.tasks] == ["cancelled", "cancelled"]
+    kids = child_runs(wf)
+    assert [k.status for k in kids] == ["cancelled", "cancelled"]
+    assert all(t.status == "cancelled" for k in kids for t in k.tasks)
+    broker.deliver_all()  # late deliveries of revoked attempts change nothing
+    assert [k.status for k in child_runs(wf)] == ["cancelled", "cancelled"]
+    assert Workflow.get(wf.id).status == "cancelled"
+    consistent(wf, *kids)
+
+
+def test_stopping_a_joining_task_stops_its_children(app, db, broker):
+    wf = Workflow.create(
+        "transcode-all", data={"video_id": 1, "qualities": ["a"]}
+    ).start()
+    broker.deliver(lambda m: m.name.endswith("transcode_all"))
+    wf.tasks[0].stop()
+    assert [k.status for k in child_runs(wf)] == ["cancelled"]
+    assert Workflow.get(wf.id).status == "cancelled"
+
+
+def test_a_stopped_child_fails_the_join(app, db, broker):
+    wf = Workflow.create(
+        "transcode-all", data={"video_id": 1, "qualities": ["a", "b"]}
+    ).start()
+    broker.deliver(lambda m: m.name.endswith("transcode_all"))
+    child_runs(wf)[0].stop()
+    wf = Workflow.get(wf.id)
+    assert wf.status == "failure"
+    assert "is cancelled" in wf.tasks[0].error
+    assert [k.status for k in child_runs(wf)] == ["cancelled", "cancelled"]
+
+
+def test_restarting_a_joined_child_keeps_the_join_waiting(app, db, broker):
+    wf = Workflow.create(
+        "transcode-all", data={"video_id": 1, "qualities": ["a", "b"]}
+    ).start()
+    broker.deliver(lambda m: m.name.endswith("transcode_all"))
+    first = child_runs(wf)[0]
+    broker.deliver(lambda m: m.task_run_id == str(first.tasks[0].id))
+    spawner = Workflow.get(wf.id).tasks[0]
+    assert spawner.model.remaining == 1
+
+    Workflow.get(first.id).restart()  # finished -> running again
+    assert Task.get(spawner.id).model.remaining == 2
+    consistent(wf, first)
+    broker.deliver_all()
+    assert Workflow.get(wf.id).status == "success"
+    assert Task.get(spawner.id).result == ["1@a", "1@b"]
+
+
+def test_a_stale_attempt_cannot_spawn(app, db, broker):
+    wf = Workflow.create(
+        "transcode-all", data={"video_id": 1, "qualities": ["a"]}
+    ).start()
+    task = wf.tasks[0].model
+    with pytest.raises(InvalidStateError, match="no longer running"):
+        orchestrator.atomic(
+            children.spawn,
+            task.id,
+            task.celery_id,
+            0,
+            "transcode-one",
+            current_wtflow.get_workflow_class("transcode-one").compile(),
+            {"video_id": 1, "quality": "a"},
+        )
+    assert WorkflowRun.query.filter_by(parent_id=wf.id).count() == 0
+
+
+def test_concurrent_spawns_of_one_identity_make_one_child(app, clean, broker):
+    wf = Workflow.create("transcode-all", data={"video_id": 1, "qualities": []}).start()
+    task = wf.tasks[0].model
+    task_id, celery_id = task.id, task.celery_id
+    orchestrator.atomic(orchestrator.claim, task_id, celery_id)
+    graph = current_wtflow.get_workflow_class("transcode-one").compile()
+    data = {"video_id": 1, "quality": "a"}
+    barrier = threading.Barrier(8)
+    results, errors = [], []
+
+    def spawn():
+        with app.app_context():
+            try:
+                barrier.wait()
+                child_id, created = orchestrator.atomic(
+                    children.spawn, task_id, celery_id, 0, "transcode-one", graph, data
+                )
+                results.append((child_id, created))
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+            finally:
+                _db.session.remove()
+
+    threads = [threading.Thread(target=spawn) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len({child_id for child_id, _ in results}) == 1
+    assert sorted(created for _, created in results) == [False] * 7 + [True]
+    assert WorkflowRun.query.filter_by(parent_task_id=task_id).count() == 1
+
+
+def test_the_unique_constraint_backs_the_identity(app, db):
+    wf = Workflow.create("transcode-all", data={"video_id": 1, "qualities": []})
+    task_id = wf.tasks[0].id
+    graph = current_wtflow.get_workflow_class("transcode-one").compile()
+    link = {
+        "root_id": wf.id,
+        "parent_id": wf.id,
+        "parent_task_id": task_id,
+        "spawn_key": "k",
+        "spawn_digest": "d",
+        "spawn_index": 0,
+    }
+    first, created = orchestrator.atomic(
+        orchestrator.create, "transcode-one", graph, {}, parent=link
+    )
+    assert created
+    # Bypass the lookup: the constraint itself refuses a second row.
+    from sqlalchemy.exc import IntegrityError
+
+    with pytest.raises(IntegrityError):
+        with db.session.begin_nested():
+            db.session.add(
+                WorkflowRun(name="transcode-one", data={}, status="pending", **link)
+            )
+            db.session.flush()
+
+
+def test_a_subworkflow_node_gives_the_child_result(app, db):
+    wf = Workflow.create("with-subworkflow").start()
+    assert wf.status == "success"
+    assert wf.result == 61
+    node = wf.tasks[1]
+    assert node.name == "invenio_wtflow.subworkflow"
+    (child,) = child_runs(wf)
+    assert child.name == "add-chain"
+    assert child.result == 60 == node.result
+    consistent(wf, child)
+
+
+def test_stopped_children_are_restarted_when_the_workflow_restarts(app, db, broker):
+    wf = Workflow.create(
+        "transcode-all", data={"video_id": 1, "qualities": ["a"]}
+    ).start()
+    broker.deliver(lambda m: m.name.endswith("transcode_all"))
+    Workflow.get(wf.id).stop()
+    (child,) = child_runs(wf)
+    assert child.status == "cancelled"
+
+    Workflow.get(wf.id).restart()
+    broker.deliver_all()
+    assert Workflow.get(wf.id).status == "success"
+    assert [k.id for k in child_runs(wf)] == [child.id]
+    assert child_runs(wf)[0].status == "success"
+    assert TaskRun.query.filter_by(workflow_id=child.id).one().attempt == 2
