@@ -11,6 +11,7 @@ from .schemas import (
     DataSchema,
     HistoryEntrySchema,
     ListArgsSchema,
+    PageArgsSchema,
     TaskDetailSchema,
     WorkflowCreateSchema,
     WorkflowSchema,
@@ -32,10 +33,14 @@ class ErrorSchema(Schema):
     errors = fields.List(fields.Nested(FieldErrorSchema))
 
 
+HIT = WorkflowSchema(exclude=("tasks", "children"))
+"""A run as listings show it: without its tasks and children."""
+
+
 class WorkflowListSchema(Schema):
     """A page of runs."""
 
-    hits = fields.List(fields.Nested(WorkflowSchema(exclude=("tasks",))))
+    hits = fields.List(fields.Nested(HIT))
     total = fields.Integer()
     links = fields.Dict(keys=fields.String(), values=fields.String())
 
@@ -104,6 +109,7 @@ def build_spec(prefix, version):
         ("WorkflowCreate", WorkflowCreateSchema),
         ("Data", DataSchema),
         ("Workflow", WorkflowSchema),
+        ("WorkflowHit", HIT),
         ("WorkflowList", WorkflowListSchema),
         ("TaskDetail", TaskDetailSchema),
         ("History", HistorySchema),
@@ -166,6 +172,17 @@ def build_spec(prefix, version):
             "get": {
                 "summary": "Recorded changes of the run, oldest first.",
                 "responses": _responses("200", "History", "The history."),
+            }
+        },
+    )
+    spec.path(
+        path=f"{prefix}/{{workflow_id}}/children",
+        parameters=workflow,
+        operations={
+            "get": {
+                "summary": "The runs the run's tasks spawned, in spawn order.",
+                "parameters": [{"in": "query", "schema": PageArgsSchema}],
+                "responses": _responses("200", "WorkflowList", "A page.", "400"),
             }
         },
     )

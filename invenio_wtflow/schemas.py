@@ -41,8 +41,8 @@ class DataSchema(_Strict):
     data = fields.Dict(keys=fields.String(), load_default=dict)
 
 
-class ListArgsSchema(_Strict):
-    """Query arguments of ``GET /workflows/``."""
+class PageArgsSchema(_Strict):
+    """Query arguments of a paginated listing (``GET /workflows/<id>/children``)."""
 
     page = fields.Integer(
         load_default=1, validate=validate.Range(min=1, max=MAX_INTEGER)
@@ -50,9 +50,15 @@ class ListArgsSchema(_Strict):
     size = fields.Integer(
         load_default=None, validate=validate.Range(min=1, max=MAX_INTEGER)
     )
+
+
+class ListArgsSchema(PageArgsSchema):
+    """Query arguments of ``GET /workflows/``."""
+
     name = fields.String(validate=validate.Length(min=1, max=255))
     status = fields.String(validate=validate.OneOf([s.value for s in WorkflowStatus]))
     created_by = fields.Integer(validate=validate.Range(min=0, max=MAX_INTEGER))
+    parent = fields.UUID(metadata={"description": "Only the children of this run."})
 
 
 class TaskSchema(Schema):
@@ -82,6 +88,12 @@ class TaskDetailSchema(TaskSchema):
     links = fields.Dict()
 
 
+class ChildrenSummarySchema(Schema):
+    """The child runs of a run, in its detail."""
+
+    total = fields.Integer(metadata={"description": "Number of child runs."})
+
+
 class WorkflowSchema(Schema):
     """A workflow run."""
 
@@ -96,7 +108,22 @@ class WorkflowSchema(Schema):
     updated = fields.DateTime()
     started = fields.DateTime(attribute="started_at", allow_none=True)
     finished = fields.DateTime(attribute="finished_at", allow_none=True)
+    parent_id = fields.UUID(
+        allow_none=True, metadata={"description": "Parent run; null for a root."}
+    )
+    parent_task_id = fields.UUID(
+        allow_none=True, metadata={"description": "Task run that spawned this run."}
+    )
+    root_id = fields.UUID(
+        allow_none=True,
+        metadata={"description": "Top run of the tree (a root's own id)."},
+    )
+    spawn_index = fields.Integer(
+        allow_none=True,
+        metadata={"description": "Spawn order within the parent task, from 0."},
+    )
     tasks = fields.List(fields.Nested(TaskSchema))
+    children = fields.Nested(ChildrenSummarySchema)
     links = fields.Dict()
 
 

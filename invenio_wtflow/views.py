@@ -34,6 +34,7 @@ from .schemas import (
     DataSchema,
     HistoryEntrySchema,
     ListArgsSchema,
+    PageArgsSchema,
     TaskDetailSchema,
     WorkflowCreateSchema,
     WorkflowSchema,
@@ -120,6 +121,50 @@ def check(workflow, action, name=None):
     raise ForbiddenError(f"You may not {action.replace('-', ' ')} this workflow.")
 
 
+def page_args(schema):
+    """Load a listing's query arguments; return them with the page size.
+
+    :param schema: a :class:`~invenio_wtflow.schemas.PageArgsSchema`.
+    :returns: ``(args, size)``, the size defaulting to
+        ``WTFLOW_DEFAULT_PAGE_SIZE`` and at most ``WTFLOW_MAX_PAGE_SIZE``.
+    """
+    args = load(schema, request.args.to_dict())
+    config = current_app.config
+    size = args.get("size") or config["WTFLOW_DEFAULT_PAGE_SIZE"]
+    if size > config["WTFLOW_MAX_PAGE_SIZE"]:
+        raise BadRequestError(
+            f"size must be at most {config['WTFLOW_MAX_PAGE_SIZE']}.",
+            errors=[FieldError("size", "Too large.")],
+        )
+    return args, size
+
+
+def page_response(endpoint, runs, total, page, size, **values):
+    """Answer a page of runs (without their tasks) with self/next/prev links.
+
+    :param endpoint: the listing's endpoint, for the links.
+    :param runs: the page's :class:`~invenio_wtflow.api.Workflow` objects.
+    :param total: the number of runs over all pages.
+    :param page: the page number, from 1.
+    :param size: the page size.
+    :param values: the endpoint's URL values (``workflow_id``).
+    """
+    query = {k: v for k, v in request.args.items() if k not in ("page", "size")}
+
+    def link(number):
+        return url_for(
+            endpoint, page=number, size=size, _external=True, **values, **query
+        )
+
+    links = {"self": link(page)}
+    if page * size < total:
+        links["next"] = link(page + 1)
+    if page > 1:
+        links["prev"] = link(page - 1)
+    hits = [dump_workflow(r, with_tasks=False) for r in runs]
+    return json_response({"hits": hits, "total": total, "links": links})
+
+
 def get_workflow(workflow_id, action):
     """Load a run and check the permission to take ``action`` on it."""
     workflow = Workflow.get(workflow_id)
@@ -145,11 +190,19 @@ def workflow_links(workflow):
         "history": url_for(
             "invenio_wtflow.workflow_history", workflow_id=workflow.id, _external=True
         ),
+        "children": url_for(
+            "invenio_wtflow.workflow_children", workflow_id=workflow.id, _external=True
+        ),
     }
 
 
 def dump_workflow(workflow, with_tasks=True):
-    """Serialise a run (with its tasks and their dependencies: 2 queries)."""
+    """Serialise a run.
+
+    :param with_tasks: add its tasks with their dependencies and the number
+        of its children (3 queries, however many tasks and children); the
+        listings leave them out.
+    """
     model = workflow.model
     payload = {
         "id": model.id,
@@ -163,6 +216,10 @@ def dump_workflow(workflow, with_tasks=True):
         "updated": model.updated,
         "started_at": model.started_at,
         "finished_at": model.finished_at,
+        "parent_id": model.parent_id,
+        "parent_task_id": model.parent_task_id,
+        "root_id": model.root_id,
+        "spawn_index": model.spawn_index,
         "links": workflow_links(workflow),
     }
     exclude = ()
@@ -171,8 +228,9 @@ def dump_workflow(workflow, with_tasks=True):
         payload["tasks"] = [
             _task_payload(task.model, edges.get(task.id, [])) for task in workflow.tasks
         ]
+        payload["children"] = {"total": workflow.count_children()}
     else:
-        exclude = ("tasks",)
+        exclude = ("tasks", "children")
     return WorkflowSchema(exclude=exclude).dump(payload)
 
 
@@ -226,20 +284,13 @@ class WorkflowListResource(MethodView):
 
     def get(self):
         """List runs the caller may read, newest first, paginated."""
-        args = load(ListArgsSchema(), request.args.to_dict())
-        config = current_app.config
-        size = args.get("size") or config["WTFLOW_DEFAULT_PAGE_SIZE"]
-        if size > config["WTFLOW_MAX_PAGE_SIZE"]:
-            raise BadRequestError(
-                f"size must be at most {config['WTFLOW_MAX_PAGE_SIZE']}.",
-                errors=[FieldError("size", "Too large.")],
-            )
+        args, size = page_args(ListArgsSchema())
         created_by = args.get("created_by")
         if not current_wtflow.permission_factory()(None, "read").can():
             if not current_user.is_authenticated:
                 raise UnauthorizedError()
             if created_by not in (None, current_user.id):
-                return self._page([], 0, args, size)
+                return page_response(".workflow_list", [], 0, args["page"], size)
             created_by = current_user.id
         runs, total = Workflow.search(
             page=args["page"],
@@ -247,29 +298,11 @@ class WorkflowListResource(MethodView):
             created_by=created_by,
             name=args.get("name"),
             status=args.get("status"),
+            parent_id=args.get("parent"),
         )
         factory = current_wtflow.permission_factory
         visible = [r for r in runs if factory(r.name)(r, "read").can()]
-        return self._page(visible, total, args, size)
-
-    def _page(self, runs, total, args, size):
-        query = {k: v for k, v in request.args.items() if k not in ("page", "size")}
-        page = args["page"]
-        links = {
-            "self": url_for(
-                ".workflow_list", page=page, size=size, _external=True, **query
-            )
-        }
-        if page * size < total:
-            links["next"] = url_for(
-                ".workflow_list", page=page + 1, size=size, _external=True, **query
-            )
-        if page > 1:
-            links["prev"] = url_for(
-                ".workflow_list", page=page - 1, size=size, _external=True, **query
-            )
-        hits = [dump_workflow(r, with_tasks=False) for r in runs]
-        return json_response({"hits": hits, "total": total, "links": links})
+        return page_response(".workflow_list", visible, total, args["page"], size)
 
     def post(self):
         """Create a run (and start it); with a known key, return that run."""
@@ -320,6 +353,28 @@ class WorkflowResource(MethodView):
         workflow = get_workflow(workflow_id, "stop")
         workflow.stop()
         return json_response(dump_workflow(Workflow.get(workflow.id)), status=202)
+
+
+class WorkflowChildrenResource(MethodView):
+    """``/workflows/<id>/children``: the runs a run's tasks spawned."""
+
+    def get(self, workflow_id):
+        """In spawn order, paginated.
+
+        Reading the parent run is what it takes to list its children: one
+        permission check, however long the page.
+        """
+        workflow = get_workflow(workflow_id, "read")
+        args, size = page_args(PageArgsSchema())
+        runs, total = workflow.children(page=args["page"], size=size)
+        return page_response(
+            ".workflow_children",
+            runs,
+            total,
+            args["page"],
+            size,
+            workflow_id=workflow.id,
+        )
 
 
 class TaskResource(MethodView):
@@ -385,6 +440,7 @@ def create_blueprint(app):
         ("/openapi.json", OpenAPIResource, "openapi"),
         ("/<workflow_id>", WorkflowResource, "workflow"),
         ("/<workflow_id>/history", WorkflowHistoryResource, "workflow_history"),
+        ("/<workflow_id>/children", WorkflowChildrenResource, "workflow_children"),
         ("/<workflow_id>/tasks/<task_id>", TaskResource, "task"),
         (
             "/<workflow_id>/tasks/<task_id>/history",

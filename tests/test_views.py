@@ -48,6 +48,15 @@ def login(client, user):
     return client
 
 
+def spawn_tree(user, qualities):
+    """Run a "transcode-all" of ``user``: one child run per quality."""
+    return Workflow.create(
+        "transcode-all",
+        data={"video_id": 1, "qualities": list(qualities)},
+        created_by=user.id,
+    ).start()
+
+
 def rows():
     """Number of workflow and task rows."""
     return WorkflowRun.query.count(), TaskRun.query.count()
@@ -255,13 +264,117 @@ def test_body_too_large(client, users, app):
 
 
 @pytest.mark.parametrize(
-    "query, field", [("size=abc", "size"), ("size=1000", "size"), ("page=0", "page")]
+    "query, field",
+    [
+        ("size=abc", "size"),
+        ("size=1000", "size"),
+        ("page=0", "page"),
+        ("parent=not-a-uuid", "parent"),
+    ],
 )
 def test_bad_list_arguments(client, users, query, field):
     login(client, users["admin"])
     res = client.get(f"/workflows/?{query}")
     assert res.status_code == 400
+    assert res.headers["Content-Type"] == "application/json"
+    assert res.json["status"] == 400
     assert res.json["errors"][0]["field"] == field
+
+
+@pytest.mark.parametrize(
+    "query, field",
+    [
+        ("size=abc", "size"),
+        ("size=1000", "size"),
+        ("page=0", "page"),
+        ("name=transcode-one", "name"),
+    ],
+)
+def test_bad_children_arguments(client, users, query, field):
+    login(client, users["admin"])
+    parent = spawn_tree(users["admin"], ["a"])
+    res = client.get(f"/workflows/{parent.id}/children?{query}")
+    assert res.status_code == 400 and res.json["status"] == 400
+    assert res.json["errors"][0]["field"] == field
+
+
+def test_children_in_spawn_order_with_pagination(client, users):
+    parent = spawn_tree(users["owner"], ["a", "b", "c"])
+    spawner = parent.tasks[0]
+    login(client, users["owner"])
+    url = f"http://localhost/workflows/{parent.id}/children"
+
+    detail = client.get(f"/workflows/{parent.id}").json
+    assert detail["children"] == {"total": 3}
+    assert detail["links"]["children"] == url
+    assert (detail["parent_id"], detail["parent_task_id"]) == (None, None)
+    assert (detail["root_id"], detail["spawn_index"]) == (str(parent.id), None)
+
+    res = client.get(f"/workflows/{parent.id}/children?size=2")
+    assert res.status_code == 200 and res.headers["ETag"]
+    first = res.json
+    assert first["total"] == 3
+    assert [h["data"]["quality"] for h in first["hits"]] == ["a", "b"]
+    assert [h["spawn_index"] for h in first["hits"]] == [0, 1]
+    assert first["links"] == {
+        "self": f"{url}?page=1&size=2",
+        "next": f"{url}?page=2&size=2",
+    }
+    second = client.get(first["links"]["next"]).json
+    assert [h["data"]["quality"] for h in second["hits"]] == ["c"]
+    assert second["links"]["prev"] == first["links"]["self"]
+    assert "next" not in second["links"]
+
+    child = first["hits"][0]
+    assert "tasks" not in child and "children" not in child
+    assert child["parent_id"] == str(parent.id)
+    assert child["root_id"] == str(parent.id)
+    assert child["parent_task_id"] == str(spawner.id)
+    assert child["status"] == "success"
+    read = client.get(child["links"]["self"]).json
+    assert read["children"] == {"total": 0}
+    assert {k: read[k] for k in child if k != "links"} == {
+        k: v for k, v in child.items() if k != "links"
+    }
+    empty = client.get(child["links"]["children"]).json
+    assert (empty["hits"], empty["total"]) == ([], 0)
+
+
+def test_list_filters_by_parent(client, users):
+    login(client, users["admin"])
+    parent = spawn_tree(users["admin"], ["a", "b"])
+    spawn_tree(users["admin"], ["x"])
+    res = client.get(f"/workflows/?parent={parent.id}&size=1")
+    assert res.status_code == 200 and res.json["total"] == 2
+    assert res.json["links"]["next"] == (
+        f"http://localhost/workflows/?page=2&size=1&parent={parent.id}"
+    )
+    hits = res.json["hits"] + client.get(res.json["links"]["next"]).json["hits"]
+    assert sorted(h["data"]["quality"] for h in hits) == ["a", "b"]
+    assert {h["parent_id"] for h in hits} == {str(parent.id)}
+    assert client.get(f"/workflows/?parent={uuid.uuid4()}").json["total"] == 0
+    assert client.get("/workflows/").json["total"] == 5
+
+
+def test_children_permissions(client, users):
+    parent = spawn_tree(users["owner"], ["a"])
+    url = f"/workflows/{parent.id}/children"
+    res = client.get(url)
+    assert res.status_code == 401 and res.json["status"] == 401
+    login(client, users["other"])
+    res = client.get(url)
+    assert res.status_code == 403 and res.json["status"] == 403
+    assert client.get(f"/workflows/?parent={parent.id}").json["total"] == 0
+    for user in ("owner", "admin"):
+        login(client, users[user])
+        assert client.get(url).json["total"] == 1
+
+
+def test_children_of_an_unknown_run(client, users):
+    login(client, users["admin"])
+    res = client.get(f"/workflows/{uuid.uuid4()}/children")
+    assert res.status_code == 404 and res.json["status"] == 404
+    assert client.get("/workflows/not-a-uuid/children").status_code == 404
 
 
 def test_not_found(client, users):
@@ -304,6 +417,24 @@ def test_reading_a_run_costs_the_same_for_10_and_1000_tasks(client, users, app, 
         client.get(url)  # warm caches (user, permissions)
         counts.append(count_queries(app, db, lambda: client.get(url).json["tasks"]))
     assert counts[0] == counts[1]
+
+
+def test_reading_a_run_costs_the_same_for_1_and_20_children(client, users, app, db):
+    login(client, users["admin"])
+    counts = []
+    for width in (1, 20):
+        wf = spawn_tree(users["admin"], [f"q{i}" for i in range(width)])
+        child = wf.children(size=1)[0][0]
+        for url in (f"/workflows/{wf.id}", f"/workflows/{child.id}"):
+            client.get(url)  # warm caches (user, permissions)
+            counts.append(
+                count_queries(app, db, lambda: client.get(url).json["children"])
+            )
+        children = f"/workflows/{wf.id}/children?size=50"
+        client.get(children)
+        counts.append(count_queries(app, db, lambda: client.get(children).json))
+    assert counts[:3] == counts[3:]
+    assert counts[0] == counts[1]  # a child costs what its parent costs
 
 
 def test_create_and_start_checks_both_permissions_before_writing(client, users):
