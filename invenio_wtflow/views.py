@@ -359,17 +359,14 @@ class WorkflowChildrenResource(MethodView):
     """``/workflows/<id>/children``: the runs a run's tasks spawned."""
 
     def get(self, workflow_id):
-        """In spawn order, paginated.
-
-        Reading the parent run is what it takes to list its children: one
-        permission check, however long the page.
-        """
+        """In spawn order, paginated; only the children the caller may read."""
         workflow = get_workflow(workflow_id, "read")
         args, size = page_args(PageArgsSchema())
         runs, total = workflow.children(page=args["page"], size=size)
+        factory = current_wtflow.permission_factory
         return page_response(
             ".workflow_children",
-            runs,
+            [r for r in runs if factory(r.name)(r, "read").can()],
             total,
             args["page"],
             size,
