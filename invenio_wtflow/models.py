@@ -90,7 +90,14 @@ class WorkflowRun(db.Model, db.Timestamp):
         db.UniqueConstraint("parent_task_id", "spawn_key"),
     )
     __versioned__ = {
-        "exclude": ["parent_id", "parent_task_id", "spawn_key", "spawn_digest"]
+        # Set once, when a child is spawned: nothing to version.
+        "exclude": [
+            "parent_id",
+            "parent_task_id",
+            "spawn_key",
+            "spawn_digest",
+            "spawn_index",
+        ]
     }
 
     id = db.Column(UUIDType, primary_key=True, default=uuid.uuid4)
