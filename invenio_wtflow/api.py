@@ -132,6 +132,12 @@ class Workflow:
     definition = None
     """The Celery canvas (or bare task) the workflow runs."""
 
+    max_runs = None
+    """At most this many runs of the definition (per key) at once; ``None``: no limit."""
+
+    concurrency_key = None
+    """Function of a run's data naming the key ``max_runs`` applies to."""
+
     created_now = False
     """After :meth:`create`: whether this call created the run (not a key hit)."""
 

@@ -79,6 +79,30 @@ class _WTFlowState:
         )
         return import_string(factory) if isinstance(factory, str) else factory
 
+    def limits(self, name):
+        """Return ``(max_runs, concurrency_key)`` of a definition, or ``None``.
+
+        Read from the registration (``max_runs``, ``concurrency_key`` in
+        ``WTFLOW_WORKFLOWS``), else from the ``Workflow`` subclass's
+        attributes. ``concurrency_key`` is a function of the run's data (or an
+        import string to one); without it the limit is per definition.
+
+        :raises InvalidDefinitionError: when ``max_runs`` is not a positive
+            integer.
+        """
+        entry = self.entries.get(name) or {}
+        cls = self.workflow_class(name)
+        max_runs = entry.get("max_runs", getattr(cls, "max_runs", None))
+        if max_runs is None:
+            return None
+        if isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 1:
+            raise InvalidDefinitionError(
+                f"max_runs of workflow {name!r} must be a positive integer, "
+                f"not {max_runs!r}."
+            )
+        key = entry.get("concurrency_key", getattr(cls, "concurrency_key", None))
+        return max_runs, import_string(key) if isinstance(key, str) else key
+
     def workflow_class(self, name):
         """Like :meth:`get_workflow_class`, but ``None`` when unavailable."""
         try:

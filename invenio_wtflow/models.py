@@ -88,6 +88,7 @@ class WorkflowRun(db.Model, db.Timestamp):
     __table_args__ = (
         db.UniqueConstraint("name", "key"),
         db.UniqueConstraint("parent_task_id", "spawn_key"),
+        db.Index("ix_wtflow_workflow_concurrency", "name", "concurrency_key", "status"),
     )
     __versioned__ = {
         # Set once, when a child is spawned: nothing to version.
@@ -97,6 +98,8 @@ class WorkflowRun(db.Model, db.Timestamp):
             "spawn_key",
             "spawn_digest",
             "spawn_index",
+            "concurrency_key",
+            "slot_requested_at",
         ]
     }
 
@@ -144,6 +147,12 @@ class WorkflowRun(db.Model, db.Timestamp):
 
     spawn_index = db.Column(db.Integer, nullable=True)
     """Position of a child among the runs its parent task spawned, from 0."""
+
+    concurrency_key = db.Column(db.String(255), nullable=True)
+    """Key that runs of a limited definition share a limit under (``max_runs``)."""
+
+    slot_requested_at = db.Column(db.UTCDateTime, nullable=True)
+    """When the run asked to start and found no free slot; ``None`` otherwise."""
 
     created_by = db.Column(db.Integer, nullable=True, index=True)
     """Identifier of the user who created the run, if any."""

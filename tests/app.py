@@ -73,5 +73,16 @@ EXAMPLE_WORKFLOWS = {
     "spawn-wide": {"definition": "tests.example_tasks:SpawnWide"},
     "spawn-then-retry": {"definition": "tests.example_tasks:spawn_then_retry"},
     "spawn-each": {"definition": "tests.example_tasks:spawn_each"},
+    "one-at-a-time": {"definition": "tests.example_tasks:OneAtATime"},
+    "two-at-a-time": {"definition": "tests.example_tasks:nap", "max_runs": 2},
+    "per-video": {
+        "definition": "tests.example_tasks:nap",
+        "max_runs": 1,
+        "concurrency_key": "tests.example_tasks:video_key",
+    },
+    "failing-one-at-a-time": {
+        "definition": "tests.example_tasks:boom",
+        "max_runs": 1,
+    },
 }
 """Definitions registered in every test application."""

@@ -6,7 +6,10 @@
 import os
 
 import pytest
+from celery import current_app as current_celery_app
 from invenio_db import db as _db
+
+from invenio_wtflow.engine import dispatch
 
 from .app import create_test_app
 
@@ -58,3 +61,44 @@ def clean(app):
     ):
         _db.session.execute(_db.text(f'DELETE FROM "{table}"'))
     _db.session.commit()
+
+
+class ManualBroker:
+    """Keep published attempts and deliver them when the test says so."""
+
+    def __init__(self):
+        """Start empty."""
+        self.messages = []
+
+    def send(self, message):
+        """Keep the message instead of sending it."""
+        self.messages.append(message)
+        return True
+
+    def deliver(self, predicate=lambda message: True):
+        """Run the kept attempts that match, in order (as a worker would)."""
+        matching = [m for m in self.messages if predicate(m)]
+        self.messages = [m for m in self.messages if not predicate(m)]
+        for message in matching:
+            current_celery_app.tasks[message.name].apply(
+                args=(),
+                kwargs={},
+                task_id=message.celery_id,
+                headers={dispatch.HEADER: message.task_run_id},
+                retries=message.retries,
+                throw=False,
+            )
+        return len(matching)
+
+    def deliver_all(self):
+        """Run attempts until none is left."""
+        while self.deliver():
+            pass
+
+
+@pytest.fixture()
+def broker(monkeypatch):
+    """A broker the test drives by hand."""
+    manual = ManualBroker()
+    monkeypatch.setattr(dispatch, "_send", manual.send)
+    return manual

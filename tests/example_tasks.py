@@ -333,3 +333,25 @@ def spawn_then_retry(self, qualities, marker_dir):
 def spawn_each(self, definition, items):
     """Spawn one child of ``definition`` per data item and join them."""
     return self.join([self.spawn(definition, data=item) for item in items])
+
+
+#
+# Concurrency limits
+#
+@workflow_task
+def nap(seconds=0, video_id=None):
+    """Sleep a little (a stand-in for real work); return the video id."""
+    time.sleep(seconds)
+    return video_id
+
+
+class OneAtATime(Workflow):
+    """At most one run at once."""
+
+    definition = nap
+    max_runs = 1
+
+
+def video_key(data):
+    """Concurrency key: one run per video at once."""
+    return data["video_id"]

@@ -6,56 +6,14 @@
 import threading
 
 import pytest
-from celery import current_app as current_celery_app
 from invenio_db import db as _db
 
 from invenio_wtflow import Workflow, current_wtflow
 from invenio_wtflow.api import Task
-from invenio_wtflow.engine import children, dispatch, orchestrator
+from invenio_wtflow.engine import children, orchestrator
 from invenio_wtflow.engine.check import check_workflow
 from invenio_wtflow.errors import InvalidStateError, SpawnConflictError
 from invenio_wtflow.models import TaskRun, WorkflowRun
-
-
-class ManualBroker:
-    """Keep published attempts and deliver them when the test says so."""
-
-    def __init__(self):
-        """Start empty."""
-        self.messages = []
-
-    def send(self, message):
-        """Keep the message instead of sending it."""
-        self.messages.append(message)
-        return True
-
-    def deliver(self, predicate=lambda message: True):
-        """Run the kept attempts that match, in order (as a worker would)."""
-        matching = [m for m in self.messages if predicate(m)]
-        self.messages = [m for m in self.messages if not predicate(m)]
-        for message in matching:
-            current_celery_app.tasks[message.name].apply(
-                args=(),
-                kwargs={},
-                task_id=message.celery_id,
-                headers={dispatch.HEADER: message.task_run_id},
-                retries=message.retries,
-                throw=False,
-            )
-        return len(matching)
-
-    def deliver_all(self):
-        """Run attempts until none is left."""
-        while self.deliver():
-            pass
-
-
-@pytest.fixture()
-def broker(monkeypatch):
-    """A broker the test drives by hand."""
-    manual = ManualBroker()
-    monkeypatch.setattr(dispatch, "_send", manual.send)
-    return manual
 
 
 def marks(path, name):

@@ -348,3 +348,27 @@ def test_stopping_a_parent_stops_running_children(worker, clean):
     _db.session.rollback()
     assert {t.status for k in wf.children()[0] for t in k.tasks} == {"cancelled"}
     assert consistent_tree(wf.id) == 3
+
+
+def test_max_runs_holds_with_a_real_worker(worker, clean):
+    """10 runs of a max_runs=2 definition on 4 processes: never 3 at once."""
+    runs = [
+        Workflow.create("two-at-a-time", data={"seconds": 0.5, "video_id": i})
+        for i in range(10)
+    ]
+    for run in runs:
+        run.start()
+    done = wait([r.id for r in runs], timeout=120)
+    assert [r.status for r in done] == ["success"] * 10
+    events = sorted(
+        [(r.model.started_at, 1) for r in done]
+        + [(r.model.finished_at, -1) for r in done]
+    )
+    running = peak = 0
+    for _, change in events:
+        running += change
+        peak = max(peak, running)
+    assert peak == 2
+    # Admitted in creation order.
+    order = sorted(done, key=lambda r: r.model.started_at)
+    assert [r.data["video_id"] for r in order] == list(range(10))

@@ -1,7 +1,7 @@
 # SPDX-FileCopyrightText: 2026 invenio-wtflow authors.
 # SPDX-License-Identifier: MIT
 
-"""Link child workflows to the task that spawned them; record joins."""
+"""Link child workflows to the task that spawned them, record joins and slots."""
 
 import sqlalchemy as sa
 import sqlalchemy_utils
@@ -58,10 +58,25 @@ def upgrade():
         ["parent_task_id", "spawn_key"],
     )
     op.add_column("wtflow_task", sa.Column("joined", JSON, nullable=True))
+    op.add_column(
+        "wtflow_workflow", sa.Column("concurrency_key", sa.String(255), nullable=True)
+    )
+    op.add_column(
+        "wtflow_workflow",
+        sa.Column("slot_requested_at", sa.DateTime(timezone=True), nullable=True),
+    )
+    op.create_index(
+        "ix_wtflow_workflow_concurrency",
+        "wtflow_workflow",
+        ["name", "concurrency_key", "status"],
+    )
 
 
 def downgrade():
     """Downgrade database."""
+    op.drop_index("ix_wtflow_workflow_concurrency", table_name="wtflow_workflow")
+    op.drop_column("wtflow_workflow", "slot_requested_at")
+    op.drop_column("wtflow_workflow", "concurrency_key")
     op.drop_column("wtflow_task", "joined")
     op.drop_constraint(
         op.f("uq_wtflow_workflow_parent_task_id"), "wtflow_workflow", type_="unique"

@@ -37,7 +37,7 @@ from sqlalchemy import func, select
 
 from ..errors import InvalidStateError, SpawnConflictError
 from ..models import TaskRun, TaskStatus, WorkflowRun, WorkflowStatus
-from . import orchestrator
+from . import concurrency, orchestrator
 from .graph import input_positions, resolve
 
 logger = logging.getLogger(__name__)
@@ -97,6 +97,7 @@ def spawn(uow, task_id, celery_id, retries, name, graph, data, key=None):
         )
     workflow, task = locked
     spawn_key, digest = identity(name, data, key)
+    limit = concurrency.limit_of(name)
     index = db.session.execute(
         select(func.count()).where(WorkflowRun.parent_task_id == task.id)
     ).scalar_one()
@@ -113,11 +114,15 @@ def spawn(uow, task_id, celery_id, retries, name, graph, data, key=None):
             "spawn_key": spawn_key,
             "spawn_digest": digest,
             "spawn_index": index,
+            "concurrency_key": concurrency.key_of(name, data),
         },
-        start=True,
+        start=limit is None,
     )
     if not created:
         return _reuse(uow, child, name, digest, key).id, False
+    if limit is not None:
+        # The key's lock comes before any root lock: admit after the commit.
+        concurrency.wait_for_slot(uow, child, limit[0], admit_after=True)
     return child.id, True
 
 

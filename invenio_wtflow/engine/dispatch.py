@@ -205,7 +205,8 @@ def requeue_stale(older_than=None):
     :func:`~invenio_wtflow.engine.orchestrator.recover_expired`).
 
     :param older_than: seconds; defaults to ``WTFLOW_REQUEUE_AFTER``.
-    :returns: the number of attempts published again or recovered.
+    :returns: the number of attempts published again or recovered, and of
+        runs started because a slot had freed.
     """
     if older_than is None:
         older_than = current_app.config["WTFLOW_REQUEUE_AFTER"]
@@ -235,6 +236,7 @@ def requeue_stale(older_than=None):
             messages.append(Message.for_task(task))
     db.session.commit()
     recovered = _recover_expired_leases(now)
+    recovered += _admit_waiting()
     for message in messages:
         logger.warning(
             "Re-publishing attempt %s of task run %s (%s), queued since before %s.",
@@ -245,6 +247,17 @@ def requeue_stale(older_than=None):
         )
     publish(messages)
     return len(messages) + recovered
+
+
+def _admit_waiting():
+    """Start runs waiting for a slot that has freed (see ``max_runs``)."""
+    # Imported here: the orchestrator publishes through this module.
+    from .concurrency import admit_waiting
+
+    admitted = admit_waiting()
+    if admitted:
+        logger.warning("Admitted %d run(s) waiting for a free slot.", admitted)
+    return admitted
 
 
 def _recover_expired_leases(now):

@@ -40,7 +40,7 @@ from ..models import (
     WorkflowStatus,
     utcnow,
 )
-from . import children, sqlite
+from . import children, concurrency, sqlite
 from .dispatch import Message, dispatcher
 from .graph import input_positions
 from .status import default_status
@@ -249,6 +249,13 @@ def set_status(uow, workflow, status, message=None):
     workflow.status = status.value
     workflow.message = message
     workflow.finished_at = utcnow() if status.is_terminal else None
+    if status.is_terminal:
+        workflow.slot_requested_at = None
+        if concurrency.limit_of(workflow.name) is not None:
+            # A slot is free: admit the next run of the key after the commit.
+            concurrency.admission(uow).keys.add(
+                (workflow.name, workflow.concurrency_key)
+            )
     if workflow.parent_task_id is not None and was_terminal != status.is_terminal:
         children.child_changed(uow, workflow)
 
@@ -346,20 +353,43 @@ def _existing(name, key, parent):
 def start(uow, workflow_id, data=None):
     """Merge ``data`` into a pending run and queue the tasks with no upstream.
 
-    :raises InvalidStateError: when the run is not ``pending``.
+    A run of a definition with ``max_runs`` whose key has no free slot stays
+    ``pending`` and starts when one frees (see
+    :mod:`~invenio_wtflow.engine.concurrency`).
+
+    :raises InvalidStateError: when the run is not ``pending``, or already
+        waiting for a slot.
     """
+    limit = concurrency.lock_for(workflow_id, data)
     workflow = lock_workflow(workflow_id)
     if workflow.status != WorkflowStatus.PENDING.value:
         raise InvalidStateError(
             f"Workflow {workflow.id} is {workflow.status}; only a pending run can "
             "be started (use restart to run it again)."
         )
+    if workflow.slot_requested_at is not None:
+        raise InvalidStateError(
+            f"Workflow {workflow.id} was started already and waits for a free slot."
+        )
     if data:
         workflow.data = {**workflow.data, **data}
+    if limit is not None:
+        max_runs, _ = limit
+        workflow.concurrency_key = concurrency.key_of(workflow.name, workflow.data)
+        if not concurrency.has_slot(workflow, max_runs):
+            concurrency.wait_for_slot(uow, workflow, max_runs)
+            return workflow
+    start_locked(uow, workflow)
+    return workflow
+
+
+def start_locked(uow, workflow):
+    """Queue the tasks with no upstream of a locked, pending run."""
+    workflow.slot_requested_at = None
+    workflow.message = None
     workflow.started_at = utcnow()
     _queue(uow, _lock_tasks(TaskRun.workflow_id == workflow.id, TaskRun.remaining == 0))
     refresh_status(uow, workflow)
-    return workflow
 
 
 def claim(uow, task_id, celery_id, retries=0, lease=None):
@@ -661,6 +691,7 @@ def stop_task(uow, task_id):
 
 def restart(uow, workflow_id, data=None):
     """Reset every task of a run to ``pending`` and start it again (same id)."""
+    concurrency.lock_for(workflow_id, data)  # before the root: one lock order
     workflow = lock_workflow(workflow_id)
     _, dependencies = edges(workflow.id)
     tasks = _lock_tasks(TaskRun.workflow_id == workflow.id)
