@@ -309,6 +309,16 @@ class Workflow:
             select(func.count()).where(WorkflowRun.parent_id == self.id)
         ).scalar_one()
 
+    def children_by_status(self):
+        """Return how many child runs are in each status (one query)."""
+        return dict(
+            db.session.execute(
+                select(WorkflowRun.status, func.count())
+                .where(WorkflowRun.parent_id == self.id)
+                .group_by(WorkflowRun.status)
+            ).all()
+        )
+
     def children(self, page=1, size=25):
         """Return ``(runs, total)``: a page of the child runs, in spawn order.
 

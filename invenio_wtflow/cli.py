@@ -148,6 +148,12 @@ def _echo_tree(workflow, errors=False):
     )
     if model.message:
         click.echo(f"  {_text(model.message)}")
+    if model.parent_id is not None:
+        click.echo(f"  child of {model.parent_id} (task {model.parent_task_id})")
+    children = workflow.children_by_status()
+    if children:
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(children.items()))
+        click.echo(f"  children: {sum(children.values())} ({counts})")
     tasks = workflow.tasks
     positions = {task.id: task.position for task in tasks}
     edges = workflow.dependencies()
@@ -278,7 +284,10 @@ def start(ctx, name, data_json, key, wait, timeout, interval, as_json):
     """Create a run of the definition NAME and start it."""
     data = _parse_data(data_json)
     workflow = Workflow.create(name, data=data, key=key)
-    if workflow.created_now or workflow.status == WorkflowStatus.PENDING.value:
+    if workflow.created_now or (
+        workflow.status == WorkflowStatus.PENDING.value
+        and workflow.model.slot_requested_at is None
+    ):
         workflow.start()
     elif not as_json:
         click.echo(f"Run {workflow.id} has the key {key!r} already.", err=True)

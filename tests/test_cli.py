@@ -244,3 +244,15 @@ def test_errors_on_an_existing_run_change_nothing(app, db, run, args, message):
     assert WorkflowRun.query.count() == 2
     wf = Workflow.get(wf.id)
     assert (len(wf.history()), [len(t.history()) for t in wf.tasks]) == versions
+
+
+def test_show_names_the_children_and_the_parent(app, db, run):
+    wf = Workflow.create(
+        "transcode-all",
+        data={"video_id": 1, "qualities": ["a", "broken"], "gather": True},
+    ).start()
+    lines = ok(run("show", wf.id)).splitlines()
+    assert "  children: 2 (1 failure, 1 success)" in lines
+    child = wf.children()[0][0]
+    lines = ok(run("show", child.id)).splitlines()
+    assert f"  child of {wf.id} (task {wf.tasks[0].id})" in lines
