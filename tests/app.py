@@ -73,6 +73,7 @@ EXAMPLE_WORKFLOWS = {
     "spawn-wide": {"definition": "tests.example_tasks:SpawnWide"},
     "spawn-then-retry": {"definition": "tests.example_tasks:spawn_then_retry"},
     "spawn-each": {"definition": "tests.example_tasks:spawn_each"},
+    "spawn-and-hang": {"definition": "tests.example_tasks:spawn_and_hang"},
     "one-at-a-time": {"definition": "tests.example_tasks:OneAtATime"},
     "two-at-a-time": {"definition": "tests.example_tasks:nap", "max_runs": 2},
     "per-video": {

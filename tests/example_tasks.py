@@ -355,3 +355,22 @@ class OneAtATime(Workflow):
 def video_key(data):
     """Concurrency key: one run per video at once."""
     return data["video_id"]
+
+
+@workflow_task(bind=True, lease=2)
+def spawn_and_hang(self, qualities, marker_dir):
+    """Spawn half the children, then hang the first time (a test kills it)."""
+    half = len(qualities) // 2
+    children = []
+    for i, quality in enumerate(qualities):
+        if i == half and not os.path.exists(os.path.join(marker_dir, "started")):
+            with open(os.path.join(marker_dir, "started"), "w") as fp:
+                fp.write(str(os.getpid()))
+            time.sleep(120)
+        children.append(
+            self.spawn(
+                "transcode-one",
+                data={"video_id": 1, "quality": quality, "marker_dir": marker_dir},
+            )
+        )
+    return self.join(children)

@@ -372,3 +372,27 @@ def test_max_runs_holds_with_a_real_worker(worker, clean):
     # Admitted in creation order.
     order = sorted(done, key=lambda r: r.model.started_at)
     assert [r.data["video_id"] for r in order] == list(range(10))
+
+
+def test_a_spawner_killed_mid_spawn_resumes_without_duplicates(worker, clean, tmp_path):
+    """SIGKILL a task half-way through its spawns: attempt 2 reuses the first half."""
+    qualities = ["a", "b", "c", "d"]
+    wf = Workflow.create(
+        "spawn-and-hang", data={"qualities": qualities, "marker_dir": str(tmp_path)}
+    ).start()
+    marker = tmp_path / "started"
+    deadline = time.monotonic() + 30
+    while not (marker.exists() and marker.read_text()):
+        assert time.monotonic() < deadline, "the task never started"
+        time.sleep(0.1)
+    os.kill(int(marker.read_text()), signal.SIGKILL)
+    time.sleep(2.5)  # the task's lease is 2 seconds
+    assert dispatch.requeue_stale(older_than=3600) >= 1
+    (wf,) = wait([wf.id], timeout=120)
+    assert wf.status == "success", [(t.status, t.error) for t in wf.tasks]
+    assert wf.tasks[0].attempt == 2
+    assert wf.result == [f"1@{q}" for q in qualities]
+    assert WorkflowRun.query.filter_by(parent_id=wf.id).count() == 4
+    for q in qualities:  # the children spawned before the kill ran once
+        assert (tmp_path / f"child-{q}").read_text() == "x"
+    assert consistent_tree(wf.id) == 5
