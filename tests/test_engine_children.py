@@ -358,3 +358,11 @@ def test_stopped_children_are_restarted_when_the_workflow_restarts(app, db, brok
     assert [k.id for k in child_runs(wf)] == [child.id]
     assert child_runs(wf)[0].status == "success"
     assert TaskRun.query.filter_by(workflow_id=child.id).one().attempt == 2
+
+
+def test_a_spawn_conflict_is_a_409_over_rest(app):
+    from invenio_wtflow.errors import to_rest_error
+
+    error = to_rest_error(SpawnConflictError("key 'k' names other data"))
+    assert error.code == 409
+    assert error.get_body() and "key 'k' names other data" in error.get_body()

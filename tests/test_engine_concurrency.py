@@ -131,3 +131,10 @@ def test_max_runs_must_be_a_positive_integer(app, db, max_runs):
     with pytest.raises(InvalidDefinitionError, match="max_runs of workflow"):
         run.start()
     assert Workflow.get(run.id).status == "pending"
+
+
+def test_limits_come_from_the_registration_or_the_class(app):
+    assert current_wtflow.limits("add-chain") is None
+    assert current_wtflow.limits("one-at-a-time") == (1, None)
+    max_runs, key = current_wtflow.limits("per-video")
+    assert max_runs == 1 and key({"video_id": 9}) == 9
