@@ -427,10 +427,11 @@ def definition_name(definition):
     raise UnknownWorkflowError(getattr(definition, "__name__", definition))
 
 
-def spawn_child(execution, definition, data=None, key=None):
+def spawn_child(execution, definition, data=None, key=None, lease=None):
     """Spawn a child run of a running task (see ``WorkflowTask.spawn``).
 
     :param execution: the running attempt's :class:`~invenio_wtflow.tasks.Execution`.
+    :param lease: the task's lease in seconds, renewed by spawning.
     """
     name = definition_name(definition)
     klass = current_wtflow.get_workflow_class(name)
@@ -446,6 +447,7 @@ def spawn_child(execution, definition, data=None, key=None):
         klass.compile(),
         data,
         key,
+        lease,
     )
     return klass._lazy(child_id)
 
@@ -453,8 +455,10 @@ def spawn_child(execution, definition, data=None, key=None):
 def check_children(task_run_id, ids):
     """Check that every id names a distinct run spawned by the task run.
 
+    :returns: the ids in their canonical form (as strings), in order.
     :raises ValueError: naming the first id that does not.
     """
+    ids = [str(_uuid(i)) for i in ids]
     if len(set(ids)) != len(ids):
         raise ValueError("join() got the same child workflow more than once.")
     found = {
@@ -466,12 +470,13 @@ def check_children(task_run_id, ids):
             )
         )
     }
-    missing = [i for i in ids if str(_uuid(i)) not in found]
+    missing = [i for i in ids if i not in found]
     if missing:
         raise ValueError(
             f"Workflow run {missing[0]} was not spawned by this task; "
             "join() only waits for the task's own children."
         )
+    return ids
 
 
 def _uuid(value):

@@ -243,7 +243,9 @@ class WorkflowTask(AppContextTask):
         """Create and start a child workflow of this task, once.
 
         The child is committed (with anything the body left pending in the
-        session) and its first tasks are published at once. Its identity
+        session) and its first tasks are published at once (unless its
+        definition's ``max_runs`` makes it wait for a slot). Spawning renews
+        this attempt's lease. Its identity
         within this task is the hash of the definition name and data, or
         ``key``: spawning the same identity again, for example when this task
         is retried, returns the existing child instead (restarting it if it
@@ -259,7 +261,13 @@ class WorkflowTask(AppContextTask):
         """
         from .api import spawn_child
 
-        return spawn_child(self._require_execution(), definition, data, key)
+        return spawn_child(
+            self._require_execution(),
+            definition,
+            data,
+            key,
+            lease=getattr(self, "lease", None),
+        )
 
     def join(self, children, return_exceptions=False):
         """Wait, without holding a worker, for child workflows to finish.
@@ -281,10 +289,10 @@ class WorkflowTask(AppContextTask):
         execution = self._require_execution()
         single = not isinstance(children, (list, tuple))
         ids = [
-            str(c.id if isinstance(c, Workflow) else c)
+            c.id if isinstance(c, Workflow) else c
             for c in ([children] if single else children)
         ]
-        check_children(execution.task_run_id, ids)
+        ids = check_children(execution.task_run_id, ids)
         return Join(tuple(ids), bool(return_exceptions), single)
 
     def results(self, name):

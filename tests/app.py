@@ -74,6 +74,9 @@ EXAMPLE_WORKFLOWS = {
     "spawn-then-retry": {"definition": "tests.example_tasks:spawn_then_retry"},
     "spawn-each": {"definition": "tests.example_tasks:spawn_each"},
     "spawn-and-hang": {"definition": "tests.example_tasks:spawn_and_hang"},
+    "spawn-detached": {"definition": "tests.example_tasks:spawn_detached"},
+    "join-hex": {"definition": "tests.example_tasks:join_hex"},
+    "half-failing": {"definition": "tests.example_tasks:half_failing"},
     "one-at-a-time": {"definition": "tests.example_tasks:OneAtATime"},
     "two-at-a-time": {"definition": "tests.example_tasks:nap", "max_runs": 2},
     "per-video": {

@@ -374,3 +374,20 @@ def spawn_and_hang(self, qualities, marker_dir):
             )
         )
     return self.join(children)
+
+
+@workflow_task(bind=True)
+def spawn_detached(self, definition, items):
+    """Spawn children without joining them; return their ids."""
+    return [str(self.spawn(definition, data=item).id) for item in items]
+
+
+@workflow_task(bind=True)
+def join_hex(self):
+    """Join a child by its id spelt as 32 hex digits."""
+    child = self.spawn("transcode-one", data={"video_id": 1, "quality": "hex"})
+    return self.join([child.id.hex])
+
+
+half_failing = group(boom.si(), add.si(1, 1))
+"""One member fails while the other may still be queued."""

@@ -122,4 +122,6 @@ def test_finds_a_child_running_under_a_cancelled_task(app, db, monkeypatch):
     wf = waiting_parent(monkeypatch)
     corrupt(db, TaskRun, wf.tasks[0].id, status="cancelled")
     problems = check_workflow(wf.id)
-    assert any("is cancelled but child" in p for p in problems)
+    assert any(
+        "is cancelled but child" in p and "unfinished tasks" in p for p in problems
+    )

@@ -366,3 +366,92 @@ def test_a_spawn_conflict_is_a_409_over_rest(app):
     error = to_rest_error(SpawnConflictError("key 'k' names other data"))
     assert error.code == 409
     assert error.get_body() and "key 'k' names other data" in error.get_body()
+
+
+def claimed_spawner(broker):
+    """A running task that the test spawns from directly: ``(task_id, celery_id)``."""
+    wf = Workflow.create("transcode-all", data={"video_id": 1, "qualities": []})
+    wf.start()
+    task = wf.tasks[0].model
+    orchestrator.atomic(orchestrator.claim, task.id, task.celery_id)
+    return task.id, task.celery_id
+
+
+def spawn_now(spawner, name, data):
+    """Spawn ``name`` from the claimed task; return ``(child id, created)``."""
+    graph = current_wtflow.get_workflow_class(name).compile()
+    return orchestrator.atomic(children.spawn, *spawner, 0, name, graph, data)
+
+
+def test_spawning_again_a_child_waiting_for_a_slot_returns_it(app, db, broker):
+    spawner = claimed_spawner(broker)
+    first, _ = spawn_now(spawner, "one-at-a-time", {"video_id": 1})
+    second, created = spawn_now(spawner, "one-at-a-time", {"video_id": 2})
+    assert created and Workflow.get(second).model.slot_requested_at is not None
+    again, created = spawn_now(spawner, "one-at-a-time", {"video_id": 2})
+    assert (again, created) == (second, False)
+    assert [Workflow.get(i).status for i in (first, second)] == ["running", "pending"]
+
+
+def test_spawning_renews_the_lease(app, db, broker):
+    from datetime import timedelta
+
+    from invenio_wtflow.models import utcnow
+
+    spawner = claimed_spawner(broker)
+    task = TaskRun.query.get(spawner[0])
+    task.lease_expires_at = utcnow() - timedelta(seconds=1)
+    db.session.commit()
+    spawn_now(spawner, "transcode-one", {"video_id": 1, "quality": "a"})
+    assert TaskRun.query.get(spawner[0]).lease_expires_at > utcnow()
+
+
+def test_stop_reaches_grandchildren_under_finished_children(app, db, broker):
+    inner = {"definition": "transcode-one", "items": [{"video_id": 1, "quality": "g"}]}
+    root = Workflow.create(
+        "spawn-detached", data={"definition": "spawn-detached", "items": [inner]}
+    ).start()
+    broker.deliver(lambda m: True)  # the root's task spawns C and succeeds
+    broker.deliver(lambda m: m.name.endswith("spawn_detached"))  # C spawns G
+    (child,) = child_runs(root)
+    (grandchild,) = child_runs(child)
+    assert (Workflow.get(root.id).status, child.status) == ("success", "success")
+    assert grandchild.status == "running"  # its task is queued
+
+    Workflow.get(root.id).stop()
+    assert Workflow.get(grandchild.id).status == "cancelled"
+    with pytest.raises(InvalidStateError, match="nothing to stop"):
+        Workflow.get(root.id).stop()
+    consistent(root, child, grandchild)
+
+
+def test_a_failed_child_with_work_left_is_stopped_with_the_join(app, db, broker):
+    wf = Workflow.create(
+        "spawn-each", data={"definition": "half-failing", "items": [{}]}
+    ).start()
+    broker.deliver(lambda m: m.name.endswith("spawn_each"))
+    (child,) = child_runs(wf)
+    broker.deliver(lambda m: m.task_run_id == str(child.tasks[0].id))  # boom
+    assert Workflow.get(wf.id).tasks[0].status == "failure"
+    assert [t.status for t in Workflow.get(child.id).tasks] == ["failure", "cancelled"]
+    consistent(wf, child)
+
+
+def test_a_join_accepts_ids_in_any_spelling(app, db):
+    wf = Workflow.create("join-hex").start()
+    assert wf.status == "success"
+    assert wf.result == ["1@hex"]
+
+
+def test_a_child_does_not_run_again_under_a_parent_task_that_gave_up(app, db, broker):
+    wf = Workflow.create(
+        "transcode-all", data={"video_id": 1, "qualities": ["a"]}
+    ).start()
+    broker.deliver(lambda m: m.name.endswith("transcode_all"))
+    Workflow.get(wf.id).stop()
+    (child,) = child_runs(wf)
+    with pytest.raises(InvalidStateError, match="restart that task instead"):
+        child.restart()
+    with pytest.raises(InvalidStateError, match="restart that task instead"):
+        child.tasks[0].restart()
+    assert Workflow.get(child.id).status == "cancelled"

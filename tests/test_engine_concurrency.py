@@ -138,3 +138,16 @@ def test_limits_come_from_the_registration_or_the_class(app):
     assert current_wtflow.limits("one-at-a-time") == (1, None)
     max_runs, key = current_wtflow.limits("per-video")
     assert max_runs == 1 and key({"video_id": 9}) == 9
+
+
+def test_restarting_a_task_of_a_finished_run_needs_a_free_slot(app, db, broker):
+    first = Workflow.create("failing-one-at-a-time").start()
+    broker.deliver_all()
+    second = Workflow.create("failing-one-at-a-time").start()
+    assert statuses([first, second]) == ["failure", "running"]
+    with pytest.raises(InvalidStateError, match="no free slot"):
+        Workflow.get(first.id).tasks[0].restart()
+    assert statuses([first, second]) == ["failure", "running"]
+    broker.deliver_all()
+    Workflow.get(first.id).tasks[0].restart()
+    assert statuses([first, second]) == ["running", "failure"]

@@ -10,10 +10,12 @@ Used at the end of the concurrency and fault tests, and by operators through
 from collections import defaultdict
 
 from invenio_db import db
+from sqlalchemy import select
 
 from ..errors import WorkflowNotFoundError
 from ..models import (
     ACTIVE_TASK_STATUSES,
+    TERMINAL_TASK_STATUSES,
     TaskRun,
     TaskStatus,
     WorkflowRun,
@@ -32,7 +34,8 @@ def check_workflow(workflow_id):
     cancelled. For the run: its status is the rule applied to its tasks, and a
     finished run has no active task. For child runs: a task joining children
     counts exactly those not finished yet (and is not left waiting once all
-    have), a task that failed or was cancelled has no child still running,
+    have), a task that failed or was cancelled has no child with unfinished
+    tasks,
     and a child shares its parent's root.
 
     :param workflow_id: the run's id.
@@ -56,6 +59,7 @@ def check_workflow(workflow_id):
             problems.append(f"child {child.id} has another root ({child.root_id})")
         if child.parent_task_id not in tasks:
             problems.append(f"child {child.id} names a task of another run")
+    live = _with_active_tasks([c.id for cs in spawned.values() for c in cs])
 
     for task in sorted(tasks.values(), key=lambda t: t.position):
         status = TaskStatus(task.status)
@@ -83,10 +87,11 @@ def check_workflow(workflow_id):
             _check_join(task, spawned[task.id], problem)
         if status in (TaskStatus.FAILURE, TaskStatus.CANCELLED):
             for child in spawned[task.id]:
-                if not WorkflowStatus(child.status).is_terminal:
+                if child.id in live:
                     problem(
                         task,
-                        f"is {status.value} but child {child.id} is " f"{child.status}",
+                        f"is {status.value} but child {child.id} still has "
+                        "unfinished tasks",
                     )
         if status is TaskStatus.FAILURE:
             for child in downstream_of([task.id], dependants):
@@ -110,6 +115,22 @@ def check_workflow(workflow_id):
     ):
         problems.append(f"workflow is {workflow.status} with tasks still active")
     return problems
+
+
+def _with_active_tasks(workflow_ids):
+    """Return the ids, among ``workflow_ids``, of runs with unfinished tasks."""
+    if not workflow_ids:
+        return set()
+    return set(
+        db.session.execute(
+            select(TaskRun.workflow_id)
+            .where(
+                TaskRun.workflow_id.in_(workflow_ids),
+                TaskRun.status.notin_([s.value for s in TERMINAL_TASK_STATUSES]),
+            )
+            .distinct()
+        ).scalars()
+    )
 
 
 def _check_join(task, spawned, problem):

@@ -21,8 +21,8 @@ it to zero completes the join, exactly once, under the root lock.
 
 Reuse rule, for a retried or restarted parent task: spawning an identity that
 exists returns that child. A child that succeeded keeps its result and is not
-run again; a child still running is awaited; a child that failed or was
-cancelled is restarted (same id). To run a successful child again, restart it
+run again; a child still running (or waiting for a ``max_runs`` slot) is
+awaited; a child that failed or was cancelled is restarted (same id). To run a successful child again, restart it
 (it is a workflow like any other) or spawn it with another key.
 """
 
@@ -36,6 +36,7 @@ from invenio_db import db
 from sqlalchemy import func, select
 
 from ..errors import InvalidStateError, SpawnConflictError
+from ..models import TERMINAL_TASK_STATUSES as TERMINAL_TASKS
 from ..models import TaskRun, TaskStatus, WorkflowRun, WorkflowStatus
 from . import concurrency, orchestrator
 from .graph import input_positions, resolve
@@ -74,8 +75,11 @@ def identity(name, data, key=None):
     return (key if key is not None else digest), digest
 
 
-def spawn(uow, task_id, celery_id, retries, name, graph, data, key=None):
+def spawn(uow, task_id, celery_id, retries, name, graph, data, key=None, lease=None):
     """Create and start a child run of a running task (or return the existing one).
+
+    A child of a definition with ``max_runs`` is created ``pending`` and waits
+    for a slot (admitted after the commit). Spawning renews the task's lease.
 
     :param task_id: the spawning task run's id.
     :param celery_id: its current attempt's Celery id.
@@ -84,6 +88,7 @@ def spawn(uow, task_id, celery_id, retries, name, graph, data, key=None):
     :param graph: the compiled definition.
     :param data: the child's data.
     :param key: optional explicit identity.
+    :param lease: the task's lease in seconds (default ``WTFLOW_TASK_LEASE``).
     :returns: ``(child run id, created)``.
     :raises InvalidStateError: when the attempt is no longer the running one.
     :raises SpawnConflictError: when the key names a child spawned with other
@@ -96,6 +101,7 @@ def spawn(uow, task_id, celery_id, retries, name, graph, data, key=None):
             "it cannot spawn child workflows."
         )
     workflow, task = locked
+    task.lease_expires_at = orchestrator._lease_end(lease)
     spawn_key, digest = identity(name, data, key)
     limit = concurrency.limit_of(name)
     index = db.session.execute(
@@ -134,9 +140,14 @@ def _reuse(uow, child, name, digest, key):
             "with other data; a key must always name the same definition and data."
         )
     if child.status in (WorkflowStatus.FAILURE.value, WorkflowStatus.CANCELLED.value):
-        orchestrator.restart(uow, child.id)
-    elif child.status == WorkflowStatus.PENDING.value:
-        orchestrator.start(uow, child.id)
+        orchestrator.reset_run(uow, child)
+        limit = concurrency.limit_of(child.name)
+        if limit is None:
+            orchestrator.start_locked(uow, child)
+        else:
+            # The key's lock comes before any root lock: admit after the commit.
+            concurrency.wait_for_slot(uow, child, limit[0], admit_after=True)
+    # A pending child waits for a slot; a running or successful one is kept.
     return child
 
 
@@ -284,50 +295,69 @@ def results_of(runs):
     return {r.id: resolve(r.output, stored[r.id]) for r in done}
 
 
+def _live(criteria):
+    """Lock and return the runs matching ``criteria`` that have unfinished tasks.
+
+    A run's status can be final while some of its tasks still run (a failure
+    beats a parallel branch still running): what must be stopped is decided
+    by the tasks.
+    """
+    live = (
+        select(TaskRun.workflow_id)
+        .where(TaskRun.status.notin_([s.value for s in TERMINAL_TASKS]))
+        .distinct()
+    )
+    return (
+        WorkflowRun.query.filter(*criteria, WorkflowRun.id.in_(live))
+        .order_by(WorkflowRun.id)
+        .with_for_update()
+        .all()
+    )
+
+
 def stop_children(uow, task_ids, reason):
-    """Stop the unfinished child runs spawned by the given tasks.
+    """Stop the child runs spawned by the given tasks that still have work.
 
     :param task_ids: ids of the parent task runs.
     :param reason: message recorded on the cancelled tasks of each child.
     """
-    runs = (
-        WorkflowRun.query.filter(
-            WorkflowRun.parent_task_id.in_(list(task_ids)),
-            WorkflowRun.status.notin_(TERMINAL),
-        )
-        .order_by(WorkflowRun.id)
-        .with_for_update()
-        .all()
-    )
-    for run in runs:
+    for run in _live([WorkflowRun.parent_task_id.in_(list(task_ids))]):
         orchestrator.stop_run(uow, run, reason)
 
 
-def stop_descendants(uow, workflow_id):
-    """Stop every unfinished child run of a run (and, through them, theirs)."""
-    runs = (
-        WorkflowRun.query.filter(
-            WorkflowRun.parent_id == workflow_id,
-            WorkflowRun.status.notin_(TERMINAL),
+def descendants(workflow_id):
+    """Return the ids of every run below a run, level by level."""
+    found, frontier = [], [workflow_id]
+    while frontier:
+        frontier = list(
+            db.session.execute(
+                select(WorkflowRun.id).where(WorkflowRun.parent_id.in_(frontier))
+            ).scalars()
         )
-        .order_by(WorkflowRun.id)
-        .with_for_update()
-        .all()
-    )
-    for run in runs:
-        orchestrator.stop_run(uow, run, "Cancelled: a parent workflow was stopped.")
+        found.extend(frontier)
+    return found
+
+
+def stop_descendants(uow, workflow_id):
+    """Stop every run below a run that still has work, however deep."""
+    below = descendants(workflow_id)
+    if below:
+        for run in _live([WorkflowRun.id.in_(below)]):
+            orchestrator.stop_run(uow, run, "Cancelled: a parent workflow was stopped.")
 
 
 def has_active(workflow_id):
-    """Whether any descendant of a run has not finished."""
-    frontier = [workflow_id]
-    while frontier:
-        rows = db.session.execute(
-            select(WorkflowRun.id, WorkflowRun.status).where(
-                WorkflowRun.parent_id.in_(frontier)
+    """Whether any run below a run still has unfinished tasks."""
+    below = descendants(workflow_id)
+    return (
+        bool(below)
+        and db.session.execute(
+            select(TaskRun.id)
+            .where(
+                TaskRun.workflow_id.in_(below),
+                TaskRun.status.notin_([s.value for s in TERMINAL_TASKS]),
             )
-        ).all()
-        if any(status not in TERMINAL for _, status in rows):
-            return True
-        frontier = [id_ for id_, _ in rows]
-    return False
+            .limit(1)
+        ).first()
+        is not None
+    )

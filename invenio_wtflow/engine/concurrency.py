@@ -18,6 +18,7 @@ before any root lock: admission and start lock the key first, then the run.
 """
 
 import hashlib
+import logging
 
 from flask import current_app
 from invenio_db import db
@@ -25,6 +26,8 @@ from invenio_db.uow import Operation
 from sqlalchemy import func, select
 
 from ..models import WorkflowRun, WorkflowStatus, utcnow
+
+logger = logging.getLogger(__name__)
 
 ADMITTED = [WorkflowStatus.RUNNING.value, WorkflowStatus.WAITING.value]
 """Statuses of a run that holds a slot."""
@@ -109,11 +112,19 @@ class AdmitOp(Operation):
         self.keys = set()
 
     def on_post_commit(self, uow):
-        """Admit the oldest waiting runs of each key that may have a free slot."""
+        """Admit the oldest waiting runs of each key that may have a free slot.
+
+        The caller's transaction has committed: an error here is logged, not
+        raised (the sweeper admits what is left).
+        """
         from .orchestrator import atomic
 
         for name, key in sorted(self.keys):
-            atomic(admit, name, key)
+            try:
+                atomic(admit, name, key)
+            except Exception:
+                logger.exception("Could not admit runs of %s (key %r).", name, key)
+                db.session.rollback()
 
 
 def admission(uow):

@@ -632,9 +632,9 @@ def recover_expired(uow, task_id):
 def stop(uow, workflow_id):
     """Cancel every non-terminal task of a run and of its descendants.
 
-    Running and queued attempts are revoked after the commit; every child
-    workflow still running (spawned by any task of the run, joined or not)
-    is stopped in the same transaction.
+    Running and queued attempts are revoked after the commit; every run
+    below it (children, grandchildren, joined or not) that still has
+    unfinished tasks is stopped in the same transaction.
 
     :raises InvalidStateError: when the run and its descendants have all
         finished already.
@@ -690,19 +690,43 @@ def stop_task(uow, task_id):
 
 
 def restart(uow, workflow_id, data=None):
-    """Reset every task of a run to ``pending`` and start it again (same id)."""
+    """Reset every task of a run to ``pending`` and start it again (same id).
+
+    :raises InvalidStateError: when the run is a child whose spawning task
+        failed or was cancelled (restart that task instead).
+    """
     concurrency.lock_for(workflow_id, data)  # before the root: one lock order
     workflow = lock_workflow(workflow_id)
+    _check_parent_task(workflow)
+    reset_run(uow, workflow)
+    if data:
+        workflow.data = {**workflow.data, **data}
+    db.session.flush()
+    return start(uow, workflow.id)
+
+
+def reset_run(uow, workflow):
+    """Cancel a locked run's attempts and put every task back to ``pending``."""
     _, dependencies = edges(workflow.id)
     tasks = _lock_tasks(TaskRun.workflow_id == workflow.id)
     _cancel(uow, tasks, "Cancelled: the workflow was restarted.")
     for task in tasks:
         _reset(task, len(dependencies.get(task.id, ())))
-    if data:
-        workflow.data = {**workflow.data, **data}
     set_status(uow, workflow, WorkflowStatus.PENDING)
-    db.session.flush()
-    return start(uow, workflow.id)
+
+
+def _check_parent_task(workflow):
+    """Refuse to run a child again under a parent task that has given up."""
+    if workflow.parent_task_id is None:
+        return
+    status = db.session.execute(
+        select(TaskRun.status).where(TaskRun.id == workflow.parent_task_id)
+    ).scalar_one()
+    if status in (FAILURE.value, CANCELLED.value):
+        raise InvalidStateError(
+            f"Workflow {workflow.id} was spawned by task {workflow.parent_task_id}, "
+            f"which is {status}; restart that task instead."
+        )
 
 
 def restart_task(uow, task_id, data=None):
@@ -718,7 +742,21 @@ def restart_task(uow, task_id, data=None):
         to reset depends on a failed task outside the reset set (restart that
         one instead).
     """
+    workflow_id = db.session.execute(
+        select(TaskRun.workflow_id).where(TaskRun.id == task_id)
+    ).scalar_one_or_none()
+    limit = concurrency.lock_for(workflow_id, data) if workflow_id else None
     workflow = lock_workflow(task_id=task_id)
+    _check_parent_task(workflow)
+    if (
+        limit is not None
+        and WorkflowStatus(workflow.status).is_terminal
+        and not concurrency.has_slot(workflow, limit[0])
+    ):
+        raise InvalidStateError(
+            f"Workflow {workflow.id} has no free slot (max_runs={limit[0]}); "
+            "restart the workflow to wait for one."
+        )
     status = db.session.execute(
         select(TaskRun.status).where(TaskRun.id == task_id)
     ).scalar_one()
