@@ -151,3 +151,18 @@ def test_restarting_a_task_of_a_finished_run_needs_a_free_slot(app, db, broker):
     broker.deliver_all()
     Workflow.get(first.id).tasks[0].restart()
     assert statuses([first, second]) == ["running", "failure"]
+
+
+def test_a_new_run_does_not_jump_ahead_of_waiting_ones(app, db, broker, monkeypatch):
+    runs = [Workflow.create("two-at-a-time", data={"video_id": i}) for i in range(4)]
+    for run in runs[:3]:
+        run.start()
+    assert statuses(runs) == ["running", "running", "pending", "pending"]
+    # A slot frees, but its admission is lost (a crash after the commit)...
+    with monkeypatch.context() as patch:
+        patch.setattr(concurrency.AdmitOp, "on_post_commit", lambda self, uow: None)
+        broker.deliver(lambda m: m is broker.messages[0])
+    assert statuses(runs) == ["success", "running", "pending", "pending"]
+    # ...then a newer run is started: the older waiting run gets the slot.
+    runs[3].start()
+    assert statuses(runs) == ["success", "running", "running", "pending"]

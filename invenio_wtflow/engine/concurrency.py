@@ -77,16 +77,32 @@ def lock_for(workflow_id, data=None):
 
 
 def has_slot(workflow, max_runs):
-    """Whether a run of ``workflow``'s key may start now (the key is locked)."""
+    """Whether a run of ``workflow``'s key may start now (the key is locked).
+
+    Not when the slots are taken, nor when an older run of the key waits for
+    one: runs are admitted in creation order.
+    """
+    same_key = (
+        WorkflowRun.name == workflow.name,
+        WorkflowRun.concurrency_key == workflow.concurrency_key,
+        WorkflowRun.id != workflow.id,
+    )
     running = db.session.execute(
-        select(func.count()).where(
-            WorkflowRun.name == workflow.name,
-            WorkflowRun.concurrency_key == workflow.concurrency_key,
-            WorkflowRun.status.in_(ADMITTED),
-            WorkflowRun.id != workflow.id,
-        )
+        select(func.count()).where(*same_key, WorkflowRun.status.in_(ADMITTED))
     ).scalar_one()
-    return running < max_runs
+    if running >= max_runs:
+        return False
+    older_waiting = db.session.execute(
+        select(WorkflowRun.id)
+        .where(
+            *same_key,
+            WorkflowRun.status == WorkflowStatus.PENDING.value,
+            WorkflowRun.slot_requested_at.is_not(None),
+            WorkflowRun.created < workflow.created,
+        )
+        .limit(1)
+    ).first()
+    return older_waiting is None
 
 
 def wait_for_slot(uow, workflow, max_runs, admit_after=False):

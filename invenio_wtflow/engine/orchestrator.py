@@ -377,7 +377,9 @@ def start(uow, workflow_id, data=None):
         max_runs, _ = limit
         workflow.concurrency_key = concurrency.key_of(workflow.name, workflow.data)
         if not concurrency.has_slot(workflow, max_runs):
-            concurrency.wait_for_slot(uow, workflow, max_runs)
+            # Admission after the commit starts the oldest waiting run when a
+            # slot is free; this one if none is older.
+            concurrency.wait_for_slot(uow, workflow, max_runs, admit_after=True)
             return workflow
     start_locked(uow, workflow)
     return workflow
