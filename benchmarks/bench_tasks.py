@@ -27,6 +27,16 @@ def wf_join(results):
     return len(results)
 
 
+@workflow_task(bind=True, **ENGINE_OPTIONS)
+def wf_spawn(self, width, child="bench-one"):
+    """Spawn ``width`` runs of ``child`` and join them (engine side, B6).
+
+    Each child gets its index as data, so that each has its own identity
+    (spawning the same definition with the same data returns the same run).
+    """
+    return self.join([self.spawn(child, data={"index": i}) for i in range(width)])
+
+
 #
 # Baseline side: plain Celery tasks (their results go to the result backend).
 #
@@ -60,6 +70,15 @@ def wide(noop, width):
     return group(noop.si() for _ in range(width))
 
 
+def spawn_join(spawner, join, width):
+    """``chain(spawner.si(width), join.s())``: spawn children, join, one task after.
+
+    Engine only: ``spawner`` spawns ``width`` one-task child runs at run time
+    and joins them; ``join`` receives the list of the children's results.
+    """
+    return chain(spawner.si(width), join.s())
+
+
 class _Lazy:
     """Class attribute built on first access (workers never build big canvases)."""
 
@@ -86,6 +105,8 @@ FanIn10000 = _definition("FanIn10000", lambda: fan_in(wf_noop, wf_join, 9999))
 Wide10 = _definition("Wide10", lambda: wide(wf_noop, 10))
 Wide100 = _definition("Wide100", lambda: wide(wf_noop, 100))
 Wide10000 = _definition("Wide10000", lambda: wide(wf_noop, 10000))
+Spawn8 = _definition("Spawn8", lambda: spawn_join(wf_spawn, wf_join, 8))
+Spawn1000 = _definition("Spawn1000", lambda: spawn_join(wf_spawn, wf_join, 1000))
 
 WORKFLOWS = {
     name: {"definition": f"benchmarks.bench_tasks:{cls.__name__}"}
@@ -98,6 +119,8 @@ WORKFLOWS = {
         "bench-wide-10": Wide10,
         "bench-wide-100": Wide100,
         "bench-wide-10000": Wide10000,
+        "bench-spawn-8": Spawn8,
+        "bench-spawn-1000": Spawn1000,
     }.items()
 }
 """Definitions registered (``WTFLOW_WORKFLOWS``) in the benchmark app and worker."""

@@ -176,11 +176,6 @@ def main(parts, output):
     for result in ordered:
         if result["id"] != "SQL":
             lines.append(main_row(result))
-        if result["id"] == "B5":
-            lines.append(
-                "| B6 | spawn 1,000 children and join them | — | — | — | <= 2.0 | "
-                "skipped: spawn/join has not landed |"
-            )
     with_cpu = [r for r in ordered if r.get("cpu")]
     if with_cpu:
         lines += [
