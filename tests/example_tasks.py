@@ -391,3 +391,22 @@ def join_hex(self):
 
 half_failing = group(boom.si(), add.si(1, 1))
 """One member fails while the other may still be queued."""
+
+
+#
+# Fault injection: stop and restart at random
+#
+CHAOS_QUEUE = "wtflow-chaos"
+"""Queue of :func:`chaos_record`, consumed only by the chaos test's worker."""
+
+
+@workflow_task(bind=True, queue=CHAOS_QUEUE)
+def chaos_record(self, *upstream, name, marker_dir):
+    """Append the attempt's Celery id to a file per name: one line per execution.
+
+    Every attempt of a task run has its own Celery id, so a line seen twice is
+    one attempt whose body ran twice.
+    """
+    with open(os.path.join(marker_dir, name), "a") as fp:
+        fp.write(f"{self.request.id}\n")
+    return name

@@ -5,19 +5,22 @@
 
 Run it alone with ``pytest -m faults``. Selected when
 ``SQLALCHEMY_DATABASE_URI`` points to PostgreSQL and ``WTFLOW_TEST_BROKER_URL``
-to a Redis broker. The shared broker is used on database 8; the broker outage
-test starts (and stops) its own ``redis-server`` on port 6391 and never touches
-the shared one.
+to a Redis broker. The shared broker is used on database 8, where the chaos
+test's tasks have their own queue, consumed by its own worker of eight
+processes. The broker outage test starts (and stops) its own ``redis-server``
+on port 6391 and never touches the shared one.
 """
 
 import logging
 import os
+import random
 import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -27,16 +30,21 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from celery import chain
 from celery import current_app as current_celery_app
+from celery import group
 from flask_security.utils import hash_password
 from invenio_access.models import ActionUsers
 from invenio_db import db as _db
+from sqlalchemy import select
 
 from invenio_wtflow import Workflow, current_wtflow
+from invenio_wtflow.api import Task
 from invenio_wtflow.engine import dispatch
 from invenio_wtflow.engine.check import check_workflow
+from invenio_wtflow.errors import InvalidStateError
+from invenio_wtflow.models import TaskRun
 from invenio_wtflow.permissions import wtflow_admin_action
 
-from .example_tasks import record, slow_record
+from .example_tasks import CHAOS_QUEUE, chaos_record, record, slow_record
 
 
 def _db8(url):
@@ -63,6 +71,7 @@ pytestmark = [
 
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = 4
+CHAOS_CONCURRENCY = 8
 TERMINAL = {"success", "failure", "cancelled"}
 IGNORED = "is not current; ignoring this delivery"
 PASSWORD = "a-long-test-password"
@@ -86,8 +95,13 @@ def celery_config_ext(celery_config_ext):
     return celery_config_ext
 
 
-def _start_worker(broker_url, node, log):
-    """Start a prefork worker consuming from ``broker_url``, logging to ``log``."""
+def _start_worker(broker_url, node, log, concurrency=CONCURRENCY, queues=None):
+    """Start a prefork worker consuming from ``broker_url``, logging to ``log``.
+
+    :param concurrency: number of pool processes.
+    :param queues: the queues to consume (comma-separated; Celery's default
+        queue when ``None``).
+    """
     env = dict(
         os.environ,
         SQLALCHEMY_DATABASE_URI=DB_URI,
@@ -104,7 +118,7 @@ def _start_worker(broker_url, node, log):
                 "tests.worker:celery",
                 "worker",
                 "--pool=prefork",
-                f"--concurrency={CONCURRENCY}",
+                f"--concurrency={concurrency}",
                 "--loglevel=INFO",
                 "--without-gossip",
                 "--without-mingle",
@@ -112,7 +126,8 @@ def _start_worker(broker_url, node, log):
                 "--prefetch-multiplier=1",
                 "-n",
                 f"{node}-{os.getpid()}@%h",
-            ],
+            ]
+            + ([] if queues is None else ["-Q", queues]),
             cwd=ROOT,
             env=env,
             stdout=out,
@@ -169,6 +184,28 @@ def worker(app, tmp_path_factory):
             pytest.fail(f"worker did not start:\n{log.read_text()[-3000:]}")
     yield worker
     _stop(worker.proc)
+
+
+@pytest.fixture(scope="module")
+def chaos_worker(app, tmp_path_factory):
+    """A worker of eight processes consuming only the chaos queue (database 8)."""
+    celery = app.extensions["flask-celeryext"].celery
+    assert celery.conf.broker_url == BROKER_URL
+    with celery.connection_for_write() as conn:
+        conn.default_channel.queue_purge(CHAOS_QUEUE)
+    log = tmp_path_factory.mktemp("chaos") / "worker.log"
+    worker = _start_worker(
+        BROKER_URL,
+        "wtflow-faults-chaos",
+        log,
+        concurrency=CHAOS_CONCURRENCY,
+        queues=CHAOS_QUEUE,
+    )
+    try:
+        worker.wait_for(" ready.")
+        yield worker
+    finally:
+        _stop(worker.proc)
 
 
 @pytest.fixture()
@@ -509,3 +546,265 @@ def test_twenty_rest_clients_at_once(app, worker, clean):
             history = task.history()
             assert_no_repeated_transition(history)
             assert transitions(history) == ["pending", "queued", "running", "success"]
+
+
+#
+# 7. A second client stops and restarts tasks at random
+#
+CHAOS_FULL = os.environ.get("WTFLOW_CHAOS_FULL") == "1"
+"""Run the issue's size: 2,013 tasks, up to 100 actions per seed (slow)."""
+CHAOS_BRANCHES = 4
+"""Independent branches, joined at the end by one task."""
+CHAOS_WIDTHS = (99, 180, 96) if CHAOS_FULL else (30, 60, 30)
+"""Members of each stage of a branch: a group, then one task joining it.
+
+Every third member is a chain of two tasks: 653 tasks by default, 2,013 with
+``WTFLOW_CHAOS_FULL=1``. A stop or restart writes a version of every task it
+changes, holding the root lock meanwhile: the default size keeps three seeds
+near three minutes on two CPUs.
+"""
+CHAOS_ACTIONS = 100 if CHAOS_FULL else 60
+"""Stop/restart actions per seed, one every 50 to 200 ms after the previous,"""
+CHAOS_SECONDS = 300 if CHAOS_FULL else 35
+"""or as many as are done in this many seconds."""
+CHAOS_SEEDS = (1, 2, 3)
+SNAPSHOT_EVERY = 5
+"""Check a consistent snapshot of the rows after this many actions."""
+STOPPABLE = ("queued", "running")
+RESTARTABLE = ("queued", "running", "success", "cancelled")
+SETTLES_TO = {
+    "pending": ("success", 1),
+    "queued": ("success", 0),
+    "running": ("success", 0),
+    "success": ("success", 0),
+    "cancelled": ("cancelled", 0),
+}
+"""Where a task left alone ends, and after how many more attempts.
+
+No worker dies in this test, so no lease expires and no attempt is added by
+the sweeper.
+"""
+
+
+def chaos_definition():
+    """Branches of stages (a group, some members chains, then a join), joined."""
+    branches = []
+    for b in range(CHAOS_BRANCHES):
+        stages = []
+        for k, width in enumerate(CHAOS_WIDTHS):
+            members = [
+                (
+                    chain(
+                        chaos_record.s(name=f"b{b}-s{k}-m{i}-a"),
+                        chaos_record.s(name=f"b{b}-s{k}-m{i}-b"),
+                    )
+                    if i % 3 == 2
+                    else chaos_record.s(name=f"b{b}-s{k}-m{i}")
+                )
+                for i in range(width)
+            ]
+            stages += [group(members), chaos_record.s(name=f"b{b}-join-{k}")]
+        branches.append(chain(*stages))
+    return chain(group(branches), chaos_record.s(name="join"))
+
+
+def snapshot(workflow_id):
+    """Check the rows as one snapshot, taken while workers write; return them.
+
+    :returns: the checker's problems, and each task's status and attempt.
+    """
+    _db.session.rollback()
+    _db.session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+    try:
+        rows = _db.session.execute(
+            select(TaskRun.id, TaskRun.status, TaskRun.attempt).where(
+                TaskRun.workflow_id == workflow_id
+            )
+        ).all()
+        return check_workflow(workflow_id), {i: (s, a) for i, s, a in rows}
+    finally:
+        _db.session.rollback()
+
+
+def executions(marker_dir, name):
+    """The Celery ids of the attempts whose body ran, one per execution."""
+    path = marker_dir / name
+    return path.read_text().split() if path.exists() else []
+
+
+def pick(rng, kind, seen, joins, everyone):
+    """Choose the task to stop or restart: a join, a likely one, or any."""
+    roll = rng.random()
+    if roll < 0.25:
+        return rng.choice(joins)
+    if roll < 0.75:
+        wanted = STOPPABLE if kind == "stop" else RESTARTABLE
+        likely = [i for i in everyone if seen[i] in wanted]
+        if likely:
+            return rng.choice(likely)
+    return rng.choice(everyone)
+
+
+@pytest.mark.parametrize("seed", CHAOS_SEEDS)
+def test_chaos_stop_and_restart_keeps_the_database_consistent(
+    app, chaos_worker, clean, marker_dir, seed
+):
+    """Eight processes run groups and chains while a client stops and restarts.
+
+    The actions are chosen by ``random.Random(seed)``; their order against the
+    workers' transitions is up to the machine. A consistent snapshot of the
+    rows is checked every ``SNAPSHOT_EVERY`` actions and when the chaos ends.
+    From that snapshot on, every task must be dispatched exactly as often as
+    its status then says, while the run settles, and again when its earliest
+    unfinished task is restarted once, after which the run must succeed. No
+    attempt's body may run twice.
+    """
+    current_wtflow.register("faults-chaos", chaos_definition())
+    began = time.monotonic()
+    run = Workflow.create("faults-chaos", data={"marker_dir": str(marker_dir)})
+    everyone = [t.id for t in run.tasks]
+    names = {t.id: t.model.signature["kwargs"]["name"] for t in run.tasks}
+    position = {t.id: t.position for t in run.tasks}
+    joins = [i for i in everyone if "join" in names[i]]
+    assert len(joins) == CHAOS_BRANCHES * len(CHAOS_WIDTHS) + 1
+    created = time.monotonic()
+    ignored_before = chaos_worker.count(IGNORED)
+    journal = marker_dir.parent / f"chaos-{seed}.log"
+    problems = []
+
+    def report(what):
+        return f"seed {seed}: {what} (actions in {journal})"
+
+    def expect(rows, rules, when):
+        """Compare each task with what ``rules`` predict from ``rows``."""
+        now = {t.id: (t.status, t.attempt) for t in Workflow.get(run.id).tasks}
+        for id_, (status, attempt) in rows.items():
+            end, more = rules.get(status, (None, 0))
+            if now[id_] != (end, attempt + more):
+                problems.append(
+                    f"{names[id_]}: {status} (attempt {attempt}) {when}, then "
+                    f"{now[id_][0]} (attempt {now[id_][1]}), not {end} "
+                    f"(attempt {attempt + more})"
+                )
+        assert problems == [], report("; ".join(problems[:20]))
+        return now
+
+    # The chaos: a second client, this thread, against eight processes.
+    rng = random.Random(seed)
+    outcomes = Counter()
+    snapshots = 0
+
+    def act(n, kind, target, seen):
+        acted = time.monotonic()
+        try:
+            if kind == "restart run":
+                Workflow.get(run.id).restart()
+            elif kind == "stop run":
+                Workflow.get(run.id).stop()
+            elif kind == "restart":
+                Task.get(target).restart()
+            else:
+                Task.get(target).stop()
+            outcome = "applied"
+        except InvalidStateError:
+            _db.session.rollback()
+            outcome = "refused"
+        outcomes[kind, outcome] += 1
+        where = (
+            f"node {position[target]:4d} {names[target]:15s} {seen[target]:9s}"
+            if target
+            else " " * 35
+        )
+        out.write(
+            f"{acted - created:8.3f} {n:3d} {kind:11s} {where} "
+            f"{outcome:8s} {time.monotonic() - acted:6.3f} s\n"
+        )
+        out.flush()
+        return outcome
+
+    def statuses():
+        _db.session.rollback()
+        return dict(
+            _db.session.execute(
+                select(TaskRun.id, TaskRun.status).where(TaskRun.workflow_id == run.id)
+            ).all()
+        )
+
+    run.start()
+    with open(journal, "w") as out:
+        for n in range(CHAOS_ACTIONS):
+            if time.monotonic() - created > CHAOS_SECONDS:
+                break
+            time.sleep(rng.uniform(0.05, 0.2))
+            seen = statuses()
+            roll = rng.random()
+            if roll < 0.04:
+                act(n, "restart run", None, seen)
+            elif roll < 0.12:
+                act(n, "stop run", None, seen)
+            else:
+                kind = rng.choice(("stop", "restart"))
+                act(n, kind, pick(rng, kind, seen, joins, everyone), seen)
+            if n % SNAPSHOT_EVERY == SNAPSHOT_EVERY - 1:
+                snapshots += 1
+                found, _ = snapshot(run.id)
+                assert found == [], report(f"after action {n}")
+        # It ends by stopping a task, so that the last restart has work too.
+        for n in range(n + 1, n + 6):
+            seen = statuses()
+            active = [i for i in everyone if seen[i] in STOPPABLE]
+            if not active or act(n, "stop", rng.choice(active), seen) == "applied":
+                break
+    found, at_end = snapshot(run.id)
+    snapshots += 1
+    assert found == [], report("when the chaos ended")
+    chaos_end = time.monotonic()
+
+    # Left alone, the run settles; then its earliest unfinished task (and so
+    # every cancelled one) is restarted once, and the run succeeds.
+    (run,) = wait([run.id], timeout=300)
+    settled = time.monotonic()
+    before = expect(at_end, SETTLES_TO, "when the chaos ended")
+    repaired = None
+    if run.status != "success":
+        repaired = next(t for t in run.tasks if t.status != "success")
+        Task.get(repaired.id).restart()
+        (run,) = wait([run.id], timeout=300)
+        expect(
+            before,
+            {"success": ("success", 0), "cancelled": ("success", 1)},
+            "before the last restart",
+        )
+    finished = time.monotonic()
+    assert run.status == "success", report(f"run {run.status}")
+    assert run.result == "join"
+
+    # No attempt's body ran twice; the successful attempt's body ran.
+    ran = attempts = 0
+    for task in run.tasks:
+        name = names[task.id]
+        celery_ids = executions(marker_dir, name)
+        ran += len(celery_ids)
+        attempts += task.attempt
+        if len(set(celery_ids)) != len(celery_ids):
+            problems.append(f"{name}: an attempt ran twice: {celery_ids}")
+        if len(celery_ids) > task.attempt:
+            problems.append(f"{name}: {len(celery_ids)} runs, {task.attempt} attempts")
+        if task.model.celery_id not in celery_ids:
+            problems.append(f"{name}: the successful attempt never ran")
+    assert problems == [], report("; ".join(problems[:20]))
+
+    actions = sum(outcomes.values())
+    left = sorted(Counter(status for status, _ in at_end.values()).items())
+    applied = sum(v for (_, o), v in outcomes.items() if o == "applied")
+    print(
+        f"\nchaos seed {seed}: {len(everyone)} tasks; {actions} actions, "
+        f"{applied} applied, {actions - applied} refused "
+        f"{sorted(outcomes.items())}; {snapshots} snapshots checked; "
+        f"tasks when the chaos ended {left}; "
+        f"{ran} bodies run for {attempts} attempts; "
+        f"{chaos_worker.count(IGNORED) - ignored_before} stale deliveries ignored; "
+        f"last restart of {names[repaired.id] if repaired else None}; "
+        f"create {created - began:.1f} s, chaos {chaos_end - created:.1f} s, "
+        f"settle {settled - chaos_end:.1f} s, finish {finished - settled:.1f} s"
+    )
