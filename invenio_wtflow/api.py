@@ -12,7 +12,8 @@ from sqlalchemy import func, select
 from sqlalchemy_continuum import version_class
 
 from .engine import children, orchestrator
-from .engine.graph import compile_canvas, ensure_json, resolve
+from .engine.dynamic import callback_results, populate_node, populates
+from .engine.graph import Graph, compile_canvas, ensure_object, resolve
 from .engine.status import default_status
 from .errors import (
     InvalidDataError,
@@ -80,6 +81,14 @@ class Task:
     result = property(lambda self: self.model.result, doc="Stored JSON result.")
     error = property(lambda self: self.model.error, doc="Error of the failure.")
     attempt = property(lambda self: self.model.attempt, doc="Attempt number.")
+    kind = property(
+        lambda self: self.model.kind,
+        doc="``None`` for a Celery task, else ``populate`` or ``callback``.",
+    )
+    key = property(
+        lambda self: (self.model.signature or {}).get("key"),
+        doc="Key a node added at run time was declared with, if any.",
+    )
     workflow_id = property(
         lambda self: self.model.workflow_id, doc="Id of the workflow run."
     )
@@ -137,6 +146,17 @@ class Workflow:
 
     concurrency_key = None
     """Function of a run's data naming the key ``max_runs`` applies to."""
+
+    populate = None
+    """Override as ``populate(self, ctx)`` to grow the graph at run time.
+
+    The root's orchestrator calls it with a
+    :class:`~invenio_wtflow.engine.dynamic.Context` when the run starts and
+    again after any of its nodes succeeds; it declares nodes with
+    ``ctx.add(...)`` and callbacks with ``ctx.add_callback(...)``, and must be
+    idempotent (see :mod:`~invenio_wtflow.engine.dynamic`). ``definition``
+    is optional then: it is the part of the graph known in advance.
+    """
 
     created_now = False
     """After :meth:`create`: whether this call created the run (not a key hit)."""
@@ -197,11 +217,19 @@ class Workflow:
 
         :raises InvalidDefinitionError: when ``definition`` is not a canvas.
         """
+        dynamic_ = populates(cls)
         if cls.definition is None:
-            raise InvalidDefinitionError(
-                f"{cls.__name__} has no definition (set `definition` to a canvas)."
-            )
-        return compile_canvas(cls.definition)
+            if not dynamic_:
+                raise InvalidDefinitionError(
+                    f"{cls.__name__} has no definition (set `definition` to a "
+                    "canvas, or define `populate`)."
+                )
+            graph = Graph(nodes=[], output=None)
+        else:
+            graph = compile_canvas(cls.definition)
+        if dynamic_:
+            graph.nodes.append(populate_node(len(graph.nodes)))
+        return graph
 
     @classmethod
     def create(cls, name, data=None, key=None, created_by=None):
@@ -385,10 +413,13 @@ class Workflow:
     def result(self):
         """The run's result, as plain Celery would return it for the canvas.
 
-        ``None`` until the run has succeeded.
+        ``None`` until the run has succeeded. A run with ``populate`` and no
+        ``definition`` returns its callbacks' results, by method name.
         """
         if self.model.status != WorkflowStatus.SUCCESS.value:
             return None
+        if self.model.output is None:
+            return callback_results([self.model])[self.model.id]
         results = dict(
             db.session.query(TaskRun.position, TaskRun.result).filter(
                 TaskRun.workflow_id == self.model.id
@@ -500,13 +531,7 @@ def _get(model_class, id_):
 
 
 def _check_data(data):
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise InvalidDataError(
-            f"Workflow data must be a JSON object (dict), not {type(data).__name__}."
-        )
-    return ensure_json(data, "Workflow data")
+    return ensure_object(data, "Workflow data")
 
 
 __all__ = ("Task", "Workflow", "TaskStatus", "WorkflowStatus")

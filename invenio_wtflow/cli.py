@@ -138,6 +138,12 @@ def _dump(workflow, tasks=True, errors=False):
     return payload
 
 
+def _node_name(task):
+    """A task's name, marked when the orchestrator runs it, with its key."""
+    name = task.name if task.kind is None else f"{task.name} ({task.kind})"
+    return name if task.key is None else f"{name} [{task.key}]"
+
+
 def _echo_tree(workflow, errors=False):
     """Print a run, then its tasks in graph order (indented)."""
     model = workflow.model
@@ -167,7 +173,7 @@ def _echo_tree(workflow, errors=False):
                 f"attempt {task.attempt}",
                 "" if task.progress is None else f"{task.progress:.0%}",
                 "after " + ", ".join(f"#{p}" for p in after) if after else "",
-                task.name,
+                _node_name(task),
                 task.id,
                 task.message or task.error,
             ]

@@ -64,6 +64,34 @@ running body finish; its late result is ignored either way. ``True`` sends
 interrupts whatever the body was doing.
 """
 
+WTFLOW_CHECK_POPULATE = False
+"""Call ``populate()`` twice in a row and fail the run if the second call
+changes the graph.
+
+``populate()`` must be idempotent: the root's orchestrator calls it again
+whenever a node of the run succeeds. Turn this on in tests to catch a
+``populate()`` that is not; it doubles the cost of each call.
+"""
+
+WTFLOW_ORCHESTRATION_STEPS = 1000
+"""Most ``populate()`` and callback calls one orchestrator pass may make.
+
+A pass runs what its own steps queue; a callback that keeps adding callbacks
+would never settle. The step over the budget fails, with the reason.
+"""
+
+WTFLOW_ORCHESTRATION_DELAY = 0.1
+"""Seconds of quiet before an orchestrator pass runs.
+
+Requests for a pass are coalesced: a pass whose tree asked again less than
+this long ago waits this long more, so a burst of completions (a wide group
+finishing) is served by one pass rather than one per lock turn. ``0`` runs a
+pass as soon as a worker takes it.
+"""
+
+WTFLOW_ORCHESTRATION_MAX_DELAY = 2.0
+"""Longest a pass waits for quiet after it was first asked for, in seconds."""
+
 WTFLOW_PERMISSION_FACTORY = "invenio_wtflow.permissions:permission_factory"
 """Import string of ``permission_factory(workflow, action)``.
 

@@ -56,6 +56,14 @@ class SpawnConflictError(WTFlowError, ValueError):
 #
 # REST forms (JSON bodies through invenio-rest)
 #
+class NodeConflictError(InvalidDefinitionError):
+    """A node added at run time names, by its key, a node with other arguments."""
+
+
+class PopulateNotIdempotentError(InvalidDefinitionError):
+    """A second call of ``populate()`` changed the graph (``WTFLOW_CHECK_POPULATE``)."""
+
+
 class WTFlowRESTError(RESTException):
     """A JSON error response: ``{"status": ..., "message": ..., "errors": ...}``."""
 

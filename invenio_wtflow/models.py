@@ -57,6 +57,17 @@ ACTIVE_TASK_STATUSES = frozenset(
 """Statuses of a task whose attempt has been handed to Celery."""
 
 
+class NodeKind(str, enum.Enum):
+    """What runs a node that is not a Celery task: the root's orchestrator."""
+
+    POPULATE = "populate"
+    CALLBACK = "callback"
+
+    def __str__(self):
+        """Return the value, as stored in the database."""
+        return self.value
+
+
 class WorkflowStatus(str, enum.Enum):
     """Status of one workflow run, derived from its tasks."""
 
@@ -100,6 +111,11 @@ class WorkflowRun(db.Model, db.Timestamp):
             "spawn_index",
             "concurrency_key",
             "slot_requested_at",
+            # Bookkeeping of the root's orchestrator, changed on every request.
+            "orchestration_requests",
+            "orchestrations",
+            "orchestration_queued_at",
+            "orchestration_requested_at",
         ]
     }
 
@@ -154,6 +170,18 @@ class WorkflowRun(db.Model, db.Timestamp):
     slot_requested_at = db.Column(db.UTCDateTime, nullable=True)
     """When the run asked to start and found no free slot; ``None`` otherwise."""
 
+    orchestration_requests = db.Column(db.Integer, nullable=False, default=0)
+    """On a root: how many times its tree asked for the orchestrator."""
+
+    orchestrations = db.Column(db.Integer, nullable=False, default=0)
+    """On a root: how many orchestrator passes ran (requests are coalesced)."""
+
+    orchestration_queued_at = db.Column(db.UTCDateTime, nullable=True)
+    """On a root: when a pass was asked for and not yet run; ``None`` otherwise."""
+
+    orchestration_requested_at = db.Column(db.UTCDateTime, nullable=True)
+    """On a root: when its tree last asked for the orchestrator."""
+
     created_by = db.Column(db.Integer, nullable=True, index=True)
     """Identifier of the user who created the run, if any."""
 
@@ -181,8 +209,14 @@ class TaskRun(db.Model, db.Timestamp):
     """One node of a workflow run."""
 
     __tablename__ = "wtflow_task"
-    __table_args__ = (db.UniqueConstraint("workflow_id", "position"),)
-    __versioned__ = {"exclude": ["remaining", "lease_expires_at", "joined"]}
+    __table_args__ = (
+        db.UniqueConstraint("workflow_id", "position"),
+        # Named: the naming convention would reuse the name of the one above.
+        db.UniqueConstraint("workflow_id", "node_key", name="uq_wtflow_task_node_key"),
+    )
+    __versioned__ = {
+        "exclude": ["remaining", "lease_expires_at", "joined", "kind", "node_key"]
+    }
 
     id = db.Column(UUIDType, primary_key=True, default=uuid.uuid4)
     """Task run identifier; kept across attempts."""
@@ -196,7 +230,14 @@ class TaskRun(db.Model, db.Timestamp):
     """Position of the node in graph order (depth first, left to right)."""
 
     name = db.Column(db.String(255), nullable=False)
-    """Registered Celery task name."""
+    """Registered Celery task name (a method name for a callback)."""
+
+    kind = db.Column(db.String(16), nullable=True)
+    """``None`` for a Celery task, else a :class:`NodeKind`: a node the root's
+    orchestrator runs itself (see :mod:`invenio_wtflow.engine.dynamic`)."""
+
+    node_key = db.Column(db.String(64), nullable=True)
+    """Identity of a node added at run time, unique within its run."""
 
     signature = db.Column(JSON, nullable=False, default=dict)
     """Partial arguments, options and input wiring compiled from the definition."""

@@ -9,7 +9,7 @@ Written for marshmallow 3 so that marshmallow 4 needs no change: no
 
 from marshmallow import RAISE, Schema, fields, validate
 
-from .models import TaskStatus, WorkflowStatus
+from .models import NodeKind, TaskStatus, WorkflowStatus
 
 MAX_INTEGER = 2**31 - 1
 """Largest integer argument accepted (a database INTEGER)."""
@@ -67,6 +67,18 @@ class TaskSchema(Schema):
     id = fields.UUID()
     name = fields.String()
     position = fields.Integer()
+    kind = fields.String(
+        allow_none=True,
+        validate=validate.OneOf([k.value for k in NodeKind]),
+        metadata={
+            "description": "null for a Celery task; populate or callback for a "
+            "node the root's orchestrator runs."
+        },
+    )
+    key = fields.String(
+        allow_none=True,
+        metadata={"description": "Key a node added at run time was declared with."},
+    )
     status = fields.String(validate=validate.OneOf([s.value for s in TaskStatus]))
     message = fields.String(allow_none=True)
     progress = fields.Float(allow_none=True)

@@ -27,11 +27,13 @@ from flask import has_app_context
 from flask_celeryext import AppContextTask
 from invenio_db import db
 
-from .engine import children, orchestrator
+from .engine import children, dynamic, orchestrator
 from .engine.children import Join
-from .engine.dispatch import HEADER
+from .engine.dispatch import HEADER, Message, publish
 from .engine.dispatch import requeue_stale as _requeue_stale
+from .engine.dynamic import ORCHESTRATE_TASK, SUBWORKFLOW_TASK
 from .engine.graph import BARE_OPTION, call_arguments, ensure_json, resolve
+from .errors import WorkflowNotFoundError
 from .models import TaskRun
 
 logger = logging.getLogger(__name__)
@@ -375,7 +377,7 @@ class _WorkflowTaskProxy(Proxy):
         return self._get_current_object().__ror__(other)
 
 
-@workflow_task(bind=True, name="invenio_wtflow.subworkflow")
+@workflow_task(bind=True, name=SUBWORKFLOW_TASK)
 def run_subworkflow(self, name, data=None, key=None):
     """Run a registered definition as a node: spawn it and join its result.
 
@@ -384,6 +386,24 @@ def run_subworkflow(self, name, data=None, key=None):
     """
     child = self.spawn(name, data={**self.workflow.data, **(data or {})}, key=key)
     return self.join(child)
+
+
+@shared_task(name=ORCHESTRATE_TASK, ignore_result=True, acks_late=True)
+def orchestrate(root_id):
+    """Run one orchestrator pass of a tree (the engine publishes it).
+
+    Coalesced: one message stands for every request made until the pass runs,
+    and a pass waits for its tree to go quiet (``WTFLOW_ORCHESTRATION_DELAY``).
+    """
+    countdown = dynamic.postpone(root_id)
+    if countdown:
+        publish([Message.for_orchestration(root_id, countdown)])
+        return 0
+    try:
+        return orchestrator.atomic(dynamic.orchestrate, root_id)
+    except WorkflowNotFoundError:
+        logger.warning("Workflow %s is gone; nothing to orchestrate.", root_id)
+        return 0
 
 
 @shared_task(ignore_result=True)
@@ -400,5 +420,6 @@ __all__ = (
     "WorkflowTask",
     "workflow_task",
     "run_subworkflow",
+    "orchestrate",
     "requeue_stale",
 )

@@ -240,6 +240,8 @@ def _task_payload(model, depends_on):
         "workflow_id": model.workflow_id,
         "name": model.name,
         "position": model.position,
+        "kind": model.kind,
+        "key": (model.signature or {}).get("key"),
         "status": model.status,
         "message": model.message,
         "progress": model.progress,

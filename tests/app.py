@@ -37,6 +37,9 @@ def create_test_app(**config):
         CELERY_RESULT_BACKEND="cache",
         CELERY_CACHE_BACKEND="memory",
         WTFLOW_WORKFLOWS=EXAMPLE_WORKFLOWS,
+        WTFLOW_CHECK_POPULATE=True,
+        # Eager passes run at once; tests/worker.py restores the default.
+        WTFLOW_ORCHESTRATION_DELAY=0,
     )
     app.config.update(config)
     if app.config.get("CELERY_TASK_EAGER_PROPAGATES_EXCEPTIONS") is not None:
@@ -84,6 +87,12 @@ EXAMPLE_WORKFLOWS = {
         "max_runs": 1,
         "concurrency_key": "tests.example_tasks:video_key",
     },
+    "regression": {"definition": "tests.example_tasks:RegressionAnalysis"},
+    "grow-from-callback": {"definition": "tests.example_tasks:GrowFromCallback"},
+    "unsteady": {"definition": "tests.example_tasks:Unsteady"},
+    "bad-callback": {"definition": "tests.example_tasks:BadCallback"},
+    "regression-inside": {"definition": "tests.example_tasks:RegressionInside"},
+    "slow-populate": {"definition": "tests.example_tasks:SlowPopulate"},
     "failing-one-at-a-time": {
         "definition": "tests.example_tasks:boom",
         "max_runs": 1,

@@ -410,3 +410,126 @@ def chaos_record(self, *upstream, name, marker_dir):
     with open(os.path.join(marker_dir, name), "a") as fp:
         fp.write(f"{self.request.id}\n")
     return name
+
+
+#
+# Workflows that grow their own graph: populate() and callbacks
+#
+@workflow_task
+def build(arch, seconds=0):
+    """Pretend to build for one architecture."""
+    time.sleep(seconds)
+    return {"arch": arch}
+
+
+@workflow_task
+def report(summary):
+    """Pretend to publish a comparison report."""
+    return f"published {summary}"
+
+
+class RegressionAnalysis(Workflow):
+    """One build per architecture, then a comparison that decides what follows.
+
+    The ``compare`` callback records its summary in the run's data and
+    returns; the next ``populate()`` wires the ``report`` task after it.
+    """
+
+    def populate(self, ctx):
+        """Declare the builds, the comparison and, once decided, the report.
+
+        With a ``marker_dir`` in the data, logs when each call ran.
+        """
+        started = time.time()
+        for arch in ctx.data["architectures"]:
+            ctx.add(build, data={"arch": arch}, key=arch)
+        compare = ctx.add_callback("compare", after=ctx.all_tasks())
+        if "summary" in ctx.data:
+            ctx.add(report, data={"summary": ctx.data["summary"]}, after=compare)
+        if "marker_dir" in ctx.data:
+            time.sleep(0.01)  # widen the window another pass would overlap
+            with open(os.path.join(ctx.data["marker_dir"], "populate"), "a") as fp:
+                fp.write(f"{started} {time.time()}\n")
+
+    def compare(self, ctx):
+        """Compare the builds (a callback: the orchestrator runs it)."""
+        if "marker_dir" in ctx.data:
+            _mark(ctx.data["marker_dir"], "compare")
+        archs = sorted(t.result["arch"] for t in ctx.tasks("build"))
+        ctx.update_data(summary=",".join(archs))
+        return {"builds": len(archs)}
+
+
+class GrowFromCallback(Workflow):
+    """Static first step, then a callback that adds tasks and a sub-workflow."""
+
+    definition = add.si(1, 2)
+
+    def populate(self, ctx):
+        """Call ``fan`` once the static step has succeeded."""
+        ctx.add_callback("fan", after=ctx.all_tasks())
+
+    def fan(self, ctx):
+        """Add one task per item, a sub-workflow, and a callback after them."""
+        first = ctx.result(ctx.all_tasks()[0])
+        nodes = [ctx.add(mul, data={"x": first, "y": n}, key=str(n)) for n in (2, 3)]
+        nodes.append(
+            ctx.add("transcode-one", data={"video_id": first, "quality": "hd"})
+        )
+        ctx.add_callback("total", after=nodes)
+        return first
+
+    def total(self, ctx):
+        """Sum what ``fan`` added (reads results by node)."""
+        return sum(t.result for t in ctx.tasks("mul"))
+
+
+class Unsteady(Workflow):
+    """A populate() that is not idempotent: its second call adds a node."""
+
+    calls = 0
+
+    def populate(self, ctx):
+        """Add a node keyed by a counter (wrong: the key must not change)."""
+        Unsteady.calls += 1
+        ctx.add(add, data={"x": 1, "y": 1}, key=f"call-{min(Unsteady.calls, 2)}")
+
+
+class BadCallback(Workflow):
+    """A callback that raises."""
+
+    def populate(self, ctx):
+        """Add a task and a failing callback after it, and a task after that."""
+        first = ctx.add(add, data={"x": 1, "y": 1}, key="one")
+        explode = ctx.add_callback("explode", after=first)
+        ctx.add(add, data={"x": 2, "y": 2}, key="after", after=explode)
+
+    def explode(self, ctx):
+        """Fail."""
+        raise ValueError("no comparison today")
+
+
+class SlowPopulate(Workflow):
+    """One node per item; populate() sleeps while ``gate`` is set (tests)."""
+
+    gate = None
+
+    def populate(self, ctx):
+        """Add one ``build`` per item and a ``note`` callback per finished one."""
+        if SlowPopulate.gate is not None:
+            SlowPopulate.gate()
+        for item in ctx.data["items"]:
+            ctx.add(build, data={"arch": item}, key=item)
+        for task in ctx.tasks("build"):
+            if task.status == "success":
+                ctx.add_callback("note", key=task.key, after=task)
+
+    def note(self, ctx):
+        """Record nothing: its presence is what the test counts."""
+        return "noted"
+
+
+class RegressionInside(Workflow):
+    """A dynamic workflow run as a sub-workflow of a static one."""
+
+    definition = Workflow.subworkflow("regression", data={"architectures": ["x86"]})

@@ -396,3 +396,38 @@ def test_a_spawner_killed_mid_spawn_resumes_without_duplicates(worker, clean, tm
     for q in qualities:  # the children spawned before the kill ran once
         assert (tmp_path / f"child-{q}").read_text() == "x"
     assert consistent_tree(wf.id) == 5
+
+
+@pytest.mark.parametrize("batch", range(3))
+def test_workflows_grow_their_graph_on_real_workers(worker, clean, tmp_path, batch):
+    """populate() and callbacks through the root's orchestrator, 4 processes."""
+    archs = [f"arch-{n:02d}" for n in range(30)]
+    regression = Workflow.create(
+        "regression", data={"architectures": archs, "marker_dir": str(tmp_path)}
+    ).start()
+    others = [
+        Workflow.create("grow-from-callback").start(),
+        Workflow.create("regression-inside").start(),
+    ]
+    runs = wait([regression.id] + [o.id for o in others], timeout=180)
+    assert [r.status for r in runs] == ["success"] * 3, [
+        (t.name, t.status, t.error) for r in runs for t in r.tasks
+    ]
+    regression, grown, inside = runs
+    builds = [t for t in regression.tasks if t.name.endswith(".build")]
+    assert sorted(t.key for t in builds) == archs
+    assert all(t.attempt == 1 for t in builds)
+    assert regression.result == {"compare": {"builds": 30}}
+    assert regression.tasks[-1].result == "published " + ",".join(archs)
+    assert (tmp_path / "compare").read_text() == "x"  # the callback ran once
+    # No two passes of the root overlapped.
+    spans = sorted(
+        tuple(map(float, line.split()))
+        for line in (tmp_path / "populate").read_text().splitlines()
+    )
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert end <= start
+    root = _db.session.get(WorkflowRun, regression.id)
+    assert root.orchestrations < root.orchestration_requests  # coalesced
+    assert grown.result == 3 and inside.result == {"compare": {"builds": 1}}
+    assert consistent_tree(inside.id) == 2

@@ -18,5 +18,6 @@ app = create_test_app(
     CELERY_RESULT_BACKEND=None,
     CELERY_TASK_ACKS_LATE=True,
     CELERY_WORKER_PREFETCH_MULTIPLIER=1,
+    WTFLOW_ORCHESTRATION_DELAY=0.1,
 )
 celery = app.extensions["flask-celeryext"].celery

@@ -35,8 +35,9 @@ def check_workflow(workflow_id):
     finished run has no active task. For child runs: a task joining children
     counts exactly those not finished yet (and is not left waiting once all
     have), a task that failed or was cancelled has no child with unfinished
-    tasks,
-    and a child shares its parent's root.
+    tasks, and a child shares its parent's root. For nodes the orchestrator
+    runs (``populate``, callbacks): a queued one has a pass asked for on the
+    root, and none is left running.
 
     :param workflow_id: the run's id.
     :raises WorkflowNotFoundError: when there is no such run.
@@ -60,6 +61,8 @@ def check_workflow(workflow_id):
         if child.parent_task_id not in tasks:
             problems.append(f"child {child.id} names a task of another run")
     live = _with_active_tasks([c.id for cs in spawned.values() for c in cs])
+    root = db.session.get(WorkflowRun, workflow.root_id) or workflow
+    orchestrating = root.orchestration_queued_at is not None
 
     for task in sorted(tasks.values(), key=lambda t: t.position):
         status = TaskStatus(task.status)
@@ -79,9 +82,17 @@ def check_workflow(workflow_id):
             problem(
                 task, f"is {status.value} although upstream {names} did not succeed"
             )
-        if status in ACTIVE_TASK_STATUSES and not task.celery_id:
+        if status in ACTIVE_TASK_STATUSES and task.kind is None and not task.celery_id:
             problem(task, f"is {status.value} without a Celery id")
-        if status is TaskStatus.RUNNING and task.lease_expires_at is None:
+        if status is TaskStatus.QUEUED and task.kind is not None and not orchestrating:
+            problem(task, "is queued but no orchestrator pass is asked for")
+        if task.kind is not None and status in (TaskStatus.RUNNING, TaskStatus.WAITING):
+            problem(task, f"is {status.value} outside an orchestrator pass")
+        if (
+            status is TaskStatus.RUNNING
+            and task.kind is None
+            and task.lease_expires_at is None
+        ):
             problem(task, "is running without a lease")
         if status is TaskStatus.WAITING and task.joined:
             _check_join(task, spawned[task.id], problem)

@@ -38,7 +38,7 @@ from sqlalchemy import func, select
 from ..errors import InvalidStateError, SpawnConflictError
 from ..models import TERMINAL_TASK_STATUSES as TERMINAL_TASKS
 from ..models import TaskRun, TaskStatus, WorkflowRun, WorkflowStatus
-from . import concurrency, orchestrator
+from . import concurrency, dynamic, orchestrator
 from .graph import input_positions, resolve
 
 logger = logging.getLogger(__name__)
@@ -283,6 +283,8 @@ def results_of(runs):
     done = [r for r in runs if r.status == WorkflowStatus.SUCCESS.value]
     if not done:
         return {}
+    grown = dynamic.callback_results([r for r in done if r.output is None])
+    done = [r for r in done if r.output is not None]
     positions = {p for r in done for p in input_positions(r.output)}
     stored = defaultdict(dict)
     for workflow_id, position, result in db.session.execute(
@@ -292,7 +294,7 @@ def results_of(runs):
         )
     ):
         stored[workflow_id][position] = result
-    return {r.id: resolve(r.output, stored[r.id]) for r in done}
+    return {**grown, **{r.id: resolve(r.output, stored[r.id]) for r in done}}
 
 
 def _live(criteria):

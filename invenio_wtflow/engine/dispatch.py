@@ -12,6 +12,7 @@ message again once it has waited longer than ``WTFLOW_REQUEUE_AFTER``.
 
 import logging
 import threading
+import uuid
 from collections import deque
 from dataclasses import dataclass
 from datetime import timedelta
@@ -20,8 +21,9 @@ from celery import current_app as current_celery_app
 from flask import current_app
 from invenio_db import db
 from invenio_db.uow import Operation
+from sqlalchemy import select, update
 
-from ..models import TaskRun, TaskStatus, utcnow
+from ..models import TaskRun, TaskStatus, WorkflowRun, utcnow
 from .graph import ROUTING_OPTIONS
 
 logger = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ class Message:
     name: str
     options: dict
     retries: int = 0
+    args: tuple = ()
 
     @classmethod
     def for_task(cls, task):
@@ -49,6 +52,22 @@ class Message:
             name=task.name,
             options=dict(task.signature.get("options") or {}),
             retries=task.retries or 0,
+        )
+
+    @classmethod
+    def for_orchestration(cls, root_id, countdown=None):
+        """Build the message of an orchestrator pass of a root run.
+
+        :param countdown: seconds the pass waits before it runs.
+        """
+        from .dynamic import ORCHESTRATE_TASK
+
+        return cls(
+            task_run_id=None,
+            celery_id=str(uuid.uuid4()),
+            name=ORCHESTRATE_TASK,
+            options={"countdown": countdown} if countdown else {},
+            args=(str(root_id),),
         )
 
 
@@ -118,10 +137,10 @@ def _send(message):
     :returns: ``False`` when the broker refused the message.
     """
     celery = current_celery_app
-    headers = {HEADER: message.task_run_id}
+    headers = {HEADER: message.task_run_id} if message.task_run_id else {}
     if celery.conf.task_always_eager:
         celery.tasks[message.name].apply(
-            args=(),
+            args=message.args,
             kwargs={},
             task_id=message.celery_id,
             headers=headers,
@@ -132,7 +151,7 @@ def _send(message):
     try:
         celery.send_task(
             message.name,
-            args=(),
+            args=message.args,
             kwargs={},
             task_id=message.celery_id,
             headers=headers,
@@ -234,6 +253,7 @@ def requeue_stale(older_than=None):
         )
         if touched:
             messages.append(Message.for_task(task))
+    messages += _stale_orchestrations(now, deadline)
     db.session.commit()
     recovered = _recover_expired_leases(now)
     recovered += _admit_waiting()
@@ -247,6 +267,29 @@ def requeue_stale(older_than=None):
         )
     publish(messages)
     return len(messages) + recovered
+
+
+def _stale_orchestrations(now, deadline):
+    """Messages of the orchestrator passes asked for before ``deadline``."""
+    messages = []
+    stale = db.session.execute(
+        select(WorkflowRun.id)
+        .where(WorkflowRun.orchestration_queued_at <= deadline)
+        .order_by(WorkflowRun.id)
+    ).scalars()
+    for root_id in list(stale):
+        touched = db.session.execute(
+            update(WorkflowRun)
+            .where(
+                WorkflowRun.id == root_id,
+                WorkflowRun.orchestration_queued_at <= deadline,
+            )
+            .values(orchestration_queued_at=now)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if touched:
+            messages.append(Message.for_orchestration(root_id))
+    return messages
 
 
 def _admit_waiting():

@@ -58,6 +58,8 @@ class Node:
     bare: bool = False
     input: dict = None
     depends_on: list = field(default_factory=list)
+    kind: str = None
+    key: str = None
 
     @property
     def signature(self):
@@ -93,6 +95,22 @@ def ensure_json(value, what):
         return json.loads(json.dumps(value, allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise InvalidDataError(f"{what} must be JSON-serialisable: {exc}") from exc
+
+
+def ensure_object(data, what):
+    """Return ``data`` as a JSON object (``{}`` for ``None``), or refuse it.
+
+    :param data: the value to check.
+    :param what: what the value is, for the error message.
+    :raises InvalidDataError: when it is not a JSON-serialisable dict.
+    """
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InvalidDataError(
+            f"{what} must be a JSON object (dict), not {type(data).__name__}."
+        )
+    return ensure_json(data, what)
 
 
 class _Compiler:

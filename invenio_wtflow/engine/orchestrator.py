@@ -33,6 +33,7 @@ from ..errors import InvalidStateError, TaskNotFoundError, WorkflowNotFoundError
 from ..models import (
     ACTIVE_TASK_STATUSES,
     TERMINAL_TASK_STATUSES,
+    NodeKind,
     TaskDependency,
     TaskRun,
     TaskStatus,
@@ -40,7 +41,7 @@ from ..models import (
     WorkflowStatus,
     utcnow,
 )
-from . import children, concurrency, sqlite
+from . import children, concurrency, dynamic, sqlite
 from .dispatch import Message, dispatcher
 from .graph import input_positions
 from .status import default_status
@@ -164,17 +165,29 @@ def downstream_of(task_ids, dependants):
 # Transitions
 #
 def _queue(uow, tasks):
-    """Mark tasks ``queued`` with a fresh attempt and publish after commit."""
+    """Mark tasks ``queued`` with a fresh attempt and publish after commit.
+
+    A node the orchestrator runs itself (``populate``, a callback) gets no
+    Celery id: its root is asked for an orchestrator pass instead.
+    """
     now = utcnow()
     op = dispatcher(uow)
+    roots = {}
     for task in tasks:
         task.status = QUEUED.value
         task.attempt += 1
-        task.celery_id = str(uuid.uuid4())
         task.retries = 0
         task.queued_at = now
         task.started_at = task.finished_at = task.lease_expires_at = None
-        op.messages.append(Message.for_task(task))
+        if task.kind is None:
+            task.celery_id = str(uuid.uuid4())
+            op.messages.append(Message.for_task(task))
+            continue
+        task.celery_id = None
+        root_id = db.session.get(WorkflowRun, task.workflow_id).root_id
+        roots.setdefault(root_id, db.session.get(WorkflowRun, root_id))
+    if roots:
+        dynamic.request(uow, roots.values())
 
 
 def _reset(task, remaining):
@@ -202,7 +215,8 @@ def _cancel(uow, tasks, reason):
         if TaskStatus(task.status) in TERMINAL_TASK_STATUSES:
             continue
         if TaskStatus(task.status) in ACTIVE_TASK_STATUSES:
-            op.revoked.append(task.celery_id)
+            if task.celery_id is not None:
+                op.revoked.append(task.celery_id)
             active.append(task.id)
         task.status = CANCELLED.value
         task.message = reason
@@ -260,10 +274,15 @@ def set_status(uow, workflow, status, message=None):
         children.child_changed(uow, workflow)
 
 
+def _workflow_class(workflow):
+    """The definition class registered under a run's name, if any."""
+    ext = current_app.extensions.get("invenio-wtflow")
+    return ext.workflow_class(workflow.name) if ext else None
+
+
 def status_rule(workflow):
     """Return the status rule of a run's definition (or the default rule)."""
-    ext = current_app.extensions.get("invenio-wtflow")
-    cls = ext.workflow_class(workflow.name) if ext else None
+    cls = _workflow_class(workflow)
     if cls is None:
         return default_status
     return cls(workflow).compute_status
@@ -322,6 +341,8 @@ def create(uow, name, graph, data, key=None, created_by=None, parent=None, start
             attempt=0,
             retries=0,
             remaining=len(node.depends_on),
+            kind=node.kind,
+            node_key=node.key,
         )
         for node in graph.nodes
     ]
@@ -507,6 +528,10 @@ def complete(uow, workflow, task, result):
     ]
     if ready:
         _queue(uow, _lock_tasks(TaskRun.id.in_(ready)))
+    if task.kind != NodeKind.POPULATE.value and dynamic.populates(
+        _workflow_class(workflow)
+    ):
+        dynamic.repopulate(uow, workflow)
     refresh_status(uow, workflow)
 
 
