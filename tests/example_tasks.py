@@ -201,6 +201,18 @@ def slow_record(*upstream, name, marker_dir, seconds=1):
     return name
 
 
+@workflow_task
+def gated_record(*upstream, name, marker_dir):
+    """Append a mark, then wait until the test creates ``<name>.go``."""
+    with open(os.path.join(marker_dir, name), "a") as fp:
+        fp.write("x")
+    gate = os.path.join(marker_dir, f"{name}.go")
+    deadline = time.monotonic() + 60
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return name
+
+
 #
 # Child workflows
 #

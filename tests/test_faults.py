@@ -5,10 +5,12 @@
 
 Run it alone with ``pytest -m faults``. Selected when
 ``SQLALCHEMY_DATABASE_URI`` points to PostgreSQL and ``WTFLOW_TEST_BROKER_URL``
-to a Redis broker. The shared broker is used on database 8, where the chaos
-test's tasks have their own queue, consumed by its own worker of eight
-processes. The broker outage test starts (and stops) its own ``redis-server``
-on port 6391 and never touches the shared one.
+to a Redis broker. The shared broker is used on database 8 (or at
+``WTFLOW_TEST_FAULTS_BROKER_URL``), where the chaos test's tasks have their
+own queue, consumed by its own worker of eight processes. The broker outage
+test starts (and stops) its own ``redis-server`` on port 6391 (or
+``WTFLOW_TEST_PRIVATE_REDIS_PORT``) and never touches the shared one. Set both
+to run two suites side by side.
 """
 
 import logging
@@ -28,6 +30,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+import sqlalchemy as sa
 from celery import chain
 from celery import current_app as current_celery_app
 from celery import group
@@ -44,7 +47,7 @@ from invenio_wtflow.errors import InvalidStateError
 from invenio_wtflow.models import TaskRun
 from invenio_wtflow.permissions import wtflow_admin_action
 
-from .example_tasks import CHAOS_QUEUE, chaos_record, record, slow_record
+from .example_tasks import CHAOS_QUEUE, chaos_record, gated_record, record, slow_record
 
 
 def _db8(url):
@@ -55,9 +58,11 @@ def _db8(url):
     return urlunsplit(parts._replace(path="/8"))
 
 
-BROKER_URL = _db8(os.environ.get("WTFLOW_TEST_BROKER_URL"))
+BROKER_URL = os.environ.get("WTFLOW_TEST_FAULTS_BROKER_URL") or _db8(
+    os.environ.get("WTFLOW_TEST_BROKER_URL")
+)
 DB_URI = os.environ.get("SQLALCHEMY_DATABASE_URI", "")
-PRIVATE_PORT = 6391
+PRIVATE_PORT = int(os.environ.get("WTFLOW_TEST_PRIVATE_REDIS_PORT", "6391"))
 PRIVATE_BROKER_URL = f"redis://127.0.0.1:{PRIVATE_PORT}/0"
 
 pytestmark = [
@@ -484,7 +489,68 @@ def test_old_attempt_after_restart_is_ignored(app, worker, clean, marker_dir):
 
 
 #
-# 4. Twenty workflows started at once through the REST API
+# 4. The database connection dropped while a worker records a result
+#
+@contextmanager
+def database_outage(seconds):
+    """Drop every other connection to the test database; refuse new ones a while.
+
+    Uses a connection of its own (autocommit): ``ALTER DATABASE`` and
+    ``pg_terminate_backend`` are what an operator's failover or a restarted
+    server does to the workers' connections.
+    """
+    url = _db.engine.url
+    name = url.database
+    admin = _db.engine.url.set(database="postgres")
+    engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+        try:
+            killed = conn.execute(
+                sa.text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = :name AND pid <> pg_backend_pid()"
+                ),
+                {"name": name},
+            ).scalar_one()
+            yield killed
+            time.sleep(seconds)
+        finally:
+            conn.execute(sa.text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+    engine.dispose()
+    _db.engine.dispose()  # this process's connections were dropped too
+
+
+def test_a_dropped_database_connection_is_retried_and_recorded_once(
+    app, worker, clean, marker_dir
+):
+    """The worker's connections die, and new ones are refused for 0.5 s, as the
+    body returns: the worker retries the write and records the result once."""
+    current_wtflow.register(
+        "faults-db-drop",
+        chain(gated_record.si(name="gated"), record.s(name="after")),
+    )
+    wf = Workflow.create("faults-db-drop", data={"marker_dir": str(marker_dir)})
+    wf.start()
+    wait_for_file(marker_dir / "gated")
+    _db.session.rollback()
+    before = worker.count("Retrying transaction after transient error")
+    with database_outage(0.5) as killed:
+        assert killed >= 1  # at least the worker's pooled connection
+        (marker_dir / "gated.go").write_text("")
+    (wf,) = wait([wf.id])
+    assert worker.count("Retrying transaction after transient error") > before
+    assert wf.status == "success" and wf.result == "after"
+    assert [t.attempt for t in wf.tasks] == [1, 1]
+    assert marks(marker_dir, "gated", "after") == ["x", "x"]  # each body ran once
+    for task in wf.tasks:
+        history = task.history()
+        assert statuses(history) == ["pending", "queued", "running", "success"]
+        assert_no_repeated_transition(history)
+
+
+#
+# 5. Twenty workflows started at once through the REST API
 #
 def _admin(app):
     """Create (and commit) a user allowed to do everything with workflows."""
@@ -549,7 +615,7 @@ def test_twenty_rest_clients_at_once(app, worker, clean):
 
 
 #
-# 7. A second client stops and restarts tasks at random
+# 8. A second client stops and restarts tasks at random
 #
 CHAOS_FULL = os.environ.get("WTFLOW_CHAOS_FULL") == "1"
 """Run the issue's size: 2,013 tasks, up to 100 actions per seed (slow)."""
