@@ -48,6 +48,7 @@ def clean(app):
     _db.session.execute(_db.text("UPDATE wtflow_workflow SET parent_task_id = NULL"))
     for table in (
         "wtflow_task_dependency",
+        "wtflow_task_delegation",
         "wtflow_task_version",
         "wtflow_workflow_version",
         "wtflow_task",
