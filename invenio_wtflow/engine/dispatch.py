@@ -202,11 +202,13 @@ def requeue_stale(older_than=None):
     long queue is re-sent at most once per period. Duplicates are harmless:
     only one delivery of an attempt can claim it. Running attempts whose lease
     has expired are run again or failed (see
-    :func:`~invenio_wtflow.engine.orchestrator.recover_expired`).
+    :func:`~invenio_wtflow.engine.orchestrator.recover_expired`), and delegated
+    tasks still waiting after their deadline are failed (see
+    :func:`~invenio_wtflow.engine.delegation.expire`).
 
     :param older_than: seconds; defaults to ``WTFLOW_REQUEUE_AFTER``.
-    :returns: the number of attempts published again or recovered, and of
-        runs started because a slot had freed.
+    :returns: the number of attempts published again, recovered or timed out,
+        and of runs started because a slot had freed.
     """
     if older_than is None:
         older_than = current_app.config["WTFLOW_REQUEUE_AFTER"]
@@ -236,6 +238,7 @@ def requeue_stale(older_than=None):
             messages.append(Message.for_task(task))
     db.session.commit()
     recovered = _recover_expired_leases(now)
+    recovered += _expire_delegations(now)
     recovered += _admit_waiting()
     for message in messages:
         logger.warning(
@@ -258,6 +261,22 @@ def _admit_waiting():
     if admitted:
         logger.warning("Admitted %d run(s) waiting for a free slot.", admitted)
     return admitted
+
+
+def _expire_delegations(now):
+    """Fail the delegated tasks still waiting after their deadline."""
+    # Imported here: the orchestrator publishes through this module.
+    from .delegation import expire, overdue
+    from .orchestrator import atomic
+
+    overdue_ids = overdue(now)
+    db.session.commit()
+    expired = 0
+    for task_id in overdue_ids:
+        if atomic(expire, task_id):
+            logger.warning("Delegated task run %s timed out.", task_id)
+            expired += 1
+    return expired
 
 
 def _recover_expired_leases(now):
