@@ -84,6 +84,9 @@ EXAMPLE_WORKFLOWS = {
         "max_runs": 1,
         "concurrency_key": "tests.example_tasks:video_key",
     },
+    "farm": {"definition": "tests.example_tasks:farm_workflow"},
+    "delegate-twice": {"definition": "tests.example_tasks:delegate_twice"},
+    "delegate-then-join": {"definition": "tests.example_tasks:delegate_then_join"},
     "failing-one-at-a-time": {
         "definition": "tests.example_tasks:boom",
         "max_runs": 1,
