@@ -484,9 +484,13 @@ def test_tokens_are_compared_in_constant_time(app, db, client, farm, outbox):
 #
 # Concurrent replays (real commits: each thread has its own connection)
 #
-def test_eight_concurrent_replays_make_one_transition(app, clean, farm, broker):
-    _, task, job = delegated(broker, farm)
-    barrier = threading.Barrier(8)
+def complete_at_once(app, job, threads=8):
+    """Post the same completion from ``threads`` clients at once; return the answers.
+
+    Each thread has its own client, and each request its own application
+    context, so each has its own database connection.
+    """
+    barrier = threading.Barrier(threads)
     answers, errors = [], []
 
     def replay():
@@ -498,15 +502,21 @@ def test_eight_concurrent_replays_make_one_transition(app, clean, farm, broker):
             errors.append(exc)
             barrier.abort()
 
-    threads = [threading.Thread(target=replay) for _ in range(8)]
-    for thread in threads:
+    running = [threading.Thread(target=replay) for _ in range(threads)]
+    for thread in running:
         thread.start()
-    for thread in threads:
+    for thread in running:
         thread.join()
     assert not errors, errors
+    _db.session.rollback()
+    return answers
+
+
+def test_eight_concurrent_replays_make_one_transition(app, clean, farm, broker):
+    _, task, job = delegated(broker, farm)
+    answers = complete_at_once(app, job)
     assert [a.status_code for a in answers] == [200] * 8
     assert {a.json["status"] for a in answers} == {"success"}
-    _db.session.rollback()
     assert statuses(task.id).count("success") == 1
     assert len(broker.messages) == 1  # the next task, queued once
     assert check_workflow(task.workflow_id) == []
