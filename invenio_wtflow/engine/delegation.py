@@ -313,7 +313,7 @@ def _why_not(task):
     """Explain to a genuine token's holder why the task takes no completion."""
     if task.status == TaskStatus.CANCELLED.value:
         return f"Task {task.id} was cancelled: {task.message or 'stopped'}"
-    if task.status == FAILURE and (task.error or "").startswith(TIMEOUT_ERROR):
+    if task.status == FAILURE and (task.error or "").startswith(f"{TIMEOUT_ERROR}:"):
         return f"Task {task.id} timed out: {task.error}"
     if task.status == WAITING:
         return f"Task {task.id} is waiting for child workflows, not a completion."
