@@ -7,22 +7,35 @@ Methods that change a run commit through invenio-db's unit of work and
 publish the Celery messages of the tasks they queue after that commit.
 """
 
+from datetime import timedelta
+from numbers import Real
+
+from flask import current_app, url_for
 from invenio_db import db
 from sqlalchemy import func, select
 from sqlalchemy_continuum import version_class
+from werkzeug.routing import BuildError
 
-from .engine import children, orchestrator
+from .engine import children, delegation, orchestrator
 from .engine.dynamic import callback_results, populate_node, populates
-from .engine.graph import Graph, compile_canvas, ensure_object, resolve
+from .engine.graph import Graph, compile_canvas, ensure_json, ensure_object, resolve
 from .engine.status import default_status
 from .errors import (
     InvalidDataError,
     InvalidDefinitionError,
+    MissingTokenError,
     TaskNotFoundError,
     UnknownWorkflowError,
     WorkflowNotFoundError,
 )
-from .models import TaskDependency, TaskRun, TaskStatus, WorkflowRun, WorkflowStatus
+from .models import (
+    TaskDependency,
+    TaskRun,
+    TaskStatus,
+    WorkflowRun,
+    WorkflowStatus,
+    utcnow,
+)
 from .proxies import current_wtflow
 
 
@@ -113,6 +126,33 @@ class Task:
         orchestrator.atomic(orchestrator.stop_task, self.model.id)
         db.session.refresh(self.model)
         return self
+
+    def complete(self, token, status, result=None, message=None):
+        """Complete this delegated task with its token, as its external system.
+
+        Applied once: the same completion again changes nothing (a replay),
+        and the task is returned as it is. See
+        :meth:`~invenio_wtflow.tasks.WorkflowTask.delegate`.
+
+        :param token: the token of the task's ticket.
+        :param status: ``"success"`` or ``"failure"``.
+        :param result: the task's JSON result (on failure, kept for the record).
+        :param message: the task's message; for a failure, its error's text.
+        :raises MissingTokenError: when ``token`` is empty.
+        :raises InvalidTokenError: when the token is wrong, expired or another
+            task's.
+        :raises CompletionConflictError: when the token is an earlier attempt's,
+            or the task was stopped, failed, timed out or completed otherwise.
+        :raises InvalidDataError: for a bad status, message or result.
+        """
+        complete_task(self.model.id, token, status, result, message)
+        db.session.refresh(self.model)
+        return self
+
+    @property
+    def deadline(self):
+        """Deadline of the current attempt's delegation, or ``None`` (one query)."""
+        return delegation.deadline_of(self.model)
 
     def history(self):
         """Every recorded change of this task, oldest first."""
@@ -481,6 +521,114 @@ def spawn_child(execution, definition, data=None, key=None, lease=None):
         lease,
     )
     return klass._lazy(child_id)
+
+
+def delegate_attempt(execution, timeout=None, lease=None):
+    """Delegate a running attempt (see ``WorkflowTask.delegate``).
+
+    :param execution: the running attempt's :class:`~invenio_wtflow.tasks.Execution`.
+    :param timeout: seconds or a :class:`~datetime.timedelta`; by default
+        ``WTFLOW_DELEGATE_TIMEOUT``.
+    :param lease: the task's lease in seconds, renewed by delegating.
+    :returns: the :class:`~invenio_wtflow.engine.delegation.Ticket`.
+    """
+    if timeout is None:
+        timeout = current_app.config["WTFLOW_DELEGATE_TIMEOUT"]
+    if isinstance(timeout, Real) and not isinstance(timeout, bool):
+        timeout = timedelta(seconds=timeout)
+    if not isinstance(timeout, timedelta) or timeout <= timedelta(0):
+        raise ValueError(f"timeout must be a positive duration, not {timeout!r}.")
+    url = completion_url(execution.workflow_id, execution.task_run_id)
+    token = delegation.new_token()
+    deadline = utcnow() + timeout
+    attempt = orchestrator.atomic(
+        delegation.delegate,
+        execution.task_run_id,
+        execution.celery_id,
+        execution.retries,
+        delegation.hash_token(token),
+        deadline,
+        lease,
+    )
+    return delegation.Ticket(
+        url=url,
+        token=token,
+        deadline=deadline,
+        task_id=execution.task_run_id,
+        attempt=attempt,
+    )
+
+
+def completion_url(workflow_id, task_id):
+    """Return the URL where an external system completes a delegated task.
+
+    Built from ``WTFLOW_API_URL``, else ``SITE_API_URL`` and
+    ``WTFLOW_URL_PREFIX``, else with ``url_for`` (see
+    :data:`~invenio_wtflow.config.WTFLOW_API_URL`).
+
+    :param workflow_id: the run's id.
+    :param task_id: the task run's id.
+    :raises RuntimeError: when none of these can build it.
+    """
+    config = current_app.config
+    base = config.get("WTFLOW_API_URL")
+    if base is None and config.get("SITE_API_URL"):
+        base = config["SITE_API_URL"].rstrip("/") + config["WTFLOW_URL_PREFIX"]
+    if base is not None:
+        return f"{base.rstrip('/')}/{workflow_id}/tasks/{task_id}/complete"
+    try:
+        return url_for(
+            "invenio_wtflow.task_complete",
+            workflow_id=workflow_id,
+            task_id=task_id,
+            _external=True,
+        )
+    except (BuildError, RuntimeError) as exc:
+        raise RuntimeError(
+            "Cannot build the completion URL of a delegated task here: "
+            "set WTFLOW_API_URL (or SITE_API_URL)."
+        ) from exc
+
+
+def complete_task(
+    task_id, token, status, result=None, message=None, workflow_id=None, origin=None
+):
+    """Complete a delegated task with its token, in one transaction.
+
+    Transient database errors are retried; a wrong token is refused alike
+    whether or not the task exists (see :mod:`~invenio_wtflow.engine.delegation`).
+
+    :param task_id: the task run's id.
+    :param token: the token of the task's ticket.
+    :param status: ``"success"`` or ``"failure"``.
+    :param result: the task's JSON result.
+    :param message: the task's message; for a failure, its error's text.
+    :param workflow_id: the run the caller named, if any; the task must be its.
+    :param origin: who sent the completion, for the log (a client address).
+    :returns: ``"applied"``, or ``"replayed"`` for the same completion again.
+    :raises MissingTokenError: when ``token`` is empty.
+    :raises InvalidTokenError: for a wrong, expired or another task's token.
+    :raises CompletionConflictError: when the task cannot take the completion.
+    :raises InvalidDataError: for a bad status, message or result.
+    """
+    if not isinstance(token, str) or not token:
+        raise MissingTokenError()
+    if status not in delegation.OUTCOMES:
+        raise InvalidDataError(
+            f"status must be one of {', '.join(delegation.OUTCOMES)}, not {status!r}."
+        )
+    if message is not None and not isinstance(message, str):
+        raise InvalidDataError("message must be a string.")
+    return orchestrator.atomic(
+        delegation.complete,
+        task_id,
+        delegation.hash_token(token),
+        status,
+        ensure_json(result, "The result"),
+        message,
+        workflow_id,
+        origin,
+    )
 
 
 def check_children(task_run_id, ids):

@@ -371,11 +371,11 @@ def history(workflow_id, task_id, as_json):
 )
 @json_option
 def requeue(older_than, as_json):
-    """Run the sweeper once: re-publish unclaimed attempts, recover lost ones."""
+    """Run the sweeper once: re-publish, recover or time out attempts."""
     count = requeue_stale(older_than=older_than)
     if as_json:
         return _echo_json({"requeued": count})
-    click.echo(f"Re-published or recovered {count} attempt(s).")
+    click.echo(f"Re-published, recovered or timed out {count} attempt(s).")
 
 
 @_command()

@@ -55,6 +55,27 @@ readers never block the writer (see :mod:`invenio_wtflow.engine.sqlite`).
 It has no effect on other databases.
 """
 
+WTFLOW_DELEGATE_TIMEOUT = 24 * 3600
+"""Seconds a delegated task waits for its completion when the body gives none.
+
+``self.delegate(timeout=...)`` overrides it. The completion token expires at
+the deadline, and the sweeper (:func:`invenio_wtflow.tasks.requeue_stale`)
+fails a task still waiting then, with a ``Timeout`` error; what depends on it
+is cancelled.
+"""
+
+WTFLOW_API_URL = None
+"""External URL of the REST API, its prefix included.
+
+A delegated task's completion URL is built from it, for example
+``"https://example.org/api/workflows"`` gives
+``https://example.org/api/workflows/<id>/tasks/<task_id>/complete``. A worker
+has no request to take the host from, and Invenio's Celery application may not
+register the API blueprints. ``None``: ``SITE_API_URL`` followed by
+:data:`WTFLOW_URL_PREFIX`, or, when ``SITE_API_URL`` is not set either, the
+blueprint's URL built with ``url_for`` (which needs ``SERVER_NAME``).
+"""
+
 WTFLOW_REVOKE_TERMINATE = False
 """Whether stopping a task also terminates its running attempt.
 

@@ -53,6 +53,34 @@ class SpawnConflictError(WTFlowError, ValueError):
     """A child's key was already used with another definition or other data."""
 
 
+class MissingTokenError(WTFlowError, PermissionError):
+    """A completion of a delegated task came without a token."""
+
+    def __init__(self):
+        """Initialise with a fixed message."""
+        super().__init__("A completion token is required (Authorization: Bearer).")
+
+
+class InvalidTokenError(WTFlowError, PermissionError):
+    """A completion token is wrong, expired, or not the task's.
+
+    The message is the same whatever the reason, and whether or not the task
+    exists: the reason is only logged.
+    """
+
+    def __init__(self):
+        """Initialise with the one message every rejected token gets."""
+        super().__init__("Invalid or expired token.")
+
+
+class CompletionConflictError(InvalidStateError):
+    """A genuine completion token cannot complete the task in its current state.
+
+    The task was restarted (the token belongs to an earlier attempt), stopped,
+    timed out, failed, or was completed already with another body.
+    """
+
+
 #
 # REST forms (JSON bodies through invenio-rest)
 #
@@ -89,6 +117,16 @@ class UnauthorizedError(WTFlowRESTError):
 
     code = 401
     description = "Authentication required."
+
+
+class TokenRequiredError(UnauthorizedError):
+    """A completion came without a bearer token."""
+
+    description = "A bearer token is required."
+
+    def get_headers(self, environ=None, scope=None):
+        """Ask for a bearer token (RFC 6750)."""
+        return [*super().get_headers(environ, scope), ("WWW-Authenticate", "Bearer")]
 
 
 class ForbiddenError(WTFlowRESTError):
@@ -133,6 +171,10 @@ def to_rest_error(exc):
     """
     if isinstance(exc, (WorkflowNotFoundError, TaskNotFoundError)):
         return NotFoundError(str(exc))
+    if isinstance(exc, MissingTokenError):
+        return TokenRequiredError(str(exc))
+    if isinstance(exc, InvalidTokenError):
+        return ForbiddenError(str(exc))
     if isinstance(exc, (InvalidStateError, SpawnConflictError)):
         return ConflictError(str(exc))
     if isinstance(exc, UnknownWorkflowError):

@@ -266,7 +266,11 @@ class TaskRun(db.Model, db.Timestamp):
     """Last progress reported by the task, between 0 and 1."""
 
     result = db.Column(JSON, nullable=True)
-    """JSON result of the last successful attempt."""
+    """JSON result of the last successful attempt.
+
+    For a delegated task that the external system reported failed, the result
+    it sent along (if any).
+    """
 
     error = db.Column(db.Text, nullable=True)
     """Exception of the last failed attempt, as ``Type: message``."""
@@ -312,3 +316,37 @@ class TaskDependency(db.Model):
         index=True,
     )
     """The upstream task."""
+
+
+class TaskDelegation(db.Model, db.Timestamp):
+    """One attempt of a task that handed its work to an external system.
+
+    The row binds a completion token to its task and attempt: it keeps the
+    token's hash (never the token), the deadline, and, once the external
+    system has completed the task, a hash of the completion it sent, so that
+    a replay can be told from a conflicting second completion. Rows of earlier
+    attempts stay, so that their tokens are recognised (and refused) after a
+    restart. Bookkeeping, like the dependency edges: not versioned.
+    """
+
+    __tablename__ = "wtflow_task_delegation"
+
+    task_id = db.Column(
+        UUIDType, db.ForeignKey("wtflow_task.id"), primary_key=True, nullable=False
+    )
+    """The delegated task run."""
+
+    attempt = db.Column(db.Integer, primary_key=True, nullable=False)
+    """The attempt of the task that delegated; its token is good for no other."""
+
+    token_hash = db.Column(db.String(64), nullable=False)
+    """SHA-256 (hex) of the completion token."""
+
+    deadline = db.Column(db.UTCDateTime, nullable=False)
+    """When the token expires and the sweeper fails the waiting task."""
+
+    completion_digest = db.Column(db.String(64), nullable=True)
+    """SHA-256 (hex) of the completion applied (status, result and message)."""
+
+    completed_at = db.Column(db.UTCDateTime, nullable=True)
+    """When the external system's completion was applied."""

@@ -8,6 +8,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema, fields
 
 from .schemas import (
+    CompletionSchema,
     DataSchema,
     HistoryEntrySchema,
     ListArgsSchema,
@@ -75,6 +76,30 @@ def _responses(ok_code, ok_schema, description, *errors):
     return responses
 
 
+def _completion_responses():
+    """A completion's answers: never 404, so that a wrong token learns nothing."""
+    return {
+        "200": {
+            "description": "Applied, or the same completion again: the task now.",
+            **_json("TaskDetail"),
+        },
+        "400": {"description": ERRORS["400"], **_json("Error")},
+        "401": {"description": "No bearer token.", **_json("Error")},
+        "403": {
+            "description": "Wrong, expired or another task's token, or no such "
+            "task (the same answer).",
+            **_json("Error"),
+        },
+        "409": {
+            "description": "The token is an earlier attempt's, or the task was "
+            "stopped, failed, timed out or completed with another body.",
+            **_json("Error"),
+        },
+        "413": {"description": ERRORS["413"], **_json("Error")},
+        "415": {"description": ERRORS["415"], **_json("Error")},
+    }
+
+
 def _path_params(*names):
     return [
         {
@@ -108,6 +133,7 @@ def build_spec(prefix, version):
         ("Error", ErrorSchema),
         ("WorkflowCreate", WorkflowCreateSchema),
         ("Data", DataSchema),
+        ("Completion", CompletionSchema),
         ("Workflow", WorkflowSchema),
         ("WorkflowHit", HIT),
         ("WorkflowList", WorkflowListSchema),
@@ -115,6 +141,14 @@ def build_spec(prefix, version):
         ("History", HistorySchema),
     ]:
         spec.components.schema(name, schema=schema)
+    spec.components.security_scheme(
+        "completionToken",
+        {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "The token of a delegated task's ticket.",
+        },
+    )
     workflow, task = _path_params("workflow_id"), _path_params("workflow_id", "task_id")
     spec.path(
         path=f"{prefix}/",
@@ -205,6 +239,19 @@ def build_spec(prefix, version):
                 "summary": "Stop the task and cancel what depends on it.",
                 "responses": _responses("202", "TaskDetail", "Stopped.", "409"),
             },
+        },
+    )
+    spec.path(
+        path=f"{prefix}/{{workflow_id}}/tasks/{{task_id}}/complete",
+        parameters=task,
+        operations={
+            "post": {
+                "summary": "Complete a delegated task (no login: the token is "
+                "the credential).",
+                "security": [{"completionToken": []}],
+                "requestBody": _body("Completion", required=True),
+                "responses": _completion_responses(),
+            }
         },
     )
     spec.path(

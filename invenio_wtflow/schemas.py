@@ -7,7 +7,9 @@ Written for marshmallow 3 so that marshmallow 4 needs no change: no
 ``context``, ``load_default``/``dump_default``, validators that raise.
 """
 
-from marshmallow import RAISE, Schema, fields, validate
+import json
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from .models import NodeKind, TaskStatus, WorkflowStatus
 
@@ -39,6 +41,35 @@ class DataSchema(_Strict):
     """Body of start and restart requests: data merged over the run's data."""
 
     data = fields.Dict(keys=fields.String(), load_default=dict)
+
+
+def _storable(value):
+    """Refuse what JSON columns cannot store (``NaN``, ``Infinity``)."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError as exc:
+        raise ValidationError(f"Not storable as JSON: {exc}.") from exc
+
+
+class CompletionSchema(_Strict):
+    """Body of ``POST /workflows/<id>/tasks/<task_id>/complete``."""
+
+    status = fields.String(
+        required=True,
+        validate=validate.OneOf([TaskStatus.SUCCESS.value, TaskStatus.FAILURE.value]),
+        metadata={"description": "How the external system's work ended."},
+    )
+    result = fields.Raw(
+        load_default=None,
+        allow_none=True,
+        validate=_storable,
+        metadata={"description": "The task's result (any JSON value)."},
+    )
+    message = fields.String(
+        load_default=None,
+        allow_none=True,
+        metadata={"description": "The task's message; for a failure, its error."},
+    )
 
 
 class PageArgsSchema(_Strict):
@@ -97,6 +128,13 @@ class TaskDetailSchema(TaskSchema):
     result = fields.Raw(allow_none=True)
     error = fields.String(allow_none=True)
     traceback = fields.String(allow_none=True)
+    deadline = fields.DateTime(
+        allow_none=True,
+        metadata={
+            "description": "When the current attempt's delegation to an external "
+            "system expires; null when it did not delegate."
+        },
+    )
     links = fields.Dict()
 
 

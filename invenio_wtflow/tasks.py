@@ -27,8 +27,9 @@ from flask import has_app_context
 from flask_celeryext import AppContextTask
 from invenio_db import db
 
-from .engine import children, dynamic, orchestrator
+from .engine import children, delegation, dynamic, orchestrator
 from .engine.children import Join
+from .engine.delegation import Ticket
 from .engine.dispatch import HEADER, Message, publish
 from .engine.dispatch import requeue_stale as _requeue_stale
 from .engine.dynamic import ORCHESTRATE_TASK, SUBWORKFLOW_TASK
@@ -134,7 +135,8 @@ class WorkflowTask(AppContextTask):
         try:
             result = self.run(*execution.args, **execution.kwargs)
             joining = isinstance(result, Join)
-            if not joining:
+            delegated = isinstance(result, Ticket)
+            if not (joining or delegated):
                 stored = ensure_json(result, f"Result of task {self.name}")
             # The body's own database work is committed before the engine
             # records success, so a retried engine transaction cannot lose it.
@@ -165,6 +167,12 @@ class WorkflowTask(AppContextTask):
             _task_stack.pop()
         if joining:
             orchestrator.atomic(children.join, task_run_id, request.id, retries, result)
+            return None
+        if delegated:
+            # The token stays out of Celery's result backend and logs.
+            orchestrator.atomic(
+                delegation.wait, task_run_id, request.id, retries, result
+            )
             return None
         orchestrator.atomic(
             orchestrator.succeed, task_run_id, request.id, stored, retries
@@ -296,6 +304,37 @@ class WorkflowTask(AppContextTask):
         ]
         ids = check_children(execution.task_run_id, ids)
         return Join(tuple(ids), bool(return_exceptions), single)
+
+    def delegate(self, timeout=None):
+        """Hand this attempt's work to an external system; return its ticket.
+
+        The ticket holds the completion URL and a token, good for this
+        attempt only, until ``timeout`` seconds from now. Pass both to the
+        external system, then return the ticket from the body: the task
+        becomes ``waiting`` and the worker is free. The external system
+        completes the task with ``POST <url>`` and ``Authorization: Bearer
+        <token>`` (or :meth:`invenio_wtflow.api.Task.complete`); a completion
+        that arrives before the body returns is applied at once. No completion
+        by the deadline fails the task with a ``Timeout`` error (found by the
+        sweeper).
+
+        The delegation is committed before the ticket is returned (with
+        anything the body left pending in the session), and renews the
+        attempt's lease. Only the token's hash is stored; the ticket a body
+        returns is not stored as the task's result. Delegating again in the
+        same attempt replaces the token.
+
+        :param timeout: seconds (or a :class:`~datetime.timedelta`) to wait
+            for the completion; ``WTFLOW_DELEGATE_TIMEOUT`` by default.
+        :returns: a :class:`~invenio_wtflow.engine.delegation.Ticket`.
+        :raises ValueError: when ``timeout`` is not a positive duration.
+        :raises InvalidStateError: when the attempt was stopped or completed.
+        """
+        from .api import delegate_attempt
+
+        return delegate_attempt(
+            self._require_execution(), timeout, lease=getattr(self, "lease", None)
+        )
 
     def results(self, name):
         """Return the stored result of another task of the same workflow.

@@ -4,7 +4,9 @@
 """REST API: create, list, start, watch, stop and restart runs and tasks.
 
 Views stay thin: parse the request, check the permission, call the Python API,
-serialise. Every response carries an ETag and honours ``If-None-Match``.
+serialise. Every response carries an ETag and honours ``If-None-Match``. The
+completion of a delegated task needs no login: its bearer token is the
+credential.
 """
 
 import hashlib
@@ -17,10 +19,11 @@ from invenio_rest.errors import FieldError
 from marshmallow import ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from .api import Task, Workflow
+from .api import Task, Workflow, complete_task
 from .errors import (
     BadRequestError,
     ForbiddenError,
+    MissingTokenError,
     NotFoundError,
     PayloadTooLargeError,
     UnauthorizedError,
@@ -31,6 +34,7 @@ from .errors import (
 from .openapi import build_spec
 from .proxies import current_wtflow
 from .schemas import (
+    CompletionSchema,
     DataSchema,
     HistoryEntrySchema,
     ListArgsSchema,
@@ -119,6 +123,15 @@ def check(workflow, action, name=None):
     if not current_user.is_authenticated:
         raise UnauthorizedError()
     raise ForbiddenError(f"You may not {action.replace('-', ' ')} this workflow.")
+
+
+def bearer_token():
+    """Return the request's bearer token (401 when there is none)."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise MissingTokenError()
+    return token
 
 
 def page_args(schema):
@@ -258,9 +271,10 @@ def _task_payload(model, depends_on):
 
 
 def dump_task(workflow, task):
-    """Serialise one task with its result and error."""
+    """Serialise one task with its result, error and delegation deadline."""
     edges = workflow.dependencies()
     payload = _task_payload(task.model, edges.get(task.id, []))
+    payload["deadline"] = task.deadline
     payload["links"] = {
         "self": url_for(
             "invenio_wtflow.task",
@@ -398,6 +412,30 @@ class TaskResource(MethodView):
         return json_response(dump_task(workflow, Task.get(task.id)), status=202)
 
 
+class TaskCompletionResource(MethodView):
+    """``/workflows/<id>/tasks/<task_id>/complete``: an external system reports."""
+
+    def post(self, workflow_id, task_id):
+        """Complete a delegated task; the bearer token is the credential.
+
+        A replay of the applied completion answers like the first one, with
+        the task as it is now.
+        """
+        token = bearer_token()
+        body = json_body(CompletionSchema())
+        complete_task(
+            task_id,
+            token,
+            body["status"],
+            body["result"],
+            body["message"],
+            workflow_id=workflow_id,
+            origin=request.remote_addr,
+        )
+        task = Task.get(task_id)
+        return json_response(dump_task(Workflow.get(task.workflow_id), task))
+
+
 class WorkflowHistoryResource(MethodView):
     """``/workflows/<id>/history``: the run's recorded changes."""
 
@@ -441,6 +479,11 @@ def create_blueprint(app):
         ("/<workflow_id>/history", WorkflowHistoryResource, "workflow_history"),
         ("/<workflow_id>/children", WorkflowChildrenResource, "workflow_children"),
         ("/<workflow_id>/tasks/<task_id>", TaskResource, "task"),
+        (
+            "/<workflow_id>/tasks/<task_id>/complete",
+            TaskCompletionResource,
+            "task_complete",
+        ),
         (
             "/<workflow_id>/tasks/<task_id>/history",
             TaskHistoryResource,

@@ -93,6 +93,9 @@ EXAMPLE_WORKFLOWS = {
     "bad-callback": {"definition": "tests.example_tasks:BadCallback"},
     "regression-inside": {"definition": "tests.example_tasks:RegressionInside"},
     "slow-populate": {"definition": "tests.example_tasks:SlowPopulate"},
+    "farm": {"definition": "tests.example_tasks:farm_workflow"},
+    "delegate-twice": {"definition": "tests.example_tasks:delegate_twice"},
+    "delegate-then-join": {"definition": "tests.example_tasks:delegate_then_join"},
     "failing-one-at-a-time": {
         "definition": "tests.example_tasks:boom",
         "max_runs": 1,

@@ -12,6 +12,7 @@ from invenio_db import db as _db
 from invenio_wtflow.engine import dispatch
 
 from .app import create_test_app
+from .example_tasks import FARM, FARM_HOOKS
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +49,7 @@ def clean(app):
     _db.session.execute(_db.text("UPDATE wtflow_workflow SET parent_task_id = NULL"))
     for table in (
         "wtflow_task_dependency",
+        "wtflow_task_delegation",
         "wtflow_task_version",
         "wtflow_workflow_version",
         "wtflow_task",
@@ -103,3 +105,13 @@ def broker(monkeypatch):
     manual = ManualBroker()
     monkeypatch.setattr(dispatch, "_send", manual.send)
     return manual
+
+
+@pytest.fixture()
+def farm():
+    """The jobs the stand-in farm of delegated tasks received in this process."""
+    FARM.clear()
+    FARM_HOOKS.clear()
+    yield FARM
+    FARM.clear()
+    FARM_HOOKS.clear()

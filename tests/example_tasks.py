@@ -3,6 +3,7 @@
 
 """Workflow tasks and definitions used by the tests (and the test worker)."""
 
+import json
 import os
 import time
 
@@ -545,3 +546,78 @@ class RegressionInside(Workflow):
     """A dynamic workflow run as a sub-workflow of a static one."""
 
     definition = Workflow.subworkflow("regression", data={"architectures": ["x86"]})
+
+
+# Delegated tasks
+#
+FARM = []
+"""Jobs the stand-in transcoding farm received in this process, in order."""
+
+FARM_HOOKS = []
+"""Called with each job as the farm receives it (to answer at once, say)."""
+
+
+def _submit_to_farm(job, farm_dir):
+    """Keep a job; with a directory, also write it there (for another process)."""
+    FARM.append(job)
+    for hook in list(FARM_HOOKS):
+        hook(job)
+    if farm_dir:
+        path = os.path.join(farm_dir, f"job-{job['attempt']}.json")
+        with open(path + ".tmp", "w") as fp:
+            json.dump(job, fp)
+        os.replace(path + ".tmp", path)
+
+
+@workflow_task(bind=True)
+def send_to_farm(self, video_id, timeout=None, farm_dir=None, hold=False):
+    """Hand a video to the stand-in farm and wait, without a worker, for it.
+
+    With ``hold``, the body returns only once the file ``release`` exists in
+    ``farm_dir``: the farm's answer can arrive while the task still runs.
+    """
+    ticket = self.delegate(timeout=timeout)
+    _submit_to_farm(
+        {
+            "video_id": video_id,
+            "url": ticket.url,
+            "token": ticket.token,
+            "task_id": ticket.task_id,
+            "attempt": ticket.attempt,
+            "deadline": ticket.deadline.isoformat(),
+        },
+        farm_dir,
+    )
+    if hold:
+        release = os.path.join(farm_dir, "release")
+        deadline = time.monotonic() + 60
+        while not os.path.exists(release) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return ticket
+
+
+@workflow_task
+def publish_transcoded(transcoded, video_id):
+    """Publish what the farm made of a video."""
+    return {"video_id": video_id, "published": transcoded}
+
+
+farm_workflow = chain(send_to_farm, publish_transcoded.s())
+"""Delegate the transcoding of ``video_id`` to the farm, then publish it."""
+
+
+@workflow_task(bind=True)
+def delegate_twice(self):
+    """Delegate twice and return the first ticket, whose token no longer works."""
+    first = self.delegate(timeout=60)
+    second = self.delegate(timeout=60)
+    FARM.extend({"token": t.token, "attempt": t.attempt} for t in (first, second))
+    return first
+
+
+@workflow_task(bind=True)
+def delegate_then_join(self):
+    """Delegate, then wait for a child instead: the token cannot complete it."""
+    ticket = self.delegate(timeout=60)
+    FARM.append({"token": ticket.token, "url": ticket.url, "task_id": ticket.task_id})
+    return self.join(self.spawn("transcode-one", data={"video_id": 1, "quality": "j"}))

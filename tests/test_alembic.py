@@ -30,6 +30,7 @@ TABLES = {
     "wtflow_task",
     "wtflow_task_version",
     "wtflow_task_dependency",
+    "wtflow_task_delegation",
 }
 """The tables of this package."""
 

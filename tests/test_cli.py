@@ -196,7 +196,7 @@ def test_history(app, db, run):
 def test_requeue(app, db, run, lost_publish):
     wf = Workflow.create("add-chain").start()
     lost_publish.undo()
-    assert ok(run("requeue")) == "Re-published or recovered 0 attempt(s).\n"
+    assert ok(run("requeue")) == "Re-published, recovered or timed out 0 attempt(s).\n"
     assert as_json(run("requeue", "--older-than", 0, "--json")) == {"requeued": 1}
     assert Workflow.get(wf.id).status == "success"
 

@@ -22,7 +22,7 @@ from invenio_wtflow.errors import (
     InvalidDefinitionError,
     InvalidStateError,
 )
-from invenio_wtflow.models import WorkflowRun, utcnow
+from invenio_wtflow.models import TaskRun, WorkflowRun, utcnow
 from invenio_wtflow.tasks import orchestrate
 
 from .example_tasks import (
@@ -234,6 +234,8 @@ def test_the_sweeper_publishes_a_lost_pass_again(app, db, broker):
     assert dispatch.requeue_stale() == 0  # not stale yet
     root = root_row(wf)
     root.orchestration_queued_at = utcnow() - timedelta(hours=1)
+    populate = _db.session.get(TaskRun, nodes(wf)["populate"].id)
+    populate.queued_at = root.orchestration_queued_at  # it has no message
     _db.session.commit()
     assert dispatch.requeue_stale() == 1
     assert [m.name for m in broker.messages] == [ORCHESTRATE]

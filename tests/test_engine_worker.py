@@ -7,6 +7,7 @@ Selected when ``SQLALCHEMY_DATABASE_URI`` points to PostgreSQL and
 ``WTFLOW_TEST_BROKER_URL`` to a broker (Redis in CI).
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -26,6 +27,7 @@ from invenio_wtflow.engine.check import check_workflow
 from invenio_wtflow.models import TaskRun, WorkflowRun
 
 from .example_tasks import JOIN_WIDTH, add, lost_once
+from .test_views_delegation import DONE, complete_at_once, post, statuses
 
 BROKER_URL = os.environ.get("WTFLOW_TEST_BROKER_URL")
 DB_URI = os.environ.get("SQLALCHEMY_DATABASE_URI", "")
@@ -431,3 +433,66 @@ def test_workflows_grow_their_graph_on_real_workers(worker, clean, tmp_path, bat
     assert root.orchestrations < root.orchestration_requests  # coalesced
     assert grown.result == 3 and inside.result == {"compare": {"builds": 1}}
     assert consistent_tree(inside.id) == 2
+
+
+#
+# Delegated tasks
+#
+def farm_job(farm_dir, attempt=1, timeout=60):
+    """The job the worker's stand-in farm wrote for an attempt."""
+    path = farm_dir / f"job-{attempt}.json"
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, "the task never delegated"
+        time.sleep(0.1)
+    return json.loads(path.read_text())
+
+
+def held_farm_run(farm_dir, video_id):
+    """Start a "farm" run whose body holds until ``farm_dir/release`` exists."""
+    wf = Workflow.create(
+        "farm", data={"video_id": video_id, "farm_dir": str(farm_dir), "hold": True}
+    ).start()
+    job = farm_job(farm_dir)
+    _db.session.rollback()
+    assert Task.get(job["task_id"]).status == "running"  # the body holds
+    return wf, job
+
+
+def test_a_completion_before_the_body_returns_is_applied_once(
+    worker, clean, client, tmp_path
+):
+    wf, job = held_farm_run(tmp_path, 5)
+    res = post(client, job)
+    assert res.status_code == 200 and res.json["status"] == "success"
+    (tmp_path / "release").touch()
+    (wf,) = wait([wf.id])
+    assert wf.status == "success"
+    assert wf.result == {"video_id": 5, "published": DONE["result"]}
+    time.sleep(1)  # the body returns its ticket: that changes nothing
+    _db.session.rollback()
+    assert statuses(job["task_id"]) == ["pending", "queued", "running", "success"]
+    assert [t.status for t in Workflow.get(wf.id).tasks] == ["success"] * 2
+    assert statuses(wf.tasks[1].id).count("queued") == 1
+
+
+@pytest.mark.parametrize("early", [True, False], ids=["running", "waiting"])
+def test_eight_concurrent_completions_make_one_transition(
+    app, worker, clean, tmp_path, early
+):
+    wf, job = held_farm_run(tmp_path, 6)
+    if not early:
+        (tmp_path / "release").touch()
+        wait_task(job["task_id"], "waiting")
+    answers = complete_at_once(app, job)
+    (tmp_path / "release").touch()
+    assert [a.status_code for a in answers] == [200] * 8
+    assert {a.json["status"] for a in answers} == {"success"}
+    (wf,) = wait([wf.id])
+    assert wf.status == "success"
+    time.sleep(1)  # a held body returns its ticket: that changes nothing
+    _db.session.rollback()
+    history = statuses(job["task_id"])
+    assert history.count("success") == 1 and history[-1] == "success"
+    assert ("waiting" in history) is not early
+    assert statuses(wf.tasks[1].id).count("queued") == 1

@@ -8,7 +8,7 @@ from alembic import op
 
 # revision identifiers, used by Alembic.
 revision = "e7b2d4f6a813"
-down_revision = "8d1f4c3a7e20"
+down_revision = "a3c5e9d1f042"
 branch_labels = ()
 depends_on = None
 

@@ -16,6 +16,7 @@ from ..errors import WorkflowNotFoundError
 from ..models import (
     ACTIVE_TASK_STATUSES,
     TERMINAL_TASK_STATUSES,
+    TaskDelegation,
     TaskRun,
     TaskStatus,
     WorkflowRun,
@@ -37,7 +38,11 @@ def check_workflow(workflow_id):
     have), a task that failed or was cancelled has no child with unfinished
     tasks, and a child shares its parent's root. For nodes the orchestrator
     runs (``populate``, callbacks): a queued one has a pass asked for on the
-    root, and none is left running.
+    root, and none is left running. For delegated tasks: a task waiting on no
+    children waits on a delegation of its current attempt, not yet completed,
+    with a token hash and a deadline; a completion applied to the current
+    attempt left the task ``success`` or ``failure``; no delegation belongs to
+    an attempt the task has not reached.
 
     :param workflow_id: the run's id.
     :raises WorkflowNotFoundError: when there is no such run.
@@ -63,6 +68,11 @@ def check_workflow(workflow_id):
     live = _with_active_tasks([c.id for cs in spawned.values() for c in cs])
     root = db.session.get(WorkflowRun, workflow.root_id) or workflow
     orchestrating = root.orchestration_queued_at is not None
+    delegations = defaultdict(dict)
+    for record in TaskDelegation.query.join(
+        TaskRun, TaskRun.id == TaskDelegation.task_id
+    ).filter(TaskRun.workflow_id == workflow.id):
+        delegations[record.task_id][record.attempt] = record
 
     for task in sorted(tasks.values(), key=lambda t: t.position):
         status = TaskStatus(task.status)
@@ -96,6 +106,7 @@ def check_workflow(workflow_id):
             problem(task, "is running without a lease")
         if status is TaskStatus.WAITING and task.joined:
             _check_join(task, spawned[task.id], problem)
+        _check_delegations(task, delegations[task.id], problem)
         if status in (TaskStatus.FAILURE, TaskStatus.CANCELLED):
             for child in spawned[task.id]:
                 if child.id in live:
@@ -164,3 +175,44 @@ def _check_join(task, spawned, problem):
         )
     if not unfinished:
         problem(task, "is still waiting although every joined child has finished")
+
+
+def _check_delegations(task, delegations, problem):
+    """A delegated task waits on its attempt's open delegation, or has ended."""
+    current = delegations.get(task.attempt)
+    completed = current is not None and current.completed_at is not None
+    if task.status == TaskStatus.WAITING.value and not task.joined:
+        if current is None:
+            problem(task, f"is waiting without a delegation of attempt {task.attempt}")
+        elif completed:
+            problem(task, "is still waiting although its completion was applied")
+    elif completed and task.status not in (
+        TaskStatus.SUCCESS.value,
+        TaskStatus.FAILURE.value,
+    ):
+        problem(
+            task,
+            f"is {task.status} although the completion of attempt "
+            f"{task.attempt} was applied",
+        )
+    for attempt, record in sorted(delegations.items()):
+        if attempt > task.attempt:
+            problem(
+                task,
+                f"has a delegation of attempt {attempt}, beyond its attempt "
+                f"{task.attempt}",
+            )
+        if not _is_sha256(record.token_hash) or record.deadline is None:
+            problem(
+                task,
+                f"delegation of attempt {attempt} lacks a token hash or a deadline",
+            )
+
+
+def _is_sha256(value):
+    """Whether a value looks like a SHA-256 in hex."""
+    return (
+        isinstance(value, str)
+        and len(value) == 64
+        and all(c in "0123456789abcdef" for c in value)
+    )

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from invenio_db import db
 from sqlalchemy import func, select
 
-from ..errors import InvalidStateError, SpawnConflictError
+from ..errors import SpawnConflictError
 from ..models import TERMINAL_TASK_STATUSES as TERMINAL_TASKS
 from ..models import TaskRun, TaskStatus, WorkflowRun, WorkflowStatus
 from . import concurrency, dynamic, orchestrator
@@ -94,14 +94,9 @@ def spawn(uow, task_id, celery_id, retries, name, graph, data, key=None, lease=N
     :raises SpawnConflictError: when the key names a child spawned with other
         data or another definition.
     """
-    locked = orchestrator._lock_running(task_id, celery_id, retries)
-    if locked is None:
-        raise InvalidStateError(
-            f"Task run {task_id} (attempt {celery_id}) is no longer running; "
-            "it cannot spawn child workflows."
-        )
-    workflow, task = locked
-    task.lease_expires_at = orchestrator._lease_end(lease)
+    workflow, task = orchestrator.lock_acting(
+        task_id, celery_id, retries, lease, "spawn child workflows"
+    )
     spawn_key, digest = identity(name, data, key)
     limit = concurrency.limit_of(name)
     index = db.session.execute(

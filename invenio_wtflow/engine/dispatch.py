@@ -221,11 +221,13 @@ def requeue_stale(older_than=None):
     long queue is re-sent at most once per period. Duplicates are harmless:
     only one delivery of an attempt can claim it. Running attempts whose lease
     has expired are run again or failed (see
-    :func:`~invenio_wtflow.engine.orchestrator.recover_expired`).
+    :func:`~invenio_wtflow.engine.orchestrator.recover_expired`), and delegated
+    tasks still waiting after their deadline are failed (see
+    :func:`~invenio_wtflow.engine.delegation.expire`).
 
     :param older_than: seconds; defaults to ``WTFLOW_REQUEUE_AFTER``.
-    :returns: the number of attempts published again or recovered, and of
-        runs started because a slot had freed.
+    :returns: the number of attempts published again, recovered or timed out,
+        and of runs started because a slot had freed.
     """
     if older_than is None:
         older_than = current_app.config["WTFLOW_REQUEUE_AFTER"]
@@ -236,6 +238,7 @@ def requeue_stale(older_than=None):
         .filter(
             TaskRun.status == TaskStatus.QUEUED.value,
             TaskRun.queued_at <= deadline,
+            TaskRun.kind.is_(None),  # the orchestrator's nodes have no message
         )
         .order_by(TaskRun.id)
         .all()
@@ -256,12 +259,14 @@ def requeue_stale(older_than=None):
     messages += _stale_orchestrations(now, deadline)
     db.session.commit()
     recovered = _recover_expired_leases(now)
+    recovered += _expire_delegations(now)
     recovered += _admit_waiting()
     for message in messages:
         logger.warning(
-            "Re-publishing attempt %s of task run %s (%s), queued since before %s.",
-            message.celery_id,
-            message.task_run_id,
+            "Re-publishing %s (%s), queued since before %s.",
+            f"attempt {message.celery_id} of task run {message.task_run_id}"
+            if message.task_run_id
+            else f"orchestrator pass of workflow {message.args[0]}",
             message.name,
             deadline.isoformat(),
         )
@@ -301,6 +306,22 @@ def _admit_waiting():
     if admitted:
         logger.warning("Admitted %d run(s) waiting for a free slot.", admitted)
     return admitted
+
+
+def _expire_delegations(now):
+    """Fail the delegated tasks still waiting after their deadline."""
+    # Imported here: the orchestrator publishes through this module.
+    from .delegation import expire, overdue
+    from .orchestrator import atomic
+
+    overdue_ids = overdue(now)
+    db.session.commit()
+    expired = 0
+    for task_id in overdue_ids:
+        if atomic(expire, task_id):
+            logger.warning("Delegated task run %s timed out.", task_id)
+            expired += 1
+    return expired
 
 
 def _recover_expired_leases(now):

@@ -486,6 +486,25 @@ def _lock_running(task_id, celery_id, retries, statuses=(RUNNING,)):
     return workflow, task
 
 
+def lock_acting(task_id, celery_id, retries, lease, action):
+    """Lock the running attempt a body acts for (spawning, delegating), renew its lease.
+
+    :param lease: the task's lease in seconds (default ``WTFLOW_TASK_LEASE``).
+    :param action: what the body does, for the error ("spawn child workflows").
+    :returns: ``(workflow, task)``, locked.
+    :raises InvalidStateError: when the attempt is no longer the running one.
+    """
+    locked = _lock_running(task_id, celery_id, retries)
+    if locked is None:
+        raise InvalidStateError(
+            f"Task run {task_id} (attempt {celery_id}) is no longer running; "
+            f"it cannot {action}."
+        )
+    workflow, task = locked
+    task.lease_expires_at = _lease_end(lease)
+    return workflow, task
+
+
 def succeed(uow, task_id, celery_id, result, retries=0):
     """Record a successful attempt and queue the dependants it completes.
 
