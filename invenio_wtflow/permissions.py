@@ -7,6 +7,8 @@ from flask_principal import UserNeed
 from invenio_access import Permission, action_factory
 from invenio_access.permissions import superuser_access
 
+from .proxies import current_wtflow
+
 wtflow_admin_action = action_factory("wtflow-admin")
 """Action need of users who may do everything with every run."""
 
@@ -38,3 +40,19 @@ def permission_factory(workflow, action):
     if created_by is not None and action in CREATOR_ACTIONS:
         needs.append(UserNeed(created_by))
     return Permission(*needs)
+
+
+def can(action, workflow=None, name=None):
+    """Whether the current user may take ``action``.
+
+    Asks the permission factory of the run's definition, else the global
+    one (:data:`~invenio_wtflow.config.WTFLOW_PERMISSION_FACTORY`).
+
+    :param action: one of :data:`ACTIONS`.
+    :param workflow: the :class:`~invenio_wtflow.api.Workflow`, or ``None``
+        for actions on no particular run.
+    :param name: the definition name whose factory applies when there is no
+        run (``create``); ``None`` for the global factory.
+    """
+    name = workflow.name if workflow is not None else name
+    return current_wtflow.permission_factory(name)(workflow, action).can()

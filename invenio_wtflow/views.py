@@ -32,7 +32,7 @@ from .errors import (
     to_rest_error,
 )
 from .openapi import build_spec
-from .proxies import current_wtflow
+from .permissions import can
 from .schemas import (
     CompletionSchema,
     DataSchema,
@@ -116,9 +116,7 @@ def check(workflow, action, name=None):
     :param action: one of :data:`invenio_wtflow.permissions.ACTIONS`.
     :param name: the definition name whose factory applies.
     """
-    name = workflow.name if workflow is not None else name
-    factory = current_wtflow.permission_factory(name)
-    if factory(workflow, action).can():
+    if can(action, workflow, name=name):
         return
     if not current_user.is_authenticated:
         raise UnauthorizedError()
@@ -176,6 +174,33 @@ def page_response(endpoint, runs, total, page, size, **values):
         links["prev"] = link(page - 1)
     hits = [dump_workflow(r, with_tasks=False) for r in runs]
     return json_response({"hits": hits, "total": total, "links": links})
+
+
+def readable_runs(page, size, created_by=None, **filters):
+    """Return ``(runs, total)``: a page of the runs the current user may read.
+
+    A user without the permission to read every run sees the runs they
+    created; runs whose definition's factory denies reading are left out of
+    the page (``total`` still counts them).
+
+    :param page: page number, from 1.
+    :param size: runs per page.
+    :param created_by: only runs created by this user id.
+    :param filters: ``name``, ``status`` and/or ``parent_id`` (see
+        :meth:`~invenio_wtflow.api.Workflow.search`).
+    :raises UnauthorizedError: when nobody is logged in and anonymous users
+        may not read every run.
+    """
+    if not can("read"):
+        if not current_user.is_authenticated:
+            raise UnauthorizedError()
+        if created_by not in (None, current_user.id):
+            return [], 0
+        created_by = current_user.id
+    runs, total = Workflow.search(
+        page=page, size=size, created_by=created_by, **filters
+    )
+    return [r for r in runs if can("read", r)], total
 
 
 def get_workflow(workflow_id, action):
@@ -301,24 +326,15 @@ class WorkflowListResource(MethodView):
     def get(self):
         """List runs the caller may read, newest first, paginated."""
         args, size = page_args(ListArgsSchema())
-        created_by = args.get("created_by")
-        if not current_wtflow.permission_factory()(None, "read").can():
-            if not current_user.is_authenticated:
-                raise UnauthorizedError()
-            if created_by not in (None, current_user.id):
-                return page_response(".workflow_list", [], 0, args["page"], size)
-            created_by = current_user.id
-        runs, total = Workflow.search(
-            page=args["page"],
-            size=size,
-            created_by=created_by,
+        runs, total = readable_runs(
+            args["page"],
+            size,
+            created_by=args.get("created_by"),
             name=args.get("name"),
             status=args.get("status"),
             parent_id=args.get("parent"),
         )
-        factory = current_wtflow.permission_factory
-        visible = [r for r in runs if factory(r.name)(r, "read").can()]
-        return page_response(".workflow_list", visible, total, args["page"], size)
+        return page_response(".workflow_list", runs, total, args["page"], size)
 
     def post(self):
         """Create a run (and start it); with a known key, return that run."""
@@ -379,10 +395,9 @@ class WorkflowChildrenResource(MethodView):
         workflow = get_workflow(workflow_id, "read")
         args, size = page_args(PageArgsSchema())
         runs, total = workflow.children(page=args["page"], size=size)
-        factory = current_wtflow.permission_factory
         return page_response(
             ".workflow_children",
-            [r for r in runs if factory(r.name)(r, "read").can()],
+            [r for r in runs if can("read", r)],
             total,
             args["page"],
             size,

@@ -13,6 +13,7 @@ from invenio_wtflow.engine import dispatch
 
 from .app import create_test_app
 from .example_tasks import FARM, FARM_HOOKS
+from .helpers import create_user
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +35,16 @@ def broker_uri():
     The integration tests' broker when set, else the in-memory transport.
     """
     return os.environ.get("WTFLOW_TEST_BROKER_URL", "memory://")
+
+
+@pytest.fixture()
+def users(app, db):
+    """An admin (wtflow-admin action), a run's owner and another user."""
+    return {
+        "admin": create_user("admin", admin=True),
+        "owner": create_user("owner"),
+        "other": create_user("other"),
+    }
 
 
 @pytest.fixture()

@@ -5,47 +5,17 @@
 
 import json
 import uuid
-from datetime import datetime, timezone
 
 import pytest
 from celery import group
-from flask_security.utils import hash_password
 from invenio_access.models import ActionUsers
 from sqlalchemy import event
 
 from invenio_wtflow import Workflow, current_wtflow
 from invenio_wtflow.models import TaskRun, WorkflowRun
-from invenio_wtflow.permissions import wtflow_admin_action
 
 from .example_tasks import add
-
-PASSWORD = "a-long-test-password"
-
-
-@pytest.fixture()
-def users(app, db):
-    """An admin (wtflow-admin action), a run's owner and another user."""
-    datastore = app.extensions["security"].datastore
-    made = {}
-    for name in ("admin", "owner", "other"):
-        made[name] = datastore.create_user(
-            email=f"{name}@example.org",
-            password=hash_password(PASSWORD),
-            active=True,
-            confirmed_at=datetime.now(timezone.utc),
-        )
-    db.session.commit()
-    db.session.add(ActionUsers.allow(wtflow_admin_action, user=made["admin"]))
-    db.session.commit()
-    return made
-
-
-def login(client, user):
-    """Log a user in through invenio-accounts' REST login view."""
-    client.post("/logout")
-    res = client.post("/login", json={"email": user.email, "password": PASSWORD})
-    assert res.status_code == 200, res.get_data(as_text=True)
-    return client
+from .helpers import login
 
 
 def spawn_tree(user, qualities):
