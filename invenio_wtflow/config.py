@@ -131,3 +131,38 @@ WTFLOW_MAX_PAGE_SIZE = 100
 
 WTFLOW_MAX_BODY_SIZE = 1024 * 1024
 """Largest request body, in bytes, the REST API accepts (413 above)."""
+
+WTFLOW_UI_URL_PREFIX = "/workflows"
+"""URL prefix of the status pages (the UI blueprint).
+
+``/workflows/`` lists the runs and ``/workflows/<id>`` shows one run live.
+In an Invenio instance the UI and REST applications are separate, so the
+pages and the REST API (:data:`WTFLOW_URL_PREFIX`, under ``/api``) can share
+the prefix; a site serving both from one application must give them
+different prefixes.
+"""
+
+WTFLOW_UI_API_URL = None
+"""Where the status pages' script calls the REST API: a path or a URL.
+
+``None``: the REST blueprint's URL when the same application serves it (a
+single-application site), else ``/api`` followed by :data:`WTFLOW_URL_PREFIX`
+(where Invenio mounts its REST application).
+"""
+
+WTFLOW_UI_BASE_TEMPLATE = "invenio_wtflow/base.html"
+"""Template the status pages extend.
+
+The default is a standalone page that needs no asset build. To show the
+pages inside the site's theme, set it to the theme's page template (for
+example ``"invenio_theme/page.html"``): the pages fill its ``head_title``,
+``css``, ``page_body`` and ``javascript`` blocks.
+"""
+
+WTFLOW_UI_POLL_INTERVAL = 2.0
+"""Seconds between two polls of the REST API while a run's page is live.
+
+Polls send ``If-None-Match``: while nothing changes the API answers
+``304 Not Modified`` with no body. Polling stops when the run is finished and
+pauses while the page is hidden.
+"""

@@ -13,6 +13,7 @@ from invenio_i18n import InvenioI18N
 from invenio_rest import InvenioREST
 
 from invenio_wtflow import InvenioWTFlow
+from invenio_wtflow.ui import create_ui_blueprint
 from invenio_wtflow.views import create_blueprint
 
 
@@ -40,6 +41,9 @@ def create_test_app(**config):
         WTFLOW_CHECK_POPULATE=True,
         # Eager passes run at once; tests/worker.py restores the default.
         WTFLOW_ORCHESTRATION_DELAY=0,
+        # One application serves the REST API and the status pages here (an
+        # Invenio instance has two, and mounts the REST one under /api).
+        WTFLOW_UI_URL_PREFIX="/ui/workflows",
     )
     app.config.update(config)
     if app.config.get("CELERY_TASK_EAGER_PROPAGATES_EXCEPTIONS") is not None:
@@ -54,6 +58,7 @@ def create_test_app(**config):
     InvenioWTFlow(app)
     app.register_blueprint(create_rest_blueprint(app))
     app.register_blueprint(create_blueprint(app))
+    app.register_blueprint(create_ui_blueprint(app))
     from . import example_tasks  # noqa: F401 - registers the tasks
 
     return app
@@ -61,6 +66,7 @@ def create_test_app(**config):
 
 EXAMPLE_WORKFLOWS = {
     "video": {"definition": "tests.example_tasks:VideoProcessing"},
+    "encode-video": {"definition": "tests.example_tasks:EncodeVideo"},
     "add-chain": {"definition": "tests.example_tasks:add_chain"},
     "fan-out": {"definition": "tests.example_tasks:fan_out"},
     "flaky": {"definition": "tests.example_tasks:flaky_workflow"},

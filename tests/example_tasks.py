@@ -215,6 +215,43 @@ def gated_record(*upstream, name, marker_dir):
 
 
 #
+# The status page's browser test
+#
+@workflow_task(bind=True)
+def probe(self, video_id, **data):
+    """Report progress half-way, then return the video's duration."""
+    self.update_status(message="reading streams", progress=0.5)
+    return 42
+
+
+@workflow_task
+def thumbnails(video_id, **data):
+    """Pretend to cut thumbnails; return how many."""
+    return 3
+
+
+@workflow_task(bind=True)
+def encode(self, extracted, video_id, marker_dir, **data):
+    """Fail until a file ``fixed`` exists in ``marker_dir`` (a test creates it)."""
+    self.update_status(message="encoding 720p", progress=0.4)
+    if not os.path.exists(os.path.join(marker_dir, "fixed")):
+        raise RuntimeError("encoder crashed")
+    return f"{video_id}-720p.mp4"
+
+
+@workflow_task
+def release(video_id, **data):
+    """Pretend to publish the encoded video."""
+    return f"published {video_id}"
+
+
+class EncodeVideo(Workflow):
+    """Probe and cut thumbnails side by side, encode (until fixed), release."""
+
+    definition = chain(group(probe, thumbnails), encode.s(), release)
+
+
+#
 # Child workflows
 #
 def _mark(marker_dir, name):

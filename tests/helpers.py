@@ -35,9 +35,25 @@ def create_user(name, admin=False):
     return user
 
 
+def csrf_headers(client):
+    """The header that passes invenio-rest's CSRF check, when the client has a token.
+
+    Like the status page's script, copy the ``csrftoken`` cookie into the
+    ``X-CSRFToken`` header (needed only with ``REST_CSRF_ENABLED``).
+    """
+    cookie = client.get_cookie(current_app.config.get("CSRF_COOKIE_NAME", "csrftoken"))
+    if cookie is None:
+        return {}
+    return {current_app.config.get("CSRF_HEADER", "X-CSRFToken"): cookie.value}
+
+
 def login(client, user):
     """Log a user in through invenio-accounts' REST login view."""
-    client.post("/logout")
-    res = client.post("/login", json={"email": user.email, "password": PASSWORD})
+    client.post("/logout", headers=csrf_headers(client))
+    res = client.post(
+        "/login",
+        json={"email": user.email, "password": PASSWORD},
+        headers=csrf_headers(client),
+    )
     assert res.status_code == 200, res.get_data(as_text=True)
     return client
