@@ -111,15 +111,20 @@ def test_run_page_shows_graph_tasks_errors_and_actions(app, db, users):
     page = get_page(login(app.test_client(), users["admin"]), wf.id)
 
     nodes = {n["data-task-id"]: n for n in page.find("a", data_task_id=True)}
+    shown = {
+        r["data-error-for"]: "hidden" not in r
+        for r in page.find("tr", data_error_for=True)
+    }
+    assert shown == {first: False, boom: True, left: False, right: False, total: False}
+    assert '<span class="wtflow-error-text" data-error-summary>ValueError: boom' in (
+        page.html
+    )
     rows = {r["data-task-id"]: r for r in page.find("tr", data_task_id=True)}
     expected = {str(t.id): t.status for t in wf.tasks}
     assert {k: n["data-status"] for k, n in nodes.items()} == expected
     assert {k: r["data-status"] for k, r in rows.items()} == expected
     assert nodes[total]["data-depends-on"] == " ".join(sorted([left, right]))
     assert nodes[boom]["aria-label"] == "boom #1: Failure"
-    assert "ValueError: boom" in page.html  # under the failed task's <details>
-    assert len(page.find("details", data_error=True)) == 5
-    assert [d for d in page.find("details", data_error=True) if "hidden" not in d]
     assert page.one("span", data_field="run-status")["data-status"] == "failure"
 
     buttons = {b["data-action"]: b for b in page.find("button", data_action=True)}
@@ -168,7 +173,7 @@ def test_buttons_follow_the_permissions(app, db, users):
 
     owned = get_page(login(app.test_client(), users["owner"]), wf.id)
     assert owned.find("button", data_action=True) == []  # the factory denies
-    assert owned.find("details", data_error=True) == []  # task-read too
+    assert owned.find("tr", data_error_for=True) == []  # no task-read either
 
     admin = get_page(login(app.test_client(), users["admin"]), wf.id)
     assert admin.find("button", data_action=True) == []
@@ -177,7 +182,7 @@ def test_buttons_follow_the_permissions(app, db, users):
     page = get_page(login(app.test_client(), users["owner"]), mine.id)
     actions = {b["data-action"] for b in page.find("button", data_action=True)}
     assert actions == {"start", "stop", "restart", "restart-task"}
-    assert page.find("details", data_error=True)
+    assert page.find("tr", data_error_for=True)
 
 
 def test_read_permission_unknown_runs_and_anonymous_users(app, db, users):
@@ -378,9 +383,11 @@ def test_browser_sees_a_run_advance_fail_and_restart(clean, broker, page, tmp_pa
     expect(row(page, release).locator('[data-action="restart-task"]')).to_be_hidden()
     expect(page.locator('[data-action="restart"]')).to_be_visible()
     expect(page.locator('[data-action="stop"]')).to_be_hidden()
-    row(page, encode).locator("summary").click()  # the error, on demand
-    expect(row(page, encode).locator(".wtflow-traceback")).to_contain_text(
-        "RuntimeError: encoder crashed"
+    error = page.locator(f'tr[data-error-for="{encode}"]')
+    expect(error.locator("summary")).to_have_text("RuntimeError: encoder crashed")
+    error.locator("summary").click()  # the traceback, on demand
+    expect(error.locator(".wtflow-traceback")).to_contain_text(
+        'raise RuntimeError("encoder crashed")'
     )
     expect(page.locator("[data-history-body]")).to_contain_text("Failure")
     page.screenshot(path=tmp_path / "failed.png", full_page=True)
@@ -392,6 +399,7 @@ def test_browser_sees_a_run_advance_fail_and_restart(clean, broker, page, tmp_pa
         "Queued · attempt 2"
     )
     expect(page.locator("[data-alert]")).to_be_hidden()
+    expect(error).to_be_hidden()
 
     broker.deliver_all()  # encode runs again and succeeds, then release
     page.locator(node(release, "success")).wait_for()
@@ -410,7 +418,7 @@ def test_browser_sees_a_run_advance_fail_and_restart(clean, broker, page, tmp_pa
 
 
 @needs_chromium
-def test_browser_pages_through_child_runs(clean, broker, page):
+def test_browser_pages_through_child_runs(clean, broker, page, tmp_path):
     admin = create_user("admin", admin=True)
     qualities = [f"q{i}" for i in range(7)]
     run = Workflow.create(
@@ -432,6 +440,7 @@ def test_browser_pages_through_child_runs(clean, broker, page):
     expect(children.locator("[data-children-range]")).to_have_text("6–7 of 7")
     expect(children.locator("tbody tr")).to_have_count(2)
     expect(children.locator("tbody tr").first).to_contain_text("transcode_all #0")
+    page.screenshot(path=tmp_path / "children.png", full_page=True)
 
     broker.deliver_all()  # the children succeed, the parent joins them
     expect(children.locator('tbody [data-status="success"]')).to_have_count(2)

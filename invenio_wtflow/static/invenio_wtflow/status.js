@@ -311,9 +311,9 @@
     const node = $(`.wtflow-node[data-task-id="${task.id}"]`);
     const label = taskLabel(task);
     const progressing = PROGRESSING.has(task.status);
+    const changed =
+      row && (row.dataset.status !== task.status || row.dataset.attempt !== String(task.attempt));
     if (row) {
-      const changed =
-        row.dataset.status !== task.status || row.dataset.attempt !== String(task.attempt);
       row.dataset.status = task.status;
       row.dataset.attempt = task.attempt;
       setStatus($('[data-field="status"]', row), task.status);
@@ -332,19 +332,16 @@
       setText($('[data-field="attempt"]', row), task.attempt ? String(task.attempt) : "");
       setTime($('[data-field="started"]', row), task.started);
       setDuration($('[data-field="duration"]', row), task.started, task.finished);
-      const details = $("[data-error]", row);
-      if (details) {
-        details.hidden = task.status !== "failure";
-        if (changed) {
-          delete details.dataset.loaded;
-          if (details.open && !details.hidden) {
-            loadError(details);
-          }
-        }
-      }
       const restart = $('[data-action="restart-task"]', row);
       if (restart) {
         restart.hidden = !canRestart.has(task.id);
+      }
+    }
+    const errorRow = $(`tr[data-error-for="${task.id}"]`);
+    if (errorRow) {
+      errorRow.hidden = task.status !== "failure";
+      if (changed && task.status === "failure") {
+        loadError($("[data-error]", errorRow)); // the error's summary line
       }
     }
     if (node) {
@@ -424,14 +421,19 @@
     return node ? node.dataset.name : "";
   }
 
-  function runLink(id) {
+  // A run's name, linking to its page, over the start of its id (as in the
+  // list of runs).
+  function runLink(run) {
+    const fragment = document.createDocumentFragment();
     const link = document.createElement("a");
-    link.href = settings.page.replace("__id__", id);
-    link.title = id;
+    link.href = settings.page.replace("__id__", run.id);
+    link.textContent = run.name;
     const code = document.createElement("code");
-    code.textContent = id.slice(0, 8);
-    link.append(code);
-    return link;
+    code.className = "wtflow-id";
+    code.title = run.id;
+    code.textContent = run.id.slice(0, 8);
+    fragment.append(link, code);
+    return fragment;
   }
 
   async function refreshChildren() {
@@ -444,14 +446,15 @@
     const rows = payload.hits.map((child) => {
       const row = document.createElement("tr");
       row.dataset.runId = child.id;
+      const duration = cell("", "wtflow-num");
+      setDuration(duration, child.started, child.finished); // counts up while running
       row.append(
         cell(child.spawn_index === null ? "" : String(child.spawn_index + 1), "wtflow-num"),
         cell(statusBadge(child.status)),
-        cell(child.name),
-        cell(runLink(child.id)),
+        cell(runLink(child)),
         cell(taskName(child.parent_task_id)),
         cell(timeElement(child.started)),
-        cell(formatDuration(elapsed(child.started, child.finished)), "wtflow-num")
+        duration
       );
       return row;
     });
@@ -463,29 +466,34 @@
         ? format(messages.range, { first, last: first + rows.length - 1, total: payload.total })
         : ""
     );
-    $('[data-children-page="prev"]').disabled = state.childrenPage <= 1;
-    $('[data-children-page="next"]').disabled = !payload.links.next;
+    const prev = state.childrenPage <= 1;
+    const next = !payload.links.next;
+    $('[data-children-page="prev"]').disabled = prev;
+    $('[data-children-page="next"]').disabled = next;
+    $("[data-children-pager]").hidden = prev && next;
   }
 
+  // Fill a failed task's error row from its REST resource: the error on the
+  // summary line, the traceback inside. Once per attempt.
   async function loadError(details) {
-    const row = details.closest("tr");
-    if (details.dataset.loaded === row.dataset.attempt) {
+    const taskId = details.closest("tr").dataset.errorFor;
+    const attempt = $(`tr[data-task-id="${taskId}"]`).dataset.attempt;
+    if (details.dataset.loaded === attempt) {
       return;
     }
+    details.dataset.loaded = attempt;
+    const summary = $("[data-error-summary]", details);
     const body = $("[data-error-body]", details);
     body.replaceChildren(messageParagraph(messages.loading));
     try {
-      const task = await getJSON(settings.task + row.dataset.taskId, null);
-      const parts = [messageParagraph(task.error || messages.noError, "wtflow-error-text")];
-      if (task.traceback) {
-        const pre = document.createElement("pre");
-        pre.className = "wtflow-traceback";
-        pre.textContent = task.traceback;
-        parts.push(pre);
-      }
-      body.replaceChildren(...parts);
-      details.dataset.loaded = row.dataset.attempt;
+      const task = await getJSON(settings.task + taskId, null);
+      setText(summary, task.error || messages.noError);
+      const pre = document.createElement("pre");
+      pre.className = "wtflow-traceback";
+      pre.textContent = task.traceback || messages.noError;
+      body.replaceChildren(pre);
     } catch (error) {
+      delete details.dataset.loaded;
       body.replaceChildren(messageParagraph(error.message, "wtflow-error-text"));
     }
   }
