@@ -143,7 +143,8 @@ different prefixes.
 """
 
 WTFLOW_UI_API_URL = None
-"""Where the status pages' script calls the REST API: a path or a URL.
+"""Where the status pages' script calls the REST API: a path, or a URL of the
+same site (the script's requests carry the user's session cookie).
 
 ``None``: the REST blueprint's URL when the same application serves it (a
 single-application site), else ``/api`` followed by :data:`WTFLOW_URL_PREFIX`
