@@ -398,8 +398,12 @@
     if (!payload) {
       return;
     }
+    // A version that changed nothing shown here (the run's data, say) would
+    // repeat the row before it: keep the first of such a streak.
+    const same = (a, b) =>
+      a.status === b.status && a.message === b.message && a.user_id === b.user_id;
     const rows = payload.hits
-      .slice()
+      .filter((entry, i, hits) => i === 0 || !same(entry, hits[i - 1]))
       .reverse()
       .map((entry) => {
         const row = document.createElement("tr");
