@@ -447,7 +447,7 @@ def test_a_transient_database_error_is_retried_on_the_server(
 
 
 def test_no_login_is_needed_and_a_login_is_no_token(app, db, client, farm, outbox):
-    from .test_views import PASSWORD, login
+    from .helpers import PASSWORD, login
 
     user = app.extensions["security"].datastore.create_user(
         email="someone@example.org", password=hash_password(PASSWORD), active=True
