@@ -13,14 +13,19 @@
 # 2. starts a Celery worker (`--pool=solo`) of examples/demo_site.py in the
 #    background, on a SQLite database and kombu's filesystem transport in a
 #    temporary directory: no database or broker server is needed;
-# 3. creates and starts a run (python -m examples.run_demo), prints each status
-#    change as it is recorded, then the result and every task's history;
-# 4. stops the worker (always, also on Ctrl-C) and removes the directory.
+# 3. serves the site on 127.0.0.1 (REST API and status pages), creates and
+#    starts a run of the video workflow (python -m examples.run_demo): child
+#    workflows per quality, one of which fails and is restarted through the
+#    REST API, and a task delegated to a pretend subtitle farm that completes
+#    it over HTTP; prints each status change as it is recorded, then the
+#    result, every task's history and the status page's address;
+# 4. keeps serving the status pages until Ctrl-C (or exits at once with
+#    --once), then stops the worker and removes the directory.
 #
-# Options: --once runs the demo once and exits (the default; accepted for
-# forward compatibility), --keep keeps the temporary directory (database,
-# worker log, processed messages). WTFLOW_DEMO_TIMEOUT: seconds to wait for
-# the run (default 120).
+# Options: --once exits after the run; --keep keeps the temporary directory
+# (database, worker log, processed messages). WTFLOW_DEMO_TIMEOUT: seconds to
+# wait for the run (default 120); WTFLOW_DEMO_PORT: the port to serve on (a
+# free one by default).
 #
 # Exit status: 0 when the workflow succeeded, non-zero otherwise.
 
@@ -29,9 +34,10 @@ set -o errexit -o nounset -o pipefail
 cd "$(dirname "$0")"
 
 keep=0
+demo_args=()
 for arg in "$@"; do
     case "$arg" in
-        --once) ;;  # the only mode for now: run once, then exit
+        --once) demo_args+=(--once) ;;
         --keep) keep=1 ;;
         -h | --help)
             sed -n '4,25p' "$0" | sed 's/^# \{0,1\}//'
@@ -142,6 +148,11 @@ trap finish EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+if [[ -z "${WTFLOW_DEMO_PORT:-}" ]]; then
+    WTFLOW_DEMO_PORT="$("$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+fi
+export WTFLOW_DEMO_PORT  # the worker builds completion URLs with it
+
 step "starting a Celery worker (solo pool, filesystem broker in $demo_dir)"
 "$py" -m celery -A examples.demo_site:celery worker \
     --pool=solo --loglevel=INFO --hostname="wtflow-demo-$$@%h" \
@@ -165,5 +176,12 @@ fi
 echo "worker $worker_pid is ready (log: $worker_log)"
 
 # ---------------------------------------------------------------- the run
-step "running the video workflow"
-"$py" -m examples.run_demo
+step "running the video workflow (site on http://127.0.0.1:$WTFLOW_DEMO_PORT/)"
+# Ctrl-C ends the serving: the demo then exits 0 if the run had succeeded.
+trap ':' INT
+set +o errexit
+"$py" -m examples.run_demo "${demo_args[@]+"${demo_args[@]}"}"
+rc=$?
+set -o errexit
+trap 'exit 130' INT
+exit "$rc"

@@ -1,30 +1,48 @@
 # SPDX-FileCopyrightText: 2026 invenio-wtflow authors.
 # SPDX-License-Identifier: MIT
 
-"""Create, start and watch one run of the demo's video workflow.
+"""Create, start, serve and watch one run of the demo's video workflow.
 
 Run from the repository's root, with a worker of ``examples.demo_site``
 running (``./run-demo.sh`` starts one)::
 
-    python -m examples.run_demo [--timeout SECONDS] [--video-id ID]
+    python -m examples.run_demo [--once] [--timeout SECONDS] [--video-id ID]
 
-It creates the tables, creates and starts a run, then polls the database every
-0.3 s and prints each change of a task or of the run as recorded by
-SQLAlchemy-Continuum (so no transition is missed, however short), and at the
-end the final status, the result and every task's history. Exit status: 0 when
-the run succeeded, 1 when it failed or was cancelled, 2 on timeout, 3 when the
-worker (``WTFLOW_DEMO_WORKER_PID``) died.
+It creates the tables, serves the site (the REST API under ``/api/workflows``
+and the status pages under ``/workflows``) on ``127.0.0.1``, starts a pretend
+subtitle farm, then creates and starts a run and prints each change of the
+run, of its tasks and of its child runs as SQLAlchemy-Continuum recorded it
+(polling the database every 0.3 s, so no transition is missed). Along the
+way:
+
+* the 1080p child workflow crashes on its first run, which fails the join
+  and the run; the demo then restarts the failed task through the REST API,
+  as a person would with the status page's button, and the task reuses the
+  children that succeeded and runs the failed one again;
+* the subtitle task hands its work to the farm, which completes it over HTTP
+  with the token it was given, through the real completion endpoint.
+
+At the end it prints the result and every task's history, and the status
+page's address; it keeps serving until Ctrl-C, unless ``--once``. Exit
+status: 0 when the run succeeded, 1 when it failed or was cancelled, 2 on
+timeout, 3 when the worker (``WTFLOW_DEMO_WORKER_PID``) died.
 """
 
 import argparse
+import json
+import logging
 import os
 import sys
+import threading
 import time
+import urllib.error
+import urllib.request
 from datetime import timezone
 
 import sqlalchemy as sa
 from invenio_db import db
 from sqlalchemy_continuum import transaction_class, version_class
+from werkzeug.serving import make_server
 
 from examples.demo_site import flask_app as app
 from invenio_wtflow import Workflow
@@ -32,6 +50,12 @@ from invenio_wtflow.models import TaskRun, WorkflowRun, WorkflowStatus
 
 POLL_INTERVAL = 0.3
 """Seconds between two looks at the database."""
+
+QUALITIES = ["480p", "720p", "1080p"]
+"""One child workflow each."""
+
+FARM_DELAY = 2.0
+"""Seconds the pretend subtitle farm takes before it reports back."""
 
 
 def short(name):
@@ -62,13 +86,14 @@ def details(version, with_attempt=False):
 
 
 class Watcher:
-    """Print the changes recorded for a run since the last poll."""
+    """Print the changes recorded for a run and its children since the last poll."""
 
     def __init__(self, workflow_id, names):
         """Watch the run ``workflow_id``; ``names`` maps task id to label."""
         self.workflow_id = workflow_id
-        self.names = names
-        self.width = max(len(n) for n in names.values())
+        self.names = {workflow_id: "workflow", **names}
+        self.orders = {workflow_id: -1}
+        self.width = 20
         self.seen = set()
         self.last = {}
         self.TaskVersion = version_class(TaskRun)
@@ -83,14 +108,26 @@ class Watcher:
             .all()
         )
 
+    def _children(self):
+        """Name the child runs spawned so far (order -2, -3, ...)."""
+        for child_id, data in db.session.execute(
+            sa.select(WorkflowRun.id, WorkflowRun.data)
+            .where(WorkflowRun.parent_id == self.workflow_id)
+            .order_by(WorkflowRun.spawn_index)
+        ):
+            if child_id not in self.orders:
+                self.orders[child_id] = -2 - len(self.orders)
+                self.names[child_id] = f"  child {data.get('quality', child_id)}"
+
     def poll(self):
         """Print what changed and return the run's current status."""
-        # Within a transaction: tasks by position, then the run (order -1 is
-        # sorted last), as the run's status follows from its tasks'.
+        self._children()
+        # Within a transaction: tasks by position, then the runs (negative
+        # orders are sorted last), as a run's status follows from its tasks'.
         changes = [
-            (v.transaction_id, -1, v, at)
+            (v.transaction_id, self.orders[v.id], v, at)
             for v, at in self._versions(
-                self.WorkflowVersion, self.WorkflowVersion.id == self.workflow_id
+                self.WorkflowVersion, self.WorkflowVersion.id.in_(list(self.orders))
             )
         ] + [
             (v.transaction_id, v.position, v, at)
@@ -98,7 +135,7 @@ class Watcher:
                 self.TaskVersion, self.TaskVersion.workflow_id == self.workflow_id
             )
         ]
-        changes.sort(key=lambda c: (c[0], c[1] < 0, c[1]))
+        changes.sort(key=lambda c: (c[0], c[1] < 0, -c[1] if c[1] < 0 else c[1]))
         for transaction_id, order, version, at in changes:
             key = (order, transaction_id)
             if key in self.seen:
@@ -113,7 +150,7 @@ class Watcher:
         return status
 
     def _print(self, order, version, at):
-        label = "workflow" if order < 0 else self.names[version.id]
+        label = self.names[version.id]
         before = self.last.get(order)
         self.last[order] = version
         if before is None:
@@ -129,6 +166,85 @@ class Watcher:
         else:
             line, extra = version.status, details(version)
         print(f"{clock(at)}  {label:<{self.width}}  {line}{extra}", flush=True)
+
+
+def serve(port):
+    """Serve the site on 127.0.0.1 in a thread; return the server."""
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no request log
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def call(method, url, body=None, token=None):
+    """Send a JSON request; return ``(HTTP status, decoded body)``."""
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = json.dumps(body or {}).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+class SubtitleFarm(threading.Thread):
+    """A pretend external service: takes jobs from its inbox, reports over HTTP.
+
+    It knows nothing of the engine: a job is a completion URL, a token and
+    the files; it answers with ``POST <url>`` and ``Authorization: Bearer``,
+    as a real farm would.
+    """
+
+    def __init__(self, inbox):
+        """Watch ``inbox`` for job files."""
+        super().__init__(daemon=True)
+        self.inbox = inbox
+        self.done = set()
+
+    def run(self):
+        """Pick up each job once, work on it, report."""
+        while True:
+            for name in sorted(os.listdir(self.inbox)):
+                if name in self.done or not name.endswith(".json"):
+                    continue
+                self.done.add(name)
+                with open(os.path.join(self.inbox, name)) as fp:
+                    job = json.load(fp)
+                time.sleep(FARM_DELAY)
+                status, _ = call(
+                    "POST",
+                    job["url"],
+                    {
+                        "status": "success",
+                        "result": {"tracks": ["en", "fr"], "files": job["files"]},
+                        "message": "subtitled by the farm",
+                    },
+                    token=job["token"],
+                )
+                print(f"{'':8}  {'subtitle farm':<20}  POST .../complete -> {status}")
+            time.sleep(0.2)
+
+
+def restart_failed(base, workflow_id):
+    """Restart the failed task through the REST API, as the status page does."""
+    wf = Workflow.get(workflow_id)
+    message = wf.message
+    failed = [(t.id, short(t.name)) for t in wf.tasks if t.status == "failure"]
+    # End the read before the request: the next poll must see its effect.
+    db.session.rollback()
+    for task_id, name in failed:
+        url = f"{base}/api/workflows/{workflow_id}/tasks/{task_id}"
+        print(
+            f"\nThe run failed ({message}).\n"
+            f"Restarting task {name} as a person would: PUT {url}",
+            flush=True,
+        )
+        status, body = call("PUT", url, {"data": {}})
+        print(f"  -> HTTP {status}: task {body.get('status', body)}\n", flush=True)
+    return bool(failed)
 
 
 def worker_alive():
@@ -179,24 +295,38 @@ def main(argv=None):
         default=float(os.environ.get("WTFLOW_DEMO_TIMEOUT", 120)),
         help="seconds to wait for the run to finish (default 120)",
     )
+    parser.add_argument(
+        "--once", action="store_true", help="exit after the run (do not keep serving)"
+    )
     args = parser.parse_args(argv)
 
     with app.app_context():
         print(f"Demo directory: {app.config['WTFLOW_DEMO_DIR']}")
         db.create_all()
+        port = app.config["WTFLOW_DEMO_PORT"]
+        base = f"http://127.0.0.1:{port}"
+        server = serve(port)
+        SubtitleFarm(os.path.join(app.config["WTFLOW_DEMO_DIR"], "farm-inbox")).start()
 
-        wf = Workflow.create("video", data={"video_id": args.video_id})
+        wf = Workflow.create(
+            "video", data={"video_id": args.video_id, "qualities": QUALITIES}
+        )
         names = {t.id: short(t.name) for t in wf.tasks}
         print(f"Created {wf!r} with {len(names)} pending tasks")
+        page = f"{base}/workflows/{wf.id}"
+        print(f"Status page (live): {page}")
         watcher = Watcher(wf.id, names)
         watcher.poll()
         started = time.monotonic()
         wf.start()
         print("Started; watching the database every 0.3 s ...", flush=True)
 
-        code = None
+        code, restarted = None, False
         while True:
             status = watcher.poll()
+            if status == WorkflowStatus.FAILURE.value and not restarted:
+                restarted = restart_failed(base, wf.id)
+                continue
             if WorkflowStatus(status).is_terminal:
                 break
             if time.monotonic() - started > args.timeout:
@@ -216,6 +346,15 @@ def main(argv=None):
         print(f"\nFinished in {elapsed:.1f} s: {status}")
         if code is None:
             code = 0 if status == WorkflowStatus.SUCCESS.value else 1
+        if not args.once:
+            print(f"\nStatus page: {page}\nAll runs:    {base}/workflows/")
+            print("Serving until Ctrl-C ...", flush=True)
+            try:
+                while worker_alive():
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                pass
+        server.shutdown()
         return code
 
 
