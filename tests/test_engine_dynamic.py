@@ -326,7 +326,12 @@ def test_a_dynamic_child_is_orchestrated_by_its_root(app, db):
         (
             lambda self, ctx: ctx.add_callback("nope"),
             InvalidDefinitionError,
-            "RegressionAnalysis has no callback method 'nope'.",
+            "RegressionAnalysis has no callback method 'nope'",
+        ),
+        (
+            lambda self, ctx: ctx.add_callback("restart"),
+            InvalidDefinitionError,
+            "has no callback method 'restart' (a callback is a public method",
         ),
         (
             lambda self, ctx: ctx.add(add, data={"x": 1, "y": 1}, key=""),

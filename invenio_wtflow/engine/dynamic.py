@@ -154,10 +154,7 @@ class Context:
         :returns: a :class:`NodeRef`.
         """
         name = method if isinstance(method, str) else getattr(method, "__name__", "")
-        if not callable(getattr(self.workflow, name, None)):
-            raise InvalidDefinitionError(
-                f"{type(self.workflow).__name__} has no callback method {name!r}."
-            )
+        _callback_method(self.workflow, name)
         signature = _signature([], {}, bare=False)
         return self._declare(NodeKind.CALLBACK.value, name, key, signature, after, name)
 
@@ -239,6 +236,24 @@ class Context:
         values = ensure_json(values, "Workflow data")
         self._updates.update(values)
         self.data.update(copy.deepcopy(values))
+
+
+def _callback_method(instance, name):
+    """Return the callback method ``name`` of a definition class.
+
+    :raises InvalidDefinitionError: when the class has no such method, or it
+        is one of :class:`~invenio_wtflow.api.Workflow`'s own (``stop``,
+        ``restart``...), which are not callbacks.
+    """
+    from ..api import Workflow
+
+    method = getattr(instance, name, None) if name else None
+    if not callable(method) or hasattr(Workflow, name) or name.startswith("_"):
+        raise InvalidDefinitionError(
+            f"{type(instance).__name__} has no callback method {name!r} (a "
+            "callback is a public method of the class, not one of Workflow's)."
+        )
+    return method
 
 
 def _flatten(after):
@@ -580,11 +595,7 @@ def _populate(uow, instance, workflow):
 
 
 def _callback(uow, instance, workflow, node):
-    method = getattr(instance, node.name, None)
-    if not callable(method):
-        raise InvalidDefinitionError(
-            f"{type(instance).__name__} has no callback method {node.name!r}."
-        )
+    method = _callback_method(instance, node.name)
     ctx = Context(workflow, callback=node)
     result = ensure_json(method(ctx), f"Result of callback {node.name}")
     apply(uow, workflow, ctx)
