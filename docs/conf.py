@@ -7,6 +7,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.abspath(".."))
+sys.path.insert(0, os.path.abspath("."))  # openapi_reference
 
 from invenio_wtflow import __version__  # noqa: E402
 
@@ -22,6 +23,8 @@ extensions = [
     # Documents Celery tasks (``@shared_task``, ``@workflow_task``) found by
     # ``automodule :members:``; needs the class-based autodoc below.
     "celery.contrib.sphinx",
+    # The REST reference, rendered from the OpenAPI document the API serves.
+    "openapi_reference",
 ]
 
 # No intersphinx: the build must work offline. References to other
