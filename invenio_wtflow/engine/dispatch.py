@@ -264,9 +264,11 @@ def requeue_stale(older_than=None):
     for message in messages:
         logger.warning(
             "Re-publishing %s (%s), queued since before %s.",
-            f"attempt {message.celery_id} of task run {message.task_run_id}"
-            if message.task_run_id
-            else f"orchestrator pass of workflow {message.args[0]}",
+            (
+                f"attempt {message.celery_id} of task run {message.task_run_id}"
+                if message.task_run_id
+                else f"orchestrator pass of workflow {message.args[0]}"
+            ),
             message.name,
             deadline.isoformat(),
         )
