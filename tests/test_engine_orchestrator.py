@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 from celery import chord
+from invenio_db.uow import Operation
 from sqlalchemy import event
 
 from invenio_wtflow import Workflow, current_wtflow
@@ -180,3 +181,48 @@ def test_reporting_renews_the_lease(app, db, monkeypatch):
     renewed = TaskRun.query.get(task_id).lease_expires_at
     assert renewed > utcnow() + timedelta(seconds=50)
     assert dispatch.requeue_stale(older_than=3600) == 0
+
+
+class Recorder(Operation):
+    """An operation that records the phases it is called in."""
+
+    def __init__(self, calls):
+        """Record into ``calls``."""
+        self.calls = calls
+
+    def on_post_commit(self, uow):
+        """Record the post-commit phase."""
+        self.calls.append("post-commit")
+
+    def on_rollback(self, uow):
+        """Record the rollback phase."""
+        self.calls.append("rollback")
+
+
+def test_the_engine_unit_of_work_opens_no_savepoint(app, db, monkeypatch):
+    monkeypatch.setattr(dispatch, "_send", lambda message: None)
+    wf = Workflow.create("add-chain").start()
+    first = wf.tasks[0]
+    calls = []
+
+    def claim(uow):
+        uow.register(Recorder(calls))
+        return orchestrator.claim(uow, first.id, first.model.celery_id)
+
+    with count_statements(db) as statements:
+        assert orchestrator.atomic(claim) is not None
+    assert calls == ["post-commit"]
+    # The test's outer transaction turns the session's own transaction into
+    # one savepoint; the unit of work and Continuum add none of their own.
+    assert len([s for s in statements if s.startswith("SAVEPOINT")]) <= 1
+    assert Workflow.get(wf.id).tasks[0].status == "running"
+
+    def fail(uow):
+        uow.register(Recorder(calls))
+        orchestrator.succeed(uow, first.id, first.model.celery_id, 2)
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        orchestrator.atomic(fail)
+    assert calls == ["post-commit", "rollback"]
+    assert Workflow.get(wf.id).tasks[0].status == "running"

@@ -13,7 +13,8 @@ decrements ``remaining`` on its dependants with ``UPDATE ... RETURNING`` and
 queues exactly those that reach zero.
 
 None of these functions commits: they take an
-:class:`invenio_db.uow.UnitOfWork`, and publishing happens after its commit.
+:class:`invenio_db.uow.UnitOfWork` (:func:`atomic` gives them an
+:class:`EngineUnitOfWork`), and publishing happens after its commit.
 """
 
 import logging
@@ -66,6 +67,23 @@ def _is_transient(exc):
     return isinstance(exc, OperationalError)
 
 
+class EngineUnitOfWork(UnitOfWork):
+    """A unit of work that runs in the session's own transaction.
+
+    invenio-db's :class:`~invenio_db.uow.UnitOfWork` opens a ``SAVEPOINT`` on
+    entry, and SQLAlchemy-Continuum's version session a second one: three
+    extra statements per transaction, for nothing, since the engine owns the
+    transaction and its commit (``session.commit()`` commits the outermost
+    transaction) and its rollback (``session.rollback()`` rolls it all back)
+    act on the whole transaction anyway. Registered operations run exactly
+    as in the parent class: after the commit, or after the rollback.
+    """
+
+    def __enter__(self):
+        """Enter without a savepoint; the transaction begins at the first statement."""
+        return self
+
+
 def atomic(func_, *args, **kwargs):
     """Run ``func_(uow, *args, **kwargs)`` in a unit of work and commit it.
 
@@ -77,7 +95,7 @@ def atomic(func_, *args, **kwargs):
     retries = current_app.config["WTFLOW_DB_RETRIES"]
     for attempt in range(retries + 1):
         try:
-            with sqlite.writer(), UnitOfWork(db.session) as uow:
+            with sqlite.writer(), EngineUnitOfWork(db.session) as uow:
                 result = func_(uow, *args, **kwargs)
                 uow.commit()
             return result
