@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 from celery import chord
+from celery import current_app as current_celery_app
 from invenio_db.uow import Operation
 from sqlalchemy import event
 
@@ -226,3 +227,16 @@ def test_the_engine_unit_of_work_opens_no_savepoint(app, db, monkeypatch):
         orchestrator.atomic(fail)
     assert calls == ["post-commit", "rollback"]
     assert Workflow.get(wf.id).tasks[0].status == "running"
+
+
+def test_attempts_do_not_write_the_result_backend(app, monkeypatch):
+    celery = current_celery_app
+    sent = []
+    monkeypatch.setitem(celery.conf, "task_always_eager", False)
+    monkeypatch.setattr(celery, "send_task", lambda name, **kw: sent.append(kw))
+    message = dispatch.Message(
+        task_run_id="run", celery_id="attempt", name=add.name, options={}
+    )
+    assert dispatch._send(message)
+    assert sent[0]["ignore_result"] is True
+    assert sent[0]["task_id"] == "attempt"
