@@ -31,11 +31,13 @@ DB_NAME = os.environ.get("WTFLOW_BENCH_DB", "wtflow_bench")
 DB_URI = f"{PG_URL}/{DB_NAME}"
 
 REDIS_URL = os.environ.get("WTFLOW_BENCH_REDIS", "redis://127.0.0.1:6379")
-BROKER_URL = f"{REDIS_URL}/11"
-"""Broker of both sides (Redis database 11, flushed by the benchmarks)."""
+BROKER_URL = f"{REDIS_URL}/{os.environ.get('WTFLOW_BENCH_BROKER_DB', '11')}"
+"""Broker of both sides (Redis database 11, or ``WTFLOW_BENCH_BROKER_DB``;
+flushed by the benchmarks)."""
 
-BACKEND_URL = f"{REDIS_URL}/12"
-"""Result backend of the plain Celery side (Redis database 12, flushed)."""
+BACKEND_URL = f"{REDIS_URL}/{os.environ.get('WTFLOW_BENCH_BACKEND_DB', '12')}"
+"""Result backend of both sides (Redis database 12, or
+``WTFLOW_BENCH_BACKEND_DB``; flushed by the benchmarks)."""
 
 PAIRS = int(os.environ.get("WTFLOW_BENCH_PAIRS", "3"))
 """A/B pairs per scenario (at least 3)."""
@@ -62,6 +64,9 @@ calls ``begin_nested()``, and Continuum's version session then opens a
 second one).
 ``ignore-result``: the engine's no-op tasks do not write the result backend.
 Set in the environment, it applies to the worker and the caller alike.
+The package itself does all three since 2026-11-23 (``subquery`` versioning,
+``EngineUnitOfWork``, attempts published with ``ignore_result``): on it, the
+experiments change nothing; they are kept to measure older trees.
 """
 
 WTFLOW_TABLES = (
@@ -155,7 +160,7 @@ def create_tables(app):
 
 
 def flush_redis():
-    """Empty the broker and result backend databases (11 and 12) only."""
+    """Empty the broker and result backend databases only."""
     import redis
 
     for url in (BROKER_URL, BACKEND_URL):
@@ -165,7 +170,7 @@ def flush_redis():
 
 
 def flush_backend():
-    """Empty the result backend database (12) only."""
+    """Empty the result backend database only."""
     import redis
 
     client = redis.Redis.from_url(BACKEND_URL)

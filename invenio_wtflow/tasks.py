@@ -15,6 +15,7 @@ nothing.
 
 import logging
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from numbers import Number
@@ -359,6 +360,40 @@ class WorkflowTask(AppContextTask):
         return found[0].result
 
 
+class _LazyData(Mapping):
+    """A run's data, loaded on first use.
+
+    Most attempts take all their arguments from their signature: they need
+    not load the workflow row (one ``SELECT`` and its data document) at all.
+
+    :param load: a function returning the data.
+    """
+
+    def __init__(self, load):
+        """Load nothing yet."""
+        self._load = load
+        self._data = None
+
+    @property
+    def data(self):
+        """The data, loaded now if not yet."""
+        if self._data is None:
+            self._data = self._load()
+        return self._data
+
+    def __getitem__(self, key):
+        """Return the value of ``key``."""
+        return self.data[key]
+
+    def __iter__(self):
+        """Iterate over the keys."""
+        return iter(self.data)
+
+    def __len__(self):
+        """Return the number of keys."""
+        return len(self.data)
+
+
 def _claim(uow, task_run_id, celery_id, retries, func, lease=None):
     """Claim an attempt and compute its arguments, in one transaction."""
     task = orchestrator.claim(uow, task_run_id, celery_id, retries, lease)
@@ -367,7 +402,8 @@ def _claim(uow, task_run_id, celery_id, retries, func, lease=None):
     signature = task.signature
     ref = signature.get("input")
     incoming = resolve(ref, orchestrator.inputs(task)) if ref is not None else None
-    args, kwargs = call_arguments(func, signature, incoming, task.workflow.data)
+    data = _LazyData(lambda: task.workflow.data)
+    args, kwargs = call_arguments(func, signature, incoming, data)
     return Execution(
         task_run_id=str(task.id),
         celery_id=celery_id,

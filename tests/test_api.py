@@ -7,10 +7,11 @@ import uuid
 
 import pytest
 from celery import chain, group
+from sqlalchemy_continuum import version_class
 
 from invenio_wtflow import Workflow, current_wtflow
 from invenio_wtflow.api import Task
-from invenio_wtflow.engine import dispatch
+from invenio_wtflow.engine import dispatch, orchestrator
 from invenio_wtflow.errors import (
     InvalidDataError,
     InvalidDefinitionError,
@@ -85,6 +86,42 @@ def test_idempotent_create_with_key(app, db):
     assert again.id == first.id
     assert count_rows(db) == (1, 3)
     assert Workflow.create("add-chain", key="deposit-2").id != first.id
+
+
+def test_a_new_run_has_a_first_version_of_every_task(app, db, monkeypatch):
+    """Tasks and their first versions are inserted in bulk, not by the ORM."""
+    monkeypatch.setattr(dispatch, "_send", lambda message: None)
+    wf = Workflow.create("add-chain")
+    created = wf.history()
+    assert [h["status"] for h in created] == ["pending"]
+    for task in wf.tasks:
+        [first] = task.history()
+        assert first["operation"] == 0  # INSERT
+        assert first["transaction_id"] == created[0]["transaction_id"]
+        assert (first["status"], first["attempt"], first["retries"]) == (
+            "pending",
+            0,
+            0,
+        )
+    version = version_class(TaskRun)
+    row = db.session.query(version).filter_by(id=wf.tasks[0].id).one()
+    task = wf.tasks[0].model
+    for column in ("workflow_id", "position", "name", "signature", "created"):
+        assert getattr(row, column) == getattr(task, column)
+
+    # Created already started (a spawned child): a ready task's first
+    # version is queued, and its attempt is published after the commit.
+    graph = current_wtflow.get_workflow_class("add-chain").compile()
+    sent = []
+    monkeypatch.setattr(dispatch, "_send", sent.append)
+    model, _ = orchestrator.atomic(
+        orchestrator.create, "add-chain", graph, {}, start=True
+    )
+    started = Workflow.get(model.id)
+    statuses = [[h["status"] for h in t.history()] for t in started.tasks]
+    assert statuses == [["queued"], ["pending"], ["pending"]]
+    assert [m.celery_id for m in sent] == [started.tasks[0].model.celery_id]
+    assert started.status == "running"
 
 
 def test_history_records_every_status_change(app, db):

@@ -8,6 +8,7 @@ from celery import chain, chord, group
 
 from invenio_wtflow.engine.graph import call_arguments, compile_canvas, ensure_json
 from invenio_wtflow.errors import InvalidDataError, InvalidDefinitionError
+from invenio_wtflow.tasks import _LazyData
 
 from .example_tasks import VideoProcessing, add, echo, extract_frames, tsum
 
@@ -116,3 +117,15 @@ def test_call_arguments_of_bare_tasks():
         {"video_id": 7, "quality": "1080p"},
     )
     assert call_arguments(echo.run, sig, None, data) == ([], data)
+
+
+def test_call_arguments_load_the_data_only_when_needed():
+    def load():
+        raise AssertionError("the data was loaded")
+
+    sig = compile_canvas(add.s(1, 2)).nodes[0].signature
+    assert call_arguments(add.run, sig, None, _LazyData(load)) == ([1, 2], {})
+    sig = compile_canvas(add.s(1)).nodes[0].signature
+    data = _LazyData(lambda: {"y": 5, "z": 6})
+    assert call_arguments(add.run, sig, None, data) == ([1], {"y": 5})
+    assert dict(data) == {"y": 5, "z": 6}

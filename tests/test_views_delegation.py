@@ -206,7 +206,10 @@ def _other_task(broker, farm):
 
 
 REFUSALS = {
-    "wrong token": lambda job, other: {"token": "x" + job["token"][1:]},
+    # One character changed (a token that starts with "x" stays different).
+    "wrong token": lambda job, other: {
+        "token": ("y" if job["token"].startswith("x") else "x") + job["token"][1:]
+    },
     "another task's token": lambda job, other: {"token": other["token"]},
     "unknown task": lambda job, other: {
         "url": job["url"].replace(job["task_id"], str(uuid.uuid4()))

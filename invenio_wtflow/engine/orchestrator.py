@@ -13,7 +13,8 @@ decrements ``remaining`` on its dependants with ``UPDATE ... RETURNING`` and
 queues exactly those that reach zero.
 
 None of these functions commits: they take an
-:class:`invenio_db.uow.UnitOfWork`, and publishing happens after its commit.
+:class:`invenio_db.uow.UnitOfWork` (:func:`atomic` gives them an
+:class:`EngineUnitOfWork`), and publishing happens after its commit.
 """
 
 import logging
@@ -28,6 +29,8 @@ from invenio_db.uow import UnitOfWork
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm.exc import StaleDataError
+from sqlalchemy_continuum import version_class
+from sqlalchemy_continuum.operation import Operation
 
 from ..errors import InvalidStateError, TaskNotFoundError, WorkflowNotFoundError
 from ..models import (
@@ -66,6 +69,23 @@ def _is_transient(exc):
     return isinstance(exc, OperationalError)
 
 
+class EngineUnitOfWork(UnitOfWork):
+    """A unit of work that runs in the session's own transaction.
+
+    invenio-db's :class:`~invenio_db.uow.UnitOfWork` opens a ``SAVEPOINT`` on
+    entry, and SQLAlchemy-Continuum's version session a second one: three
+    extra statements per transaction, for nothing, since the engine owns the
+    transaction and its commit (``session.commit()`` commits the outermost
+    transaction) and its rollback (``session.rollback()`` rolls it all back)
+    act on the whole transaction anyway. Registered operations run exactly
+    as in the parent class: after the commit, or after the rollback.
+    """
+
+    def __enter__(self):
+        """Enter without a savepoint; the transaction begins at the first statement."""
+        return self
+
+
 def atomic(func_, *args, **kwargs):
     """Run ``func_(uow, *args, **kwargs)`` in a unit of work and commit it.
 
@@ -77,7 +97,7 @@ def atomic(func_, *args, **kwargs):
     retries = current_app.config["WTFLOW_DB_RETRIES"]
     for attempt in range(retries + 1):
         try:
-            with sqlite.writer(), UnitOfWork(db.session) as uow:
+            with sqlite.writer(), EngineUnitOfWork(db.session) as uow:
                 result = func_(uow, *args, **kwargs)
                 uow.commit()
             return result
@@ -330,26 +350,30 @@ def create(uow, name, graph, data, key=None, created_by=None, parent=None, start
             raise
         return existing, False
     ids = [uuid.uuid4() for _ in graph.nodes]
-    tasks = [
-        TaskRun(
-            id=ids[node.position],
-            workflow_id=workflow_id,
-            position=node.position,
-            name=node.name,
-            signature=node.signature,
-            status=PENDING.value,
-            attempt=0,
-            retries=0,
-            remaining=len(node.depends_on),
-            kind=node.kind,
-            node_key=node.key,
-        )
+    now = utcnow()
+    empty = dict.fromkeys(TaskRun.__table__.columns.keys())
+    rows = [
+        {
+            **empty,
+            "id": ids[node.position],
+            "workflow_id": workflow_id,
+            "position": node.position,
+            "name": node.name,
+            "signature": node.signature,
+            "status": PENDING.value,
+            "attempt": 0,
+            "retries": 0,
+            "remaining": len(node.depends_on),
+            "kind": node.kind,
+            "node_key": node.key,
+            "created": now,
+            "updated": now,
+        }
         for node in graph.nodes
     ]
     if start:
-        _queue(uow, [task for task in tasks if task.remaining == 0])
-    db.session.add_all(tasks)
-    db.session.flush()
+        _queue_rows(uow, [row for row in rows if row["remaining"] == 0])
+    _insert_versioned(TaskRun, rows)
     edges = [
         {"task_id": ids[node.position], "depends_on_id": ids[dep]}
         for node in graph.nodes
@@ -358,6 +382,59 @@ def create(uow, name, graph, data, key=None, created_by=None, parent=None, start
     if edges:
         db.session.execute(TaskDependency.__table__.insert(), edges)
     return workflow, True
+
+
+_QUEUED_COLUMNS = (
+    "status",
+    "attempt",
+    "retries",
+    "queued_at",
+    "started_at",
+    "finished_at",
+    "lease_expires_at",
+    "celery_id",
+)
+"""The columns ``_queue`` sets."""
+
+
+def _queue_rows(uow, rows):
+    """Queue tasks not inserted yet, given as rows (see :func:`_queue`)."""
+    tasks = [TaskRun(**row) for row in rows]  # transient: never added
+    _queue(uow, tasks)
+    for row, task in zip(rows, tasks):
+        row.update((column, getattr(task, column)) for column in _QUEUED_COLUMNS)
+
+
+def _insert_versioned(model, rows):
+    """Insert rows of a versioned model, and their version rows, in bulk.
+
+    Two ``executemany`` statements instead of an ORM flush: a run's tasks are
+    new rows, so their first versions (operation ``INSERT``) are copies of
+    them, in the transaction SQLAlchemy-Continuum records for this one (the
+    workflow's own insert has opened it).
+
+    :param model: the versioned model class.
+    :param rows: the rows, as dictionaries with every column of the table.
+    """
+    if not rows:
+        return
+    manager = current_app.extensions["invenio-db"].versioning_manager
+    continuum = manager.unit_of_work(db.session)
+    if continuum.current_transaction is None:
+        continuum.create_transaction(db.session)
+    transaction_id = continuum.current_transaction.id
+    table = version_class(model).__table__
+    copied = [c.key for c in table.columns if c.key in rows[0]]
+    versions = [
+        {
+            **{key: row[key] for key in copied},
+            "transaction_id": transaction_id,
+            "operation_type": Operation.INSERT,
+        }
+        for row in rows
+    ]
+    db.session.execute(model.__table__.insert(), rows)
+    db.session.execute(table.insert(), versions)
 
 
 def _existing(name, key, parent):
