@@ -7,6 +7,7 @@ Methods that change a run commit through invenio-db's unit of work and
 publish the Celery messages of the tasks they queue after that commit.
 """
 
+import uuid
 from datetime import timedelta
 from numbers import Real
 
@@ -659,8 +660,7 @@ def check_children(task_run_id, ids):
 
 
 def _uuid(value):
-    import uuid
-
+    """Return ``value`` as a :class:`uuid.UUID`, or raise a clear ``ValueError``."""
     try:
         return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
     except ValueError:
@@ -669,13 +669,10 @@ def _uuid(value):
 
 def _get(model_class, id_):
     """Load a row by UUID, treating malformed ids as missing."""
-    import uuid
-
     try:
-        id_ = id_ if isinstance(id_, uuid.UUID) else uuid.UUID(str(id_))
+        return db.session.get(model_class, _uuid(id_))
     except ValueError:
         return None
-    return db.session.get(model_class, id_)
 
 
 def _check_data(data):
