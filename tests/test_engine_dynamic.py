@@ -287,6 +287,17 @@ def test_the_checker_sees_a_queued_node_no_pass_was_asked_for(app, db, broker):
     ]
 
 
+def test_the_checker_sees_a_node_left_running_outside_a_pass(app, db):
+    wf = Workflow.create("regression", data={"architectures": ["x86"]}).start()
+    populate = _db.session.get(TaskRun, nodes(wf)["populate"].id)
+    populate.status = "running"
+    _db.session.commit()
+    problems = check_workflow(wf.id)
+    assert "task populate (node 0): is running outside an orchestrator pass" in (
+        problems
+    )
+
+
 def test_a_dynamic_child_is_orchestrated_by_its_root(app, db):
     wf = Workflow.create("regression-inside").start()
     wf = Workflow.get(wf.id)
