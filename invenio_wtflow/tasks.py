@@ -402,7 +402,7 @@ def _claim(uow, task_run_id, celery_id, retries, func, lease=None):
     signature = task.signature
     ref = signature.get("input")
     incoming = resolve(ref, orchestrator.inputs(task)) if ref is not None else None
-    data = _LazyData(lambda: task.workflow.data)
+    data = _LazyData(lambda: orchestrator.workflow_data(task.workflow_id))
     args, kwargs = call_arguments(func, signature, incoming, data)
     return Execution(
         task_run_id=str(task.id),

@@ -65,11 +65,11 @@ def test_statements_per_task_do_not_grow_with_the_workflow(app, db, monkeypatch)
     small = hot_path_cost(db, monkeypatch, 10)
     large = hot_path_cost(db, monkeypatch, 200)
     assert small == large
-    # claim: lock, update, Continuum (transaction, version: 2);
-    # success: lock root and task (3), update + Continuum (3), counter, status;
-    # the join: lock it, update, Continuum's version. (Continuum's ``subquery``
-    # strategy writes no end of validity on the previous version row.)
-    assert small == [12, 15]
+    # claim: the conditional update, Continuum's transaction and the version;
+    # success: lock the root, the conditional update, the join's counter, the
+    # status count, Continuum's transaction and the version; the join adds
+    # its update to ``queued``, versioned in the same statement as the member.
+    assert small == [9, 10]
 
 
 @pytest.mark.parametrize(

@@ -26,11 +26,10 @@ from datetime import timedelta
 from flask import current_app
 from invenio_db import db
 from invenio_db.uow import UnitOfWork
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, bindparam, case, func, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.orm import aliased
 from sqlalchemy.orm.exc import StaleDataError
-from sqlalchemy_continuum import version_class
-from sqlalchemy_continuum.operation import Operation
 
 from ..errors import InvalidStateError, TaskNotFoundError, WorkflowNotFoundError
 from ..models import (
@@ -44,7 +43,7 @@ from ..models import (
     WorkflowStatus,
     utcnow,
 )
-from . import children, concurrency, dynamic, sqlite
+from . import children, concurrency, dynamic, sqlite, versioning
 from .dispatch import Message, dispatcher
 from .graph import input_positions
 from .status import default_status
@@ -115,33 +114,35 @@ def atomic(func_, *args, **kwargs):
 def lock_workflow(workflow_id=None, task_id=None):
     """Lock the root of a workflow's tree, then the workflow, and return it.
 
+    One ``SELECT ... FOR UPDATE`` finds and locks both rows, the root first
+    (PostgreSQL locks rows in the order the query returns them).
+
     :param workflow_id: id of the workflow run,
     :param task_id: or the id of one of its tasks.
     :raises WorkflowNotFoundError: when there is no such run.
     :raises TaskNotFoundError: when there is no such task.
     """
-    query = select(WorkflowRun.id, WorkflowRun.root_id)
     if task_id is not None:
-        query = query.join(TaskRun, TaskRun.workflow_id == WorkflowRun.id).where(
-            TaskRun.id == task_id
+        target = (
+            select(TaskRun.workflow_id).where(TaskRun.id == task_id).scalar_subquery()
         )
     else:
-        query = query.where(WorkflowRun.id == workflow_id)
-    row = db.session.execute(query).one_or_none()
-    if row is None:
+        target = workflow_id
+    run = aliased(WorkflowRun)
+    root_id = select(run.root_id).where(run.id == target).scalar_subquery()
+    rows = (
+        db.session.query(WorkflowRun)
+        .filter(or_(WorkflowRun.id == target, WorkflowRun.id == root_id))
+        .order_by(case((WorkflowRun.id == root_id, 0), else_=1))
+        .with_for_update()
+        .populate_existing()
+        .all()
+    )
+    if not rows:
         if task_id is not None:
             raise TaskNotFoundError(task_id)
         raise WorkflowNotFoundError(workflow_id)
-    ids = [row.root_id] if row.root_id == row.id else [row.root_id, row.id]
-    for id_ in ids:
-        workflow = (
-            db.session.query(WorkflowRun)
-            .filter(WorkflowRun.id == id_)
-            .with_for_update()
-            .populate_existing()
-            .one()
-        )
-    return workflow
+    return rows[-1]
 
 
 def _lock_tasks(*criteria):
@@ -373,7 +374,7 @@ def create(uow, name, graph, data, key=None, created_by=None, parent=None, start
     ]
     if start:
         _queue_rows(uow, [row for row in rows if row["remaining"] == 0])
-    _insert_versioned(TaskRun, rows)
+    versioning.insert(db.session, TaskRun, rows)
     edges = [
         {"task_id": ids[node.position], "depends_on_id": ids[dep]}
         for node in graph.nodes
@@ -397,44 +398,32 @@ _QUEUED_COLUMNS = (
 """The columns ``_queue`` sets."""
 
 
+def create_run(uow, name, graph, data, key=None, created_by=None, started=False):
+    """Insert a root run (see :func:`create`), and start it if asked to.
+
+    A started run is inserted with its first tasks already ``queued``, unless
+    its definition limits concurrent runs (``max_runs``): then it is inserted
+    ``pending`` and :func:`start` waits for a slot, in the same transaction.
+
+    :param started: start the new run.
+    :returns: ``(run, created)``; an existing run (same ``key``) is not started.
+    """
+    at_once = started and concurrency.limit_of(name) is None
+    run, created = create(
+        uow, name, graph, data, key=key, created_by=created_by, start=at_once
+    )
+    if started and created and not at_once:
+        db.session.flush()
+        run = start(uow, run.id)
+    return run, created
+
+
 def _queue_rows(uow, rows):
     """Queue tasks not inserted yet, given as rows (see :func:`_queue`)."""
     tasks = [TaskRun(**row) for row in rows]  # transient: never added
     _queue(uow, tasks)
     for row, task in zip(rows, tasks):
         row.update((column, getattr(task, column)) for column in _QUEUED_COLUMNS)
-
-
-def _insert_versioned(model, rows):
-    """Insert rows of a versioned model, and their version rows, in bulk.
-
-    Two ``executemany`` statements instead of an ORM flush: a run's tasks are
-    new rows, so their first versions (operation ``INSERT``) are copies of
-    them, in the transaction SQLAlchemy-Continuum records for this one (the
-    workflow's own insert has opened it).
-
-    :param model: the versioned model class.
-    :param rows: the rows, as dictionaries with every column of the table.
-    """
-    if not rows:
-        return
-    manager = current_app.extensions["invenio-db"].versioning_manager
-    continuum = manager.unit_of_work(db.session)
-    if continuum.current_transaction is None:
-        continuum.create_transaction(db.session)
-    transaction_id = continuum.current_transaction.id
-    table = version_class(model).__table__
-    copied = [c.key for c in table.columns if c.key in rows[0]]
-    versions = [
-        {
-            **{key: row[key] for key in copied},
-            "transaction_id": transaction_id,
-            "operation_type": Operation.INSERT,
-        }
-        for row in rows
-    ]
-    db.session.execute(model.__table__.insert(), rows)
-    db.session.execute(table.insert(), versions)
 
 
 def _existing(name, key, parent):
@@ -493,34 +482,62 @@ def start_locked(uow, workflow):
 
 
 def claim(uow, task_id, celery_id, retries=0, lease=None):
-    """Move an attempt ``queued -> running`` and return the task, or ``None``.
+    """Move an attempt ``queued -> running`` and return the task's row, or ``None``.
 
     ``task.retries`` is the retry count the attempt expects next: a queued
     attempt is claimed by a delivery with at least that count, and a Celery
     retry (same Celery id, higher count) may claim a running attempt before
     the retry was recorded. Any other delivery (duplicate, older retry, stale
     attempt, stopped task) claims nothing.
+
+    One conditional ``UPDATE ... RETURNING``, versioned at the commit (see
+    :mod:`~invenio_wtflow.engine.versioning`).
+
+    :returns: a row with the task's ``id``, ``workflow_id``, ``position``,
+        ``name`` and ``signature``.
     """
-    tasks = _lock_tasks(TaskRun.id == task_id)
-    if not tasks or tasks[0].celery_id != celery_id:
-        return None
-    task = tasks[0]
-    claimable = (task.status == QUEUED.value and retries >= task.retries) or (
-        task.status == RUNNING.value and retries > task.retries
-    )
-    if not claimable:
-        return None
-    task.status = RUNNING.value
-    task.retries = retries
-    task.started_at = utcnow()
-    task.lease_expires_at = _lease_end(lease)
-    return task
+    now = utcnow()
+    row = db.session.execute(
+        update(TaskRun.__table__)
+        .where(
+            TaskRun.id == task_id,
+            TaskRun.celery_id == celery_id,
+            or_(
+                and_(TaskRun.status == QUEUED.value, TaskRun.retries <= retries),
+                and_(TaskRun.status == RUNNING.value, TaskRun.retries < retries),
+            ),
+        )
+        .values(
+            status=RUNNING.value,
+            retries=retries,
+            started_at=now,
+            lease_expires_at=_lease_end(lease, now),
+            updated=now,
+        )
+        .returning(
+            TaskRun.id,
+            TaskRun.workflow_id,
+            TaskRun.position,
+            TaskRun.name,
+            TaskRun.signature,
+        )
+    ).one_or_none()
+    if row is not None:
+        versioning.changed(db.session, TaskRun, [row.id])
+    return row
 
 
-def _lease_end(lease):
+def _lease_end(lease, now=None):
     """When a lease of ``lease`` seconds (or ``WTFLOW_TASK_LEASE``) ends."""
     seconds = lease or current_app.config["WTFLOW_TASK_LEASE"]
-    return utcnow() + timedelta(seconds=seconds)
+    return (now or utcnow()) + timedelta(seconds=seconds)
+
+
+def workflow_data(workflow_id):
+    """Return a run's data."""
+    return db.session.execute(
+        select(WorkflowRun.data).where(WorkflowRun.id == workflow_id)
+    ).scalar_one()
 
 
 def inputs(task):
@@ -585,14 +602,40 @@ def lock_acting(task_id, celery_id, retries, lease, action):
 def succeed(uow, task_id, celery_id, result, retries=0):
     """Record a successful attempt and queue the dependants it completes.
 
+    The transition is one conditional ``UPDATE ... RETURNING`` under the
+    root's lock, versioned at the commit (see
+    :mod:`~invenio_wtflow.engine.versioning`).
+
     :param retries: the Celery retry count of the execution reporting.
     :returns: whether the report was applied (``False`` for a stale one).
     """
-    locked = _lock_running(task_id, celery_id, retries)
-    if locked is None:
+    workflow = lock_workflow(task_id=task_id)
+    now = utcnow()
+    task = db.session.execute(
+        update(TaskRun.__table__)
+        .where(
+            TaskRun.id == task_id,
+            TaskRun.celery_id == celery_id,
+            TaskRun.status == RUNNING.value,
+            TaskRun.retries == retries,
+        )
+        .values(
+            status=SUCCESS.value,
+            lease_expires_at=None,
+            result=result,
+            progress=1.0,
+            finished_at=now,
+            updated=now,
+        )
+        .returning(TaskRun.id, TaskRun.kind)
+    ).one_or_none()
+    if task is None:
+        logger.info(
+            "Ignoring stale report of attempt %s for task %s.", celery_id, task_id
+        )
         return False
-    workflow, task = locked
-    complete(uow, workflow, task, result)
+    versioning.changed(db.session, TaskRun, [task.id])
+    _completed(uow, workflow, task)
     return True
 
 
@@ -604,31 +647,83 @@ def complete(uow, workflow, task, result):
     task.progress = 1.0
     task.finished_at = utcnow()
     db.session.flush()
-    ready = [
-        row.id
-        for row in db.session.execute(
-            update(TaskRun)
-            .where(
-                TaskRun.id.in_(
-                    select(TaskDependency.task_id).where(
-                        TaskDependency.depends_on_id == task.id
-                    )
-                ),
-                TaskRun.status == PENDING.value,
-            )
-            .values(remaining=TaskRun.remaining - 1)
-            .returning(TaskRun.id, TaskRun.remaining)
-            .execution_options(synchronize_session=False)
-        ).all()
-        if row.remaining == 0
-    ]
+    _completed(uow, workflow, task)
+
+
+def _completed(uow, workflow, task):
+    """Queue what a task's success completes, and refresh the run's status.
+
+    Each dependant's counter of unfinished upstream tasks is decremented
+    atomically; those that reach zero are queued, exactly once.
+    """
+    dependants = db.session.execute(
+        update(TaskRun.__table__)
+        .where(
+            TaskRun.id.in_(
+                select(TaskDependency.task_id).where(
+                    TaskDependency.depends_on_id == task.id
+                )
+            ),
+            TaskRun.status == PENDING.value,
+        )
+        .values(remaining=TaskRun.remaining - 1)
+        .returning(
+            TaskRun.id, TaskRun.remaining, TaskRun.kind, TaskRun.name, TaskRun.signature
+        )
+    ).all()
+    ready = [row for row in dependants if row.remaining == 0]
     if ready:
-        _queue(uow, _lock_tasks(TaskRun.id.in_(ready)))
+        _queue_ready(uow, ready)
     if task.kind != NodeKind.POPULATE.value and dynamic.populates(
         _workflow_class(workflow)
     ):
         dynamic.repopulate(uow, workflow)
     refresh_status(uow, workflow)
+
+
+def _queue_ready(uow, rows):
+    """Queue dependants that the counter update just made ready (and locked).
+
+    Tasks are queued with one ``executemany`` ``UPDATE``, versioned at the
+    commit; nodes the orchestrator runs go through :func:`_queue`.
+
+    :param rows: the rows the counter update returned, with their ``id``,
+        ``kind``, ``name`` and ``signature``.
+    """
+    nodes = [row.id for row in rows if row.kind is not None]
+    if nodes:
+        _queue(uow, _lock_tasks(TaskRun.id.in_(nodes)))
+    tasks = [row for row in rows if row.kind is None]
+    if not tasks:
+        return
+    now = utcnow()
+    celery_ids = {row.id: str(uuid.uuid4()) for row in tasks}
+    db.session.execute(
+        update(TaskRun.__table__)
+        .where(TaskRun.id == bindparam("task_id"))
+        .values(
+            status=QUEUED.value,
+            attempt=TaskRun.attempt + 1,
+            retries=0,
+            celery_id=bindparam("attempt_id"),
+            queued_at=now,
+            started_at=None,
+            finished_at=None,
+            lease_expires_at=None,
+            updated=now,
+        ),
+        [{"task_id": row.id, "attempt_id": celery_ids[row.id]} for row in tasks],
+    )
+    versioning.changed(db.session, TaskRun, celery_ids)
+    dispatcher(uow).messages.extend(
+        Message(
+            task_run_id=str(row.id),
+            celery_id=celery_ids[row.id],
+            name=row.name,
+            options=dict(row.signature.get("options") or {}),
+        )
+        for row in tasks
+    )
 
 
 def fail(uow, task_id, celery_id, error, traceback=None, retries=0):

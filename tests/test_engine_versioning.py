@@ -1,0 +1,115 @@
+# SPDX-FileCopyrightText: 2026 invenio-wtflow authors.
+# SPDX-License-Identifier: MIT
+
+"""Versions of the rows the engine changes with Core statements."""
+
+from types import SimpleNamespace
+
+import pytest
+from sqlalchemy import update
+from sqlalchemy_continuum import version_class
+
+from invenio_wtflow import Workflow, current_wtflow
+from invenio_wtflow.engine import dispatch, orchestrator, versioning
+from invenio_wtflow.models import TaskRun
+
+
+@pytest.fixture
+def task_id(app, db, monkeypatch):
+    """A pending task of a new run; nothing is published."""
+    monkeypatch.setattr(dispatch, "_send", lambda message: None)
+    return Workflow.create("add-chain").tasks[0].id
+
+
+def set_message(task_id, message):
+    """Change a task's message with Core, and note it for versioning."""
+    orchestrator.db.session.execute(
+        update(TaskRun.__table__).where(TaskRun.id == task_id).values(message=message)
+    )
+    versioning.changed(orchestrator.db.session, TaskRun, [task_id])
+
+
+def versions(db, task_id):
+    """The task's version rows, oldest first."""
+    model = version_class(TaskRun)
+    return (
+        db.session.query(model)
+        .filter_by(id=task_id)
+        .order_by(model.transaction_id)
+        .all()
+    )
+
+
+def test_a_core_update_is_versioned_when_its_transaction_commits(task_id, db):
+    def change(uow):
+        set_message(task_id, "changed by Core")
+        assert len(versions(db, task_id)) == 1  # not yet: at the commit
+
+    orchestrator.atomic(change)
+    first, second = versions(db, task_id)
+    assert (second.message, second.operation_type) == ("changed by Core", 1)
+    assert second.transaction_id > first.transaction_id
+
+
+def test_one_transaction_of_orm_and_core_changes_writes_one_version(task_id, db):
+    def orm_then_core(uow):
+        orchestrator.db.session.get(TaskRun, task_id).message = "ORM"
+        orchestrator.db.session.flush()  # Continuum writes its version now
+        set_message(task_id, "Core")
+
+    def core_then_orm(uow):
+        set_message(task_id, "Core")
+        task = orchestrator.db.session.get(TaskRun, task_id)
+        orchestrator.db.session.refresh(task)
+        task.message = "ORM"
+
+    orchestrator.atomic(orm_then_core)
+    orchestrator.atomic(core_then_orm)
+    # The version of each transaction holds the row as it was committed.
+    assert [(v.message, v.operation_type) for v in versions(db, task_id)] == [
+        (None, 0),
+        ("Core", 1),
+        ("ORM", 1),
+    ]
+
+
+def test_a_row_inserted_and_changed_in_one_transaction_stays_an_insert(
+    app, db, monkeypatch
+):
+    monkeypatch.setattr(dispatch, "_send", lambda message: None)
+    graph = current_wtflow.get_workflow_class("add-chain").compile()
+
+    def create_and_change(uow):
+        run, _ = orchestrator.create(uow, "add-chain", graph, {})
+        task_id = (
+            orchestrator.db.session.query(TaskRun.id)
+            .filter_by(workflow_id=run.id, position=0)
+            .scalar()
+        )
+        set_message(task_id, "changed at once")
+        return task_id
+
+    task_id = orchestrator.atomic(create_and_change)
+    [version] = versions(db, task_id)
+    assert (version.message, version.operation_type) == ("changed at once", 0)
+
+
+def test_a_rolled_back_change_is_not_versioned(task_id, db):
+    def change_then_fail(uow):
+        set_message(task_id, "rolled back")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        orchestrator.atomic(change_then_fail)
+    orchestrator.db.session.rollback()
+    orchestrator.atomic(lambda uow: orchestrator.lock_workflow(task_id=task_id))
+    assert [v.message for v in versions(db, task_id)] == [None]
+    assert db.session.get(TaskRun, task_id).message is None
+
+
+def test_a_database_without_upsert_is_refused():
+    session = SimpleNamespace(
+        get_bind=lambda: SimpleNamespace(dialect=SimpleNamespace(name="oracle"))
+    )
+    with pytest.raises(NotImplementedError, match="not on oracle"):
+        versioning._upsert(session, TaskRun.__table__)
