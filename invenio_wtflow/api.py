@@ -273,17 +273,20 @@ class Workflow:
         return graph
 
     @classmethod
-    def create(cls, name, data=None, key=None, created_by=None):
+    def create(cls, name, data=None, key=None, created_by=None, start=False):
         """Create a run of a registered definition, with all its tasks pending.
 
-        Nothing runs until :meth:`start`. With a ``key``, the call is
-        idempotent: a run with the same name and key is returned as it is
-        (a unique constraint decides, so concurrent calls create one run).
+        Nothing runs until :meth:`start`, unless ``start`` is true. With a
+        ``key``, the call is idempotent: a run with the same name and key is
+        returned as it is, and not started again (a unique constraint
+        decides, so concurrent calls create one run).
 
         :param name: the name the definition is registered under.
         :param data: JSON-serialisable workflow data (kwargs of bare tasks).
         :param key: optional idempotency key.
         :param created_by: optional id of the user creating the run.
+        :param start: start the new run in the same transaction, as
+            :meth:`start` would (one commit; the run is never seen pending).
         :raises UnknownWorkflowError: when no definition has that name.
         :raises InvalidDataError: when ``data`` is not a JSON object.
         """
@@ -293,7 +296,13 @@ class Workflow:
             raise InvalidDataError("key must be a non-empty string.")
         graph = klass.compile()
         model, created = orchestrator.atomic(
-            orchestrator.create, name, graph, data, key=key, created_by=created_by
+            orchestrator.create_run,
+            name,
+            graph,
+            data,
+            key=key,
+            created_by=created_by,
+            started=bool(start),
         )
         workflow = klass(model)
         workflow.created_now = created

@@ -289,13 +289,14 @@ def show(workflow_id, errors, as_json):
 def start(ctx, name, data_json, key, wait, timeout, interval, as_json):
     """Create a run of the definition NAME and start it."""
     data = _parse_data(data_json)
-    workflow = Workflow.create(name, data=data, key=key)
-    if workflow.created_now or (
+    workflow = Workflow.create(name, data=data, key=key, start=True)
+    never_started = (
         workflow.status == WorkflowStatus.PENDING.value
         and workflow.model.slot_requested_at is None
-    ):
-        workflow.start()
-    elif not as_json:
+    )
+    if not workflow.created_now and never_started:
+        workflow.start()  # created with this key earlier, and never started
+    elif not workflow.created_now and not as_json:
         click.echo(f"Run {workflow.id} has the key {key!r} already.", err=True)
     if wait:
         workflow = _wait(workflow, timeout, interval, show_progress=not as_json)

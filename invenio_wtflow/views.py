@@ -347,10 +347,9 @@ class WorkflowListResource(MethodView):
             data=body["data"],
             key=body["key"],
             created_by=current_user.id if current_user.is_authenticated else None,
+            start=body["start"],
         )
         existed = not workflow.created_now
-        if body["start"] and not existed:
-            workflow.start()
         payload = dump_workflow(Workflow.get(workflow.id))
         return json_response(
             payload,

@@ -88,6 +88,41 @@ def test_idempotent_create_with_key(app, db):
     assert Workflow.create("add-chain", key="deposit-2").id != first.id
 
 
+def test_create_and_start_is_one_transaction(app, db, monkeypatch):
+    sent = []
+    monkeypatch.setattr(dispatch, "_send", sent.append)
+    commits = []
+    monkeypatch.setattr(
+        db.session, "commit", lambda real=db.session.commit: commits.append(real())
+    )
+    wf = Workflow.create("add-chain", data={}, start=True)
+    assert len(commits) == 1
+    assert statuses(wf) == ["queued", "pending", "pending"]
+    assert [m.celery_id for m in sent] == [wf.tasks[0].model.celery_id]
+    # Never seen pending: its first version is already running.
+    assert [h["status"] for h in wf.history()] == ["running"]
+    assert wf.model.started_at is not None
+
+    # With a known key: the existing run, not started again.
+    keyed = Workflow.create("add-chain", key="k", start=True)
+    again = Workflow.create("add-chain", key="k", start=True)
+    assert (again.id, again.created_now) == (keyed.id, False)
+    assert len(sent) == 2
+
+
+def test_create_and_start_waits_for_a_slot_under_max_runs(app, db, monkeypatch):
+    monkeypatch.setattr(dispatch, "_send", lambda message: None)
+    first = Workflow.create("two-at-a-time", data={"seconds": 0}, start=True)
+    second = Workflow.create("two-at-a-time", data={"seconds": 0}, start=True)
+    third = Workflow.create("two-at-a-time", data={"seconds": 0}, start=True)
+    assert [Workflow.get(w.id).status for w in (first, second, third)] == [
+        "running",
+        "running",
+        "pending",
+    ]
+    assert Workflow.get(third.id).model.slot_requested_at is not None
+
+
 def test_a_new_run_has_a_first_version_of_every_task(app, db, monkeypatch):
     """Tasks and their first versions are inserted in bulk, not by the ORM."""
     monkeypatch.setattr(dispatch, "_send", lambda message: None)
