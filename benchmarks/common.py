@@ -391,7 +391,7 @@ def run_workflow(name, data=None):
     from invenio_wtflow import Workflow
 
     start = time.perf_counter()
-    workflow = Workflow.create(name, data=data).start()
+    workflow = Workflow.create(name, data=data, start=True)
     workflow_id = workflow.id
     db.session.remove()
     status = wait_workflow(workflow_id)

@@ -6,7 +6,7 @@
 The worker's pool processes count with SQLAlchemy ``before_cursor_execute``,
 ``commit`` and ``rollback`` events and Celery's ``before_task_publish``
 (``WTFLOW_BENCH_COUNT_DIR``, see ``benchmarks/worker.py``); the caller's
-``Workflow.create(...).start()`` is counted in this process the same way.
+``Workflow.create(..., start=True)`` is counted in this process the same way.
 The same worker profiles every engine task with cProfile
 (``WTFLOW_BENCH_PROFILE_DIR``); the time per task of the hot path's parts is
 reported, and the profile's top functions are written next to the results.
@@ -221,7 +221,7 @@ def main():
             ids = []
             for _ in range(runs):
                 with count_sql(db.engine) as counter:
-                    ids.append(Workflow.create(name).start().id)
+                    ids.append(Workflow.create(name, start=True).id)
                     db.session.remove()
                 snap = counter.snapshot()
                 caller_kinds.update(snap.pop("kinds"))
