@@ -13,7 +13,7 @@ from numbers import Real
 
 from flask import current_app, url_for
 from invenio_db import db
-from sqlalchemy import func, select
+from sqlalchemy import case, func, null, select
 from sqlalchemy_continuum import version_class
 from werkzeug.routing import BuildError
 
@@ -426,6 +426,34 @@ class Workflow:
                 TaskRun.position
             )
         ]
+
+    def task_rows(self):
+        """The columns a listing shows of the run's tasks, in graph order.
+
+        One Core query, lighter than :attr:`tasks` for big runs: no ORM
+        objects, no result or traceback, and the signature (which holds a
+        node's ``key``) only of the nodes added at run time.
+        """
+        declared = case((TaskRun.node_key.isnot(None), TaskRun.signature), else_=null())
+        return db.session.execute(
+            select(
+                TaskRun.id,
+                TaskRun.name,
+                TaskRun.position,
+                TaskRun.kind,
+                declared.label("signature"),
+                TaskRun.status,
+                TaskRun.message,
+                TaskRun.progress,
+                TaskRun.attempt,
+                TaskRun.retries,
+                TaskRun.queued_at,
+                TaskRun.started_at,
+                TaskRun.finished_at,
+            )
+            .where(TaskRun.workflow_id == self.model.id)
+            .order_by(TaskRun.position)
+        ).all()
 
     def dependencies(self):
         """Map each task id of the run to the ids it depends on (one query)."""

@@ -417,3 +417,27 @@ def test_create_and_start_checks_both_permissions_before_writing(client, users):
     assert res.status_code == 403
     assert rows() == (0, 0)
     assert client.post("/workflows/", json={"name": "create-only"}).status_code == 201
+
+
+def test_the_task_list_is_dumped_as_the_task_schema_would(app, db):
+    """``dump_task_rows`` writes by hand what marshmallow would."""
+    from invenio_wtflow.schemas import TaskSchema
+    from invenio_wtflow.views import _task_payload, dump_task_rows
+
+    current_wtflow.register(
+        "some-fail", group(add.s(1, 1), add.s("a", 1)) | add.si(2, 2)
+    )
+    failed = Workflow.create("some-fail").start()  # success, failure, cancelled
+    grown = Workflow.create("regression", data={"architectures": ["x86", "arm"]})
+    grown.start()  # populate ran: nodes with keys, a callback
+    for wf in (Workflow.get(failed.id), Workflow.get(grown.id)):
+        edges = wf.dependencies()
+        expected = TaskSchema(many=True).dump(
+            [_task_payload(t.model, edges.get(t.id, [])) for t in wf.tasks]
+        )
+        assert dump_task_rows(wf) == expected
+    kinds = {t["kind"] for t in dump_task_rows(Workflow.get(grown.id))}
+    keys = {t["key"] for t in dump_task_rows(Workflow.get(grown.id))}
+    assert {"populate", "callback", None} <= kinds and {"x86", "arm"} <= keys
+    statuses = {t["status"] for t in dump_task_rows(Workflow.get(failed.id))}
+    assert statuses == {"success", "failure", "cancelled"}
