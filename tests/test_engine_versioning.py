@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 from sqlalchemy import update
 from sqlalchemy_continuum import version_class
+from sqlalchemy_continuum.operation import Operation
 
 from invenio_wtflow import Workflow, current_wtflow
 from invenio_wtflow.engine import dispatch, orchestrator, versioning
@@ -107,9 +108,24 @@ def test_a_rolled_back_change_is_not_versioned(task_id, db):
     assert db.session.get(TaskRun, task_id).message is None
 
 
+class _Oracle:
+    name = "oracle"
+    identifier_preparer = SimpleNamespace(quote=str)
+
+
 def test_a_database_without_upsert_is_refused():
-    session = SimpleNamespace(
-        get_bind=lambda: SimpleNamespace(dialect=SimpleNamespace(name="oracle"))
-    )
     with pytest.raises(NotImplementedError, match="not on oracle"):
-        versioning._upsert(session, TaskRun.__table__)
+        versioning._copy_statement(TaskRun, Operation.UPDATE, _Oracle())
+
+
+def test_the_transaction_row_records_who_and_where_from(app, task_id, db):
+    """The transaction a Core change opens has Continuum's plugin values."""
+    with app.test_request_context(environ_base={"REMOTE_ADDR": "10.0.0.7"}):
+        orchestrator.atomic(lambda uow: set_message(task_id, "from a request"))
+    version = versions(db, task_id)[-1]
+    transaction = db.session.get(
+        versioning._continuum(db.session).manager.transaction_cls,
+        version.transaction_id,
+    )
+    assert transaction.remote_addr == "10.0.0.7"
+    assert transaction.issued_at is not None

@@ -26,9 +26,8 @@ from datetime import timedelta
 from flask import current_app
 from invenio_db import db
 from invenio_db.uow import UnitOfWork
-from sqlalchemy import and_, bindparam, case, func, or_, select, update
+from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.orm import aliased
 from sqlalchemy.orm.exc import StaleDataError
 
 from ..errors import InvalidStateError, TaskNotFoundError, WorkflowNotFoundError
@@ -43,7 +42,7 @@ from ..models import (
     WorkflowStatus,
     utcnow,
 )
-from . import children, concurrency, dynamic, sqlite, versioning
+from . import children, concurrency, dynamic, sqlite, statements, versioning
 from .dispatch import Message, dispatcher
 from .graph import input_positions
 from .status import default_status
@@ -123,21 +122,10 @@ def lock_workflow(workflow_id=None, task_id=None):
     :raises TaskNotFoundError: when there is no such task.
     """
     if task_id is not None:
-        target = (
-            select(TaskRun.workflow_id).where(TaskRun.id == task_id).scalar_subquery()
-        )
+        statement, params = statements.lock_runs(True), {"task_id": task_id}
     else:
-        target = workflow_id
-    run = aliased(WorkflowRun)
-    root_id = select(run.root_id).where(run.id == target).scalar_subquery()
-    rows = (
-        db.session.query(WorkflowRun)
-        .filter(or_(WorkflowRun.id == target, WorkflowRun.id == root_id))
-        .order_by(case((WorkflowRun.id == root_id, 0), else_=1))
-        .with_for_update()
-        .populate_existing()
-        .all()
-    )
+        statement, params = statements.lock_runs(False), {"workflow_id": workflow_id}
+    rows = db.session.execute(statement, params).scalars().all()
     if not rows:
         if task_id is not None:
             raise TaskNotFoundError(task_id)
@@ -261,9 +249,7 @@ def refresh_status(uow, workflow, message=None):
     db.session.flush()
     counts = dict(
         db.session.execute(
-            select(TaskRun.status, func.count())
-            .where(TaskRun.workflow_id == workflow.id)
-            .group_by(TaskRun.status)
+            statements.status_counts(), {"workflow_id": workflow.id}
         ).all()
     )
     status = WorkflowStatus(status_rule(workflow)(counts))
@@ -498,29 +484,14 @@ def claim(uow, task_id, celery_id, retries=0, lease=None):
     """
     now = utcnow()
     row = db.session.execute(
-        update(TaskRun.__table__)
-        .where(
-            TaskRun.id == task_id,
-            TaskRun.celery_id == celery_id,
-            or_(
-                and_(TaskRun.status == QUEUED.value, TaskRun.retries <= retries),
-                and_(TaskRun.status == RUNNING.value, TaskRun.retries < retries),
-            ),
-        )
-        .values(
-            status=RUNNING.value,
-            retries=retries,
-            started_at=now,
-            lease_expires_at=_lease_end(lease, now),
-            updated=now,
-        )
-        .returning(
-            TaskRun.id,
-            TaskRun.workflow_id,
-            TaskRun.position,
-            TaskRun.name,
-            TaskRun.signature,
-        )
+        statements.claim(),
+        {
+            "task_id": task_id,
+            "attempt_id": celery_id,
+            "delivery_retries": retries,
+            "now": now,
+            "lease_end": _lease_end(lease, now),
+        },
     ).one_or_none()
     if row is not None:
         versioning.changed(db.session, TaskRun, [row.id])
@@ -610,24 +581,15 @@ def succeed(uow, task_id, celery_id, result, retries=0):
     :returns: whether the report was applied (``False`` for a stale one).
     """
     workflow = lock_workflow(task_id=task_id)
-    now = utcnow()
     task = db.session.execute(
-        update(TaskRun.__table__)
-        .where(
-            TaskRun.id == task_id,
-            TaskRun.celery_id == celery_id,
-            TaskRun.status == RUNNING.value,
-            TaskRun.retries == retries,
-        )
-        .values(
-            status=SUCCESS.value,
-            lease_expires_at=None,
-            result=result,
-            progress=1.0,
-            finished_at=now,
-            updated=now,
-        )
-        .returning(TaskRun.id, TaskRun.kind)
+        statements.succeed(),
+        {
+            "task_id": task_id,
+            "attempt_id": celery_id,
+            "delivery_retries": retries,
+            "output": result,
+            "now": utcnow(),
+        },
     ).one_or_none()
     if task is None:
         logger.info(
@@ -657,19 +619,7 @@ def _completed(uow, workflow, task):
     atomically; those that reach zero are queued, exactly once.
     """
     dependants = db.session.execute(
-        update(TaskRun.__table__)
-        .where(
-            TaskRun.id.in_(
-                select(TaskDependency.task_id).where(
-                    TaskDependency.depends_on_id == task.id
-                )
-            ),
-            TaskRun.status == PENDING.value,
-        )
-        .values(remaining=TaskRun.remaining - 1)
-        .returning(
-            TaskRun.id, TaskRun.remaining, TaskRun.kind, TaskRun.name, TaskRun.signature
-        )
+        statements.release_dependants(), {"upstream_id": task.id}
     ).all()
     ready = [row for row in dependants if row.remaining == 0]
     if ready:
@@ -684,8 +634,9 @@ def _completed(uow, workflow, task):
 def _queue_ready(uow, rows):
     """Queue dependants that the counter update just made ready (and locked).
 
-    Tasks are queued with one ``executemany`` ``UPDATE``, versioned at the
-    commit; nodes the orchestrator runs go through :func:`_queue`.
+    Tasks are queued with one ``executemany`` ``UPDATE`` (versioned at the
+    commit, published after it); nodes the orchestrator runs go through
+    :func:`_queue`.
 
     :param rows: the rows the counter update returned, with their ``id``,
         ``kind``, ``name`` and ``signature``.
@@ -699,20 +650,11 @@ def _queue_ready(uow, rows):
     now = utcnow()
     celery_ids = {row.id: str(uuid.uuid4()) for row in tasks}
     db.session.execute(
-        update(TaskRun.__table__)
-        .where(TaskRun.id == bindparam("task_id"))
-        .values(
-            status=QUEUED.value,
-            attempt=TaskRun.attempt + 1,
-            retries=0,
-            celery_id=bindparam("attempt_id"),
-            queued_at=now,
-            started_at=None,
-            finished_at=None,
-            lease_expires_at=None,
-            updated=now,
-        ),
-        [{"task_id": row.id, "attempt_id": celery_ids[row.id]} for row in tasks],
+        statements.queue(),
+        [
+            {"task_id": row.id, "attempt_id": celery_ids[row.id], "now": now}
+            for row in tasks
+        ],
     )
     versioning.changed(db.session, TaskRun, celery_ids)
     dispatcher(uow).messages.extend(

@@ -17,10 +17,11 @@ transaction, as DESIGN.md allows in its note on invariant 3:
   the ``INSERT`` operation if it is new).
 """
 
+from functools import lru_cache
+
 from flask import current_app
-from sqlalchemy import event, literal, select
-from sqlalchemy.dialects import mysql, postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy import BigInteger, bindparam, event, text
+from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy_continuum import version_class
 from sqlalchemy_continuum.operation import Operation
 
@@ -37,14 +38,21 @@ def _continuum(session):
 def transaction_id(session):
     """Return the id of Continuum's transaction row for the current transaction.
 
-    The row is inserted now if no flush has inserted it yet; a later ORM
-    flush in the same transaction reuses it.
+    The row is inserted now, with one Core ``INSERT``, if no flush has
+    inserted it yet, and handed to Continuum: a later ORM flush in the same
+    transaction versions its changes under it.
 
     :param session: the session whose transaction it is.
     """
     continuum = _continuum(session)
     if continuum.current_transaction is None:
-        continuum.create_transaction(session)
+        model = continuum.manager.transaction_cls
+        values = continuum.transaction_args(session)
+        result = session.execute(model.__table__.insert().values(**values))
+        transaction = model(id=result.inserted_primary_key[0], **values)
+        make_transient_to_detached(transaction)
+        session.add(transaction)
+        continuum.current_transaction = transaction
     return continuum.current_transaction.id
 
 
@@ -84,57 +92,62 @@ def _pending(session, model):
     return session.info.setdefault(_CHANGED, {}).setdefault(model, {})
 
 
-def _upsert(session, table):
-    """An ``INSERT`` into ``table`` that can update the row it collides with."""
-    dialect = session.get_bind().dialect.name
-    for module in (postgresql, sqlite, mysql):
-        if module.dialect.name == dialect:
-            return module.insert(table)
-    raise NotImplementedError(
-        f"invenio-wtflow versions its Core updates on PostgreSQL, SQLite and "
-        f"MySQL, not on {dialect}."
-    )
-
-
 _CHUNK = 1000
 """Rows copied by one statement (SQLite limits a statement's parameters)."""
 
 
-def _copy(session, model, ids, operation, tx_id):
-    """Copy rows into their version table, as they are now, under ``tx_id``.
+@lru_cache(maxsize=None)
+def _copy_statement(model, operation, dialect):
+    """The ``INSERT ... SELECT`` that copies rows of ``model`` into its versions.
 
-    A row that already has a version in this transaction (the ORM changed it
-    too) gets that version updated: its operation is kept, unless this one is
-    the row's ``INSERT``.
+    Written as text once per model, operation and dialect: SQLAlchemy does
+    not cache the compiled form of a dialect's upsert. A row that already has
+    a version in this transaction (the ORM changed it too) gets that version
+    updated; its operation is kept, unless this one is the row's ``INSERT``.
     """
     table = model.__table__
     versions = version_class(model).__table__
+    quote = dialect.identifier_preparer.quote
     copied = [c.key for c in versions.columns if c.key in table.columns]
     keys = [c.key for c in table.primary_key.columns]
     columns = [*copied, "transaction_id", "operation_type"]
     kept = {*keys, "transaction_id"}
     if operation != Operation.INSERT:
         kept.add("operation_type")
+    updated = [quote(c) for c in columns if c not in kept]
+    if dialect.name in ("postgresql", "sqlite"):
+        conflict = ", ".join(quote(c) for c in [*keys, "transaction_id"])
+        assignments = ", ".join(f"{c} = excluded.{c}" for c in updated)
+        upsert = f"ON CONFLICT ({conflict}) DO UPDATE SET {assignments}"
+    elif dialect.name in ("mysql", "mariadb"):
+        assignments = ", ".join(f"{c} = VALUES({c})" for c in updated)
+        upsert = f"ON DUPLICATE KEY UPDATE {assignments}"
+    else:
+        raise NotImplementedError(
+            f"invenio-wtflow versions its Core updates on PostgreSQL, SQLite and "
+            f"MySQL, not on {dialect.name}."
+        )
+    sql = (
+        f"INSERT INTO {quote(versions.name)} "
+        f"({', '.join(quote(c) for c in columns)}) "
+        f"SELECT {', '.join(quote(c) for c in copied)}, :transaction_id, "
+        f"{int(operation)} FROM {quote(table.name)} "
+        f"WHERE {quote(keys[0])} IN :ids {upsert}"
+    )
+    return text(sql).bindparams(
+        bindparam("ids", expanding=True, type_=table.columns[keys[0]].type),
+        bindparam("transaction_id", type_=BigInteger()),
+    )
+
+
+def _copy(session, model, ids, operation, tx_id):
+    """Copy rows into their version table, as they are now, under ``tx_id``."""
+    statement = _copy_statement(model, operation, session.get_bind().dialect)
     ids = sorted(ids, key=str)
     for start in range(0, len(ids), _CHUNK):
-        rows = select(
-            *(table.columns[key] for key in copied),
-            literal(tx_id),
-            literal(operation),
-        ).where(table.primary_key.columns[0].in_(ids[start : start + _CHUNK]))
-        statement = _upsert(session, versions).from_select(columns, rows)
-        if hasattr(statement, "on_duplicate_key_update"):
-            new = statement.inserted
-            statement = statement.on_duplicate_key_update(
-                {k: new[k] for k in columns if k not in kept}
-            )
-        else:
-            new = statement.excluded
-            statement = statement.on_conflict_do_update(
-                index_elements=[*keys, "transaction_id"],
-                set_={k: new[k] for k in columns if k not in kept},
-            )
-        session.execute(statement)
+        session.execute(
+            statement, {"ids": ids[start : start + _CHUNK], "transaction_id": tx_id}
+        )
 
 
 @event.listens_for(Session, "before_commit")

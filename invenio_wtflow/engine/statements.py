@@ -1,0 +1,178 @@
+# SPDX-FileCopyrightText: 2026 invenio-wtflow authors.
+# SPDX-License-Identifier: MIT
+
+"""The hot path's SQL statements, built once with bound parameters.
+
+Building a Core statement costs more than running a cached one (about
+0.2 ms for the claim's ``UPDATE``); every attempt runs these, so each is
+built on first use and its values are passed as parameters.
+"""
+
+from functools import cache
+
+from sqlalchemy import and_, bindparam, case, func, or_, select, update
+from sqlalchemy.orm import aliased
+
+from ..models import TaskDependency, TaskRun, TaskStatus, WorkflowRun
+
+_TASKS = TaskRun.__table__
+_TIME = TaskRun.__table__.c.updated.type
+
+
+def _now():
+    """The bound ``now`` of a transition, typed for the timestamp columns."""
+    return bindparam("now", type_=_TIME)
+
+
+@cache
+def claim():
+    """``queued -> running`` for the expected attempt (see ``orchestrator.claim``).
+
+    Parameters: ``task_id``, ``attempt_id``, ``delivery_retries``, ``now``,
+    ``lease_end``.
+    """
+    retries = bindparam("delivery_retries", type_=_TASKS.c.retries.type)
+    return (
+        update(_TASKS)
+        .where(
+            _TASKS.c.id == bindparam("task_id"),
+            _TASKS.c.celery_id == bindparam("attempt_id"),
+            or_(
+                and_(
+                    _TASKS.c.status == TaskStatus.QUEUED.value,
+                    _TASKS.c.retries <= retries,
+                ),
+                and_(
+                    _TASKS.c.status == TaskStatus.RUNNING.value,
+                    _TASKS.c.retries < retries,
+                ),
+            ),
+        )
+        .values(
+            status=TaskStatus.RUNNING.value,
+            retries=retries,
+            started_at=_now(),
+            lease_expires_at=bindparam("lease_end", type_=_TIME),
+            updated=_now(),
+        )
+        .returning(
+            _TASKS.c.id,
+            _TASKS.c.workflow_id,
+            _TASKS.c.position,
+            _TASKS.c.name,
+            _TASKS.c.signature,
+        )
+    )
+
+
+@cache
+def succeed():
+    """``running -> success`` of the current attempt (see ``orchestrator.succeed``).
+
+    Parameters: ``task_id``, ``attempt_id``, ``delivery_retries``, ``output``
+    (the result), ``now``.
+    """
+    return (
+        update(_TASKS)
+        .where(
+            _TASKS.c.id == bindparam("task_id"),
+            _TASKS.c.celery_id == bindparam("attempt_id"),
+            _TASKS.c.status == TaskStatus.RUNNING.value,
+            _TASKS.c.retries == bindparam("delivery_retries"),
+        )
+        .values(
+            status=TaskStatus.SUCCESS.value,
+            lease_expires_at=None,
+            result=bindparam("output", type_=_TASKS.c.result.type),
+            progress=1.0,
+            finished_at=_now(),
+            updated=_now(),
+        )
+        .returning(_TASKS.c.id, _TASKS.c.kind)
+    )
+
+
+@cache
+def release_dependants():
+    """Decrement the counter of the pending dependants of ``upstream_id``.
+
+    Returns each dependant's ``id``, new ``remaining``, ``kind``, ``name`` and
+    ``signature``; those at zero are ready.
+    """
+    dependants = select(TaskDependency.task_id).where(
+        TaskDependency.depends_on_id == bindparam("upstream_id")
+    )
+    return (
+        update(_TASKS)
+        .where(
+            _TASKS.c.id.in_(dependants),
+            _TASKS.c.status == TaskStatus.PENDING.value,
+        )
+        .values(remaining=_TASKS.c.remaining - 1)
+        .returning(
+            _TASKS.c.id,
+            _TASKS.c.remaining,
+            _TASKS.c.kind,
+            _TASKS.c.name,
+            _TASKS.c.signature,
+        )
+    )
+
+
+@cache
+def queue():
+    """A new attempt of a ready task, run with ``executemany``.
+
+    Parameters: ``task_id``, ``attempt_id`` (its new Celery id), ``now``.
+    """
+    return (
+        update(_TASKS)
+        .where(_TASKS.c.id == bindparam("task_id"))
+        .values(
+            status=TaskStatus.QUEUED.value,
+            attempt=_TASKS.c.attempt + 1,
+            retries=0,
+            celery_id=bindparam("attempt_id"),
+            queued_at=_now(),
+            started_at=None,
+            finished_at=None,
+            lease_expires_at=None,
+            updated=_now(),
+        )
+    )
+
+
+@cache
+def status_counts():
+    """The number of tasks of run ``workflow_id`` in each status."""
+    return (
+        select(_TASKS.c.status, func.count())
+        .where(_TASKS.c.workflow_id == bindparam("workflow_id"))
+        .group_by(_TASKS.c.status)
+    )
+
+
+@cache
+def lock_runs(by_task):
+    """Lock a run and the root of its tree, root first (see ``lock_workflow``).
+
+    Parameter: ``task_id`` (a task of the run) when ``by_task``, else
+    ``workflow_id``.
+    """
+    if by_task:
+        target = (
+            select(TaskRun.workflow_id)
+            .where(TaskRun.id == bindparam("task_id"))
+            .scalar_subquery()
+        )
+    else:
+        target = bindparam("workflow_id", type_=WorkflowRun.id.type)
+    run = aliased(WorkflowRun)
+    root_id = select(run.root_id).where(run.id == target).scalar_subquery()
+    return (
+        select(WorkflowRun)
+        .where(or_(WorkflowRun.id == target, WorkflowRun.id == root_id))
+        .order_by(case((WorkflowRun.id == root_id, 0), else_=1))
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
