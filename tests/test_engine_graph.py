@@ -125,6 +125,12 @@ def test_call_arguments_load_the_data_only_when_needed():
 
     sig = compile_canvas(add.s(1, 2)).nodes[0].signature
     assert call_arguments(add.run, sig, None, _LazyData(load)) == ([1, 2], {})
+
+    def anything(*args, **kwargs):
+        """A signature's ``*args`` and ``**kwargs`` take no data."""
+
+    sig = compile_canvas(add.si(3)).nodes[0].signature
+    assert call_arguments(anything, sig, None, _LazyData(load)) == ([3], {})
     sig = compile_canvas(add.s(1)).nodes[0].signature
     data = _LazyData(lambda: {"y": 5, "z": 6})
     assert call_arguments(add.run, sig, None, data) == ([1], {"y": 5})

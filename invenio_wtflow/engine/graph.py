@@ -269,10 +269,11 @@ def call_arguments(func, signature, incoming, data):
     except TypeError:
         return args, kwargs  # let the call raise the real error
     for name, param in params.items():
-        if name in bound or name not in data:
+        if name in bound:
             continue
         if param.kind not in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
             continue
-        if signature["bare"] or param.default is param.empty:
+        # Read the data last: it may be loaded on first use.
+        if (signature["bare"] or param.default is param.empty) and name in data:
             kwargs[name] = data[name]
     return args, kwargs

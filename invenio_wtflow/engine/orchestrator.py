@@ -28,6 +28,7 @@ from invenio_db import db
 from invenio_db.uow import UnitOfWork
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.orm.exc import StaleDataError
 
 from ..errors import InvalidStateError, TaskNotFoundError, WorkflowNotFoundError
@@ -310,32 +311,46 @@ def create(uow, name, graph, data, key=None, created_by=None, parent=None, start
     if existing is not None:
         return existing, False
     workflow_id = uuid.uuid4()
-    link = {"root_id": workflow_id, **(parent or {})}
-    workflow = WorkflowRun(
-        id=workflow_id,
-        name=name,
-        key=key,
-        data=data,
-        status=WorkflowStatus.PENDING.value,
-        output=graph.output,
-        created_by=created_by,
-        started_at=utcnow() if start else None,
-        **link,
-    )
+    now = utcnow()
+    row = {
+        **dict.fromkeys(WorkflowRun.__table__.columns.keys()),
+        "id": workflow_id,
+        "root_id": workflow_id,
+        "name": name,
+        "key": key,
+        "data": data if data is not None else {},
+        "status": WorkflowStatus.PENDING.value,
+        "output": graph.output,
+        "created_by": created_by,
+        "started_at": now if start else None,
+        "orchestration_requests": 0,
+        "orchestrations": 0,
+        "version_id": 1,
+        "created": now,
+        "updated": now,
+        **(parent or {}),
+    }
+    workflow = WorkflowRun(**row)
     if start:
         ready = sum(1 for node in graph.nodes if not node.depends_on)
         counts = {QUEUED.value: ready, PENDING.value: len(graph.nodes) - ready}
-        workflow.status = WorkflowStatus(status_rule(workflow)(counts)).value
-    try:
-        with db.session.begin_nested():
-            db.session.add(workflow)
-            db.session.flush()
-    except IntegrityError:
-        # A concurrent call inserted the same key first: the constraint decides.
-        existing = _existing(name, key, parent)
-        if existing is None:
-            raise
-        return existing, False
+        row["status"] = WorkflowStatus(status_rule(workflow)(counts)).value
+        workflow.status = row["status"]
+    if key is None and parent is None:
+        versioning.insert(db.session, WorkflowRun, [row])  # nothing to collide with
+    else:
+        try:
+            with db.session.begin_nested():
+                versioning.insert(db.session, WorkflowRun, [row])
+        except IntegrityError:
+            # A concurrent call inserted the same key first: the constraint decides.
+            existing = _existing(name, key, parent)
+            if existing is None:
+                raise
+            return existing, False
+    # The inserted row, known to the session without reading it back.
+    make_transient_to_detached(workflow)
+    db.session.add(workflow)
     ids = [uuid.uuid4() for _ in graph.nodes]
     now = utcnow()
     empty = dict.fromkeys(TaskRun.__table__.columns.keys())
