@@ -48,9 +48,22 @@ from .schemas import (
 #
 # Helpers
 #
+class RawJSON(str):
+    """A JSON text that a response embeds as it is (see :func:`json_response`)."""
+
+
 def json_response(payload, status=200, headers=None):
-    """Serialise ``payload`` with an ETag; answer 304 when it matches."""
-    body = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    """Serialise ``payload`` with an ETag; answer 304 when it matches.
+
+    Values of ``payload`` that are :class:`RawJSON` go into the body as they
+    are, after the other keys.
+    """
+    raw = {k: v for k, v in payload.items() if isinstance(v, RawJSON)}
+    rest = {k: v for k, v in payload.items() if k not in raw}
+    body = json.dumps(rest, sort_keys=True, separators=(",", ":"))
+    if raw:
+        tail = ",".join(f"{json.dumps(k)}:{v}" for k, v in sorted(raw.items()))
+        body = f"{body[:-1]}{',' if rest else ''}{tail}}}"
     response = current_app.response_class(
         body, status=status, mimetype="application/json", headers=headers
     )
@@ -264,8 +277,16 @@ def dump_workflow(workflow, with_tasks=True):
         return WorkflowSchema(exclude=("tasks", "children")).dump(payload)
     payload["children"] = {"total": workflow.count_children()}
     dumped = WorkflowSchema(exclude=("tasks",)).dump(payload)
-    dumped["tasks"] = dump_task_rows(workflow)
+    dumped["tasks"] = dump_task_list(workflow)
     return dumped
+
+
+def dump_task_list(workflow):
+    """A run's task listing as :class:`RawJSON`, rendered by the database if it can."""
+    rendered = workflow.task_list_json()
+    if rendered is None:
+        rendered = json.dumps(dump_task_rows(workflow), separators=(",", ":"))
+    return RawJSON(rendered)
 
 
 def _iso(value):

@@ -420,9 +420,9 @@ def test_create_and_start_checks_both_permissions_before_writing(client, users):
 
 
 def test_the_task_list_is_dumped_as_the_task_schema_would(app, db):
-    """``dump_task_rows`` writes by hand what marshmallow would."""
+    """The hand-written dump (and PostgreSQL's) equal marshmallow's."""
     from invenio_wtflow.schemas import TaskSchema
-    from invenio_wtflow.views import _task_payload, dump_task_rows
+    from invenio_wtflow.views import _task_payload, dump_task_list, dump_task_rows
 
     current_wtflow.register(
         "some-fail", group(add.s(1, 1), add.s("a", 1)) | add.si(2, 2)
@@ -430,14 +430,28 @@ def test_the_task_list_is_dumped_as_the_task_schema_would(app, db):
     failed = Workflow.create("some-fail").start()  # success, failure, cancelled
     grown = Workflow.create("regression", data={"architectures": ["x86", "arm"]})
     grown.start()  # populate ran: nodes with keys, a callback
+    on_the_hour = Workflow.get(failed.id).tasks[0].model
+    on_the_hour.queued_at = on_the_hour.queued_at.replace(microsecond=0)
+    db.session.commit()
     for wf in (Workflow.get(failed.id), Workflow.get(grown.id)):
         edges = wf.dependencies()
         expected = TaskSchema(many=True).dump(
             [_task_payload(t.model, edges.get(t.id, [])) for t in wf.tasks]
         )
         assert dump_task_rows(wf) == expected
-    kinds = {t["kind"] for t in dump_task_rows(Workflow.get(grown.id))}
-    keys = {t["key"] for t in dump_task_rows(Workflow.get(grown.id))}
-    assert {"populate", "callback", None} <= kinds and {"x86", "arm"} <= keys
+        assert json.loads(dump_task_list(wf)) == expected
+    listed = dump_task_rows(Workflow.get(grown.id))
+    assert {"populate", "callback", None} <= {t["kind"] for t in listed}
+    assert {"x86", "arm"} <= {t["key"] for t in listed}
     statuses = {t["status"] for t in dump_task_rows(Workflow.get(failed.id))}
     assert statuses == {"success", "failure", "cancelled"}
+
+
+def test_a_response_embeds_raw_json_after_the_other_keys(app):
+    from invenio_wtflow.views import RawJSON, json_response
+
+    with app.test_request_context("/"):
+        body = json_response({"b": 1, "a": RawJSON('[{"x":1}]')}).get_data(True)
+        assert body == '{"b":1,"a":[{"x":1}]}'
+        body = json_response({"a": RawJSON("[]")}).get_data(True)
+        assert body == '{"a":[]}'
