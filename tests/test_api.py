@@ -128,7 +128,7 @@ def test_a_new_run_has_a_first_version_of_every_task(app, db, monkeypatch):
     monkeypatch.setattr(dispatch, "_send", lambda message: None)
     wf = Workflow.create("add-chain")
     created = wf.history()
-    assert [h["status"] for h in created] == ["pending"]
+    assert [(h["status"], h["operation"]) for h in created] == [("pending", 0)]
     for task in wf.tasks:
         [first] = task.history()
         assert first["operation"] == 0  # INSERT
