@@ -5,9 +5,13 @@
 
 Every function that changes the graph takes the lock on the root workflow row
 first (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite serialises writers),
-then the task rows it changes, ordered by primary key. Transitions go through
-the ORM so that SQLAlchemy-Continuum versions them; a transition whose
-precondition does not hold (a duplicate or stale delivery) changes nothing.
+then the task rows it changes, ordered by primary key. The hot path's
+transitions (claim, success, queueing what it makes ready) are conditional
+``UPDATE ... RETURNING`` statements whose version rows
+:mod:`~invenio_wtflow.engine.versioning` writes in the same transaction; the
+others go through the ORM, which SQLAlchemy-Continuum versions. A transition
+whose precondition does not hold (a duplicate or stale delivery) changes
+nothing.
 Joins use an atomic counter: the transaction that turns a task ``success``
 decrements ``remaining`` on its dependants with ``UPDATE ... RETURNING`` and
 queues exactly those that reach zero.
