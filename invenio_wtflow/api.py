@@ -164,7 +164,7 @@ class Task:
         return f"<Task {self.name} #{self.position} {self.status}>"
 
 
-def _iso(column):
+def _iso_sql(column):
     """SQL of a timestamp as :meth:`datetime.datetime.isoformat` writes it in UTC.
 
     ``NULL`` stays ``NULL``; whole seconds have no fraction, as in Python.
@@ -182,14 +182,14 @@ _TASK_LIST_JSON = text(
     "'depends_on', coalesce((SELECT json_agg(d.depends_on_id::text "
     "ORDER BY d.depends_on_id) FROM wtflow_task_dependency d "
     "WHERE d.task_id = t.id), '[]'::json), "
-    f"'finished', {_iso('t.finished_at')}, "
+    f"'finished', {_iso_sql('t.finished_at')}, "
     "'id', t.id::text, "
     "'key', CASE WHEN t.node_key IS NOT NULL THEN t.signature ->> 'key' END, "
     "'kind', t.kind, 'message', t.message, 'name', t.name, "
     "'position', t.position, 'progress', t.progress, "
-    f"'queued', {_iso('t.queued_at')}, "
+    f"'queued', {_iso_sql('t.queued_at')}, "
     "'retries', t.retries, "
-    f"'started', {_iso('t.started_at')}, "
+    f"'started', {_iso_sql('t.started_at')}, "
     "'status', t.status"
     ") ORDER BY t.position), '[]'::json)::text "
     "FROM wtflow_task t WHERE t.workflow_id = :workflow_id"

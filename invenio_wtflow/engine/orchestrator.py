@@ -418,7 +418,6 @@ def create_run(uow, name, graph, data, key=None, created_by=None, started=False)
         uow, name, graph, data, key=key, created_by=created_by, start=at_once
     )
     if started and created and not at_once:
-        db.session.flush()
         run = start(uow, run.id)
     return run, created
 
