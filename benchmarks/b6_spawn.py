@@ -3,10 +3,13 @@
 
 """B6: one task spawns 1,000 one-task child runs and joins them, vs B1 on the engine.
 
-Both sides run on the engine, on the same worker: A is ``bench-spawn-1000``
-(``wf_spawn`` spawns 1,000 runs of ``bench-one`` and joins them, then
-``wf_join`` runs after the join), B is B1's engine side, ``bench-fan-in-1000``
-(a 1,000-task group and a join in one run).
+Both sides run on the engine, on the same worker: A is
+``bench-spawn-many-1000`` (``wf_spawn_many`` spawns 1,000 runs of
+``bench-one`` with one ``spawn_many`` call and joins them, then ``wf_join``
+runs after the join), B is B1's engine side, ``bench-fan-in-1000`` (a
+1,000-task group and a join in one run). With ``WTFLOW_BENCH_B6_SPAWN=loop``,
+A is ``bench-spawn-1000`` instead (``wf_spawn``: a loop of 1,000 ``spawn``
+calls), reported as ``B6-loop``.
 
 After the timed pairs, one more A run, untimed, samples ``pg_stat_activity``
 every :data:`SAMPLE` seconds to show what the spawning task's database
@@ -15,6 +18,7 @@ or idle while the worker's Python works), and reads the CPU used by the
 spawning task's pool process and database backend.
 """
 
+import os
 import re
 import threading
 import time
@@ -43,6 +47,12 @@ from .common import (
 )
 
 WIDTH = 1000
+
+LOOP = os.environ.get("WTFLOW_BENCH_B6_SPAWN", "many") == "loop"
+"""Spawn with a loop of ``spawn`` calls instead of one ``spawn_many``."""
+
+SPAWN = "bench-spawn-1000" if LOOP else "bench-spawn-many-1000"
+"""The A side's definition."""
 
 SAMPLE = 0.01
 """Seconds between two samples of ``pg_stat_activity`` in the sampled run."""
@@ -80,7 +90,7 @@ PHASES = sa.text("""
 """Where an A run's time went, from the timestamps the engine recorded."""
 
 
-def phases(name="bench-spawn-1000", width=WIDTH):
+def phases(name=SPAWN, width=WIDTH):
     """Phases of the finished A run (there is one root: the tables are emptied)."""
     with poll_engine().connect() as conn:
         row = conn.execute(PHASES, {"name": name}).mappings().one()
@@ -118,7 +128,7 @@ def state_of(row):
     return row.state or "?"
 
 
-def sampled_spawn_run(worker, name="bench-spawn-1000", width=WIDTH):
+def sampled_spawn_run(worker, name=SPAWN, width=WIDTH):
     """One untimed A run, sampled: where the spawning task's time goes."""
     samples, stop = [], threading.Event()
 
@@ -178,14 +188,14 @@ def main():
     with bench_app() as app, Worker() as worker:
         worker.start(app.extensions["flask-celeryext"].celery)
         warm_up()
-        run_workflow("bench-spawn-8")  # the spawn and join code paths, warm
+        run_workflow(SPAWN.replace("1000", "8"))  # the spawn and join paths, warm
 
         def between(side):
             truncate_runs()
             flush_backend()
 
         def spawn_run():
-            elapsed = run_workflow("bench-spawn-1000")
+            elapsed = run_workflow(SPAWN)
             spawned.append(phases())
             return elapsed
 
@@ -201,10 +211,12 @@ def main():
         flush_backend()
         sample = sampled_spawn_run(worker)
     result = {
-        "id": "B6",
+        "id": "B6-loop" if LOOP else "B6",
         "scenario": (
-            f"one task spawns {WIDTH} one-task child runs and joins them, then one "
-            f"task; baseline: B1 on the engine ({WIDTH}-task group + join)"
+            f"one task spawns {WIDTH} one-task child runs "
+            f"({'one spawn call each' if LOOP else 'one spawn_many call'}) and "
+            f"joins them, then one task; baseline: B1 on the engine "
+            f"({WIDTH}-task group + join)"
         ),
         "against": "B1's engine side (bench-fan-in-1000), same worker, same run",
         "workers": CONCURRENCY,

@@ -37,6 +37,13 @@ def wf_spawn(self, width, child="bench-one"):
     return self.join([self.spawn(child, data={"index": i}) for i in range(width)])
 
 
+@workflow_task(bind=True, **ENGINE_OPTIONS)
+def wf_spawn_many(self, width, child="bench-one"):
+    """What :func:`wf_spawn` does, with one ``spawn_many`` call (B6)."""
+    items = [{"index": i} for i in range(width)]
+    return self.join(self.spawn_many(child, items))
+
+
 #
 # Baseline side: plain Celery tasks (their results go to the result backend).
 #
@@ -107,6 +114,10 @@ Wide100 = _definition("Wide100", lambda: wide(wf_noop, 100))
 Wide10000 = _definition("Wide10000", lambda: wide(wf_noop, 10000))
 Spawn8 = _definition("Spawn8", lambda: spawn_join(wf_spawn, wf_join, 8))
 Spawn1000 = _definition("Spawn1000", lambda: spawn_join(wf_spawn, wf_join, 1000))
+SpawnMany8 = _definition("SpawnMany8", lambda: spawn_join(wf_spawn_many, wf_join, 8))
+SpawnMany1000 = _definition(
+    "SpawnMany1000", lambda: spawn_join(wf_spawn_many, wf_join, 1000)
+)
 
 WORKFLOWS = {
     name: {"definition": f"benchmarks.bench_tasks:{cls.__name__}"}
@@ -121,6 +132,8 @@ WORKFLOWS = {
         "bench-wide-10000": Wide10000,
         "bench-spawn-8": Spawn8,
         "bench-spawn-1000": Spawn1000,
+        "bench-spawn-many-8": SpawnMany8,
+        "bench-spawn-many-1000": SpawnMany1000,
     }.items()
 }
 """Definitions registered (``WTFLOW_WORKFLOWS``) in the benchmark app and worker."""

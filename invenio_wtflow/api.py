@@ -20,7 +20,7 @@ from werkzeug.routing import BuildError
 from .engine import children, delegation, orchestrator
 from .engine.dynamic import callback_results, populate_node, populates
 from .engine.graph import Graph, compile_canvas, ensure_json, ensure_object, resolve
-from .engine.status import default_status
+from .engine.status import default_rule, default_status
 from .errors import (
     InvalidDataError,
     InvalidDefinitionError,
@@ -552,6 +552,7 @@ class Workflow:
         )
         return resolve(self.model.output, results)
 
+    @default_rule
     def compute_status(self, counts):
         """Derive the run's status from its tasks; override to change the rule.
 
@@ -589,23 +590,50 @@ def spawn_child(execution, definition, data=None, key=None, lease=None):
     :param execution: the running attempt's :class:`~invenio_wtflow.tasks.Execution`.
     :param lease: the task's lease in seconds, renewed by spawning.
     """
+    return spawn_children(execution, definition, [data], [key], lease)[0]
+
+
+def spawn_children(execution, definition, data, keys=None, lease=None):
+    """Spawn child runs of a running task at once (see ``WorkflowTask.spawn_many``).
+
+    :param execution: the running attempt's :class:`~invenio_wtflow.tasks.Execution`.
+    :param data: a list with the data of each child.
+    :param keys: ``None``, or a list with each child's key (or ``None``).
+    :param lease: the task's lease in seconds, renewed by spawning.
+    :raises InvalidDataError: when ``data`` or ``keys`` is not such a list,
+        or an item is not valid data or a valid key.
+    """
+    if not isinstance(data, (list, tuple)):
+        raise InvalidDataError(
+            f"data must be a list with the data of each child, not {type(data).__name__}."
+        )
+    if keys is None:
+        keys = [None] * len(data)
+    if not isinstance(keys, (list, tuple)) or len(keys) != len(data):
+        raise InvalidDataError(
+            f"keys must be a list of {len(data)} keys (or None), one per child."
+        )
+    for key in keys:
+        if key is not None and (not isinstance(key, str) or not key or len(key) > 255):
+            raise InvalidDataError(
+                "key must be a non-empty string of at most 255 chars."
+            )
+    items = [(_check_data(item), key) for item, key in zip(data, keys)]
     name = definition_name(definition)
     klass = current_wtflow.get_workflow_class(name)
-    data = _check_data(data)
-    if key is not None and (not isinstance(key, str) or not key or len(key) > 255):
-        raise InvalidDataError("key must be a non-empty string of at most 255 chars.")
-    child_id, _ = orchestrator.atomic(
-        children.spawn,
+    if not items:
+        return []
+    spawned = orchestrator.atomic(
+        children.spawn_many,
         execution.task_run_id,
         execution.celery_id,
         execution.retries,
         name,
         klass.compile(),
-        data,
-        key,
+        items,
         lease,
     )
-    return klass._lazy(child_id)
+    return [klass._lazy(child_id) for child_id, _ in spawned]
 
 
 def delegate_attempt(execution, timeout=None, lease=None):

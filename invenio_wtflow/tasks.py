@@ -52,6 +52,7 @@ class Execution:
     retries: int
     args: tuple
     kwargs: dict
+    dependants: int = 0
 
 
 def _task_run_id(request):
@@ -175,8 +176,8 @@ class WorkflowTask(AppContextTask):
                 delegation.wait, task_run_id, request.id, retries, result
             )
             return None
-        orchestrator.atomic(
-            orchestrator.succeed, task_run_id, request.id, stored, retries
+        orchestrator.record_success(
+            task_run_id, request.id, stored, retries, execution.dependants
         )
         return result
 
@@ -277,6 +278,35 @@ class WorkflowTask(AppContextTask):
             definition,
             data,
             key,
+            lease=getattr(self, "lease", None),
+        )
+
+    def spawn_many(self, definition, data, keys=None):
+        """Create and start many child workflows of this task, in one transaction.
+
+        What :meth:`spawn` does for each item of ``data``, under one lock and
+        one commit: spawning a thousand children this way takes a fraction of
+        the time a loop of :meth:`spawn` takes, and the children start only
+        once all of them exist. When one item is refused (a key that names a
+        child spawned with other data), none is spawned.
+
+        :param definition: the registered name of a definition, or a
+            registered ``Workflow`` subclass, of every child.
+        :param data: a list with each child's data (a JSON object).
+        :param keys: optional list with each child's key (or ``None``).
+        :returns: the child :class:`~invenio_wtflow.api.Workflow` runs, in the
+            order of ``data``.
+        :raises InvalidDataError: when ``data`` or ``keys`` is not such a list.
+        :raises SpawnConflictError: when a key names a child spawned with
+            another definition or other data.
+        """
+        from .api import spawn_children
+
+        return spawn_children(
+            self._require_execution(),
+            definition,
+            data,
+            keys,
             lease=getattr(self, "lease", None),
         )
 
@@ -412,6 +442,7 @@ def _claim(uow, task_run_id, celery_id, retries, func, lease=None):
         retries=retries,
         args=tuple(args),
         kwargs=kwargs,
+        dependants=task.dependants,
     )
 
 

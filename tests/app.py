@@ -82,6 +82,7 @@ EXAMPLE_WORKFLOWS = {
     "spawn-wide": {"definition": "tests.example_tasks:SpawnWide"},
     "spawn-then-retry": {"definition": "tests.example_tasks:spawn_then_retry"},
     "spawn-each": {"definition": "tests.example_tasks:spawn_each"},
+    "spawn-batch": {"definition": "tests.example_tasks:spawn_batch"},
     "spawn-and-hang": {"definition": "tests.example_tasks:spawn_and_hang"},
     "spawn-detached": {"definition": "tests.example_tasks:spawn_detached"},
     "join-hex": {"definition": "tests.example_tasks:join_hex"},

@@ -324,15 +324,13 @@ def mark_child(index, marker_dir):
 
 
 @workflow_task(bind=True)
-def spawn_wide(self, width, marker_dir):
-    """Spawn ``width`` children and join them all."""
+def spawn_wide(self, width, marker_dir, at_once=False):
+    """Spawn ``width`` children (one by one, or ``at_once``) and join them all."""
     _mark(marker_dir, "parent")
-    return self.join(
-        [
-            self.spawn("mark-child", data={"index": i, "marker_dir": marker_dir})
-            for i in range(width)
-        ]
-    )
+    items = [{"index": i, "marker_dir": marker_dir} for i in range(width)]
+    if at_once:
+        return self.join(self.spawn_many("mark-child", items))
+    return self.join([self.spawn("mark-child", data=item) for item in items])
 
 
 class SpawnWide(Workflow):
@@ -377,6 +375,12 @@ def spawn_then_retry(self, qualities, marker_dir):
             time.sleep(0.2)
         raise self.retry(exc=RuntimeError("retry after the children"), countdown=0)
     return self.join(children)
+
+
+@workflow_task(bind=True)
+def spawn_batch(self, definition, items, keys=None):
+    """Spawn one child of ``definition`` per data item at once, and join them."""
+    return self.join(self.spawn_many(definition, items, keys))
 
 
 @workflow_task(bind=True)

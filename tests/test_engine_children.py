@@ -15,6 +15,8 @@ from invenio_wtflow.engine.check import check_workflow
 from invenio_wtflow.errors import InvalidStateError, SpawnConflictError
 from invenio_wtflow.models import TaskRun, WorkflowRun
 
+from .test_engine_orchestrator import count_statements
+
 
 def marks(path, name):
     """How many times a mark was written."""
@@ -455,3 +457,95 @@ def test_a_child_does_not_run_again_under_a_parent_task_that_gave_up(app, db, br
     with pytest.raises(InvalidStateError, match="restart that task instead"):
         child.tasks[0].restart()
     assert Workflow.get(child.id).status == "cancelled"
+
+
+#
+# Spawning many children at once
+#
+def test_spawn_many_spawns_and_joins_in_order(app, db, broker):
+    items = [{"video_id": 3, "quality": q} for q in ("a", "b", "c")]
+    wf = Workflow.create(
+        "spawn-batch", data={"definition": "transcode-one", "items": items}
+    ).start()
+    broker.deliver(lambda m: m.name.endswith("spawn_batch"))
+    # Every child exists, started, before any of them runs.
+    kids = child_runs(wf)
+    assert [k.data["quality"] for k in kids] == ["a", "b", "c"]
+    assert [k.spawn_index for k in kids] == [0, 1, 2]
+    assert [k.status for k in kids] == ["running"] * 3
+    assert len(broker.messages) == 3
+    broker.deliver_all()
+    wf = Workflow.get(wf.id)
+    assert wf.status == "success" and wf.result == ["3@a", "3@b", "3@c"]
+    consistent(wf, *child_runs(wf))
+
+
+def spawn_many_now(spawner, name, items):
+    """Spawn ``(data, key)`` items from the claimed task; return what it returns."""
+    graph = current_wtflow.get_workflow_class(name).compile()
+    return orchestrator.atomic(
+        children.spawn_many, *spawner, 0, name, graph, list(items)
+    )
+
+
+def test_spawn_many_costs_two_statements_per_child(app, db, broker):
+    spawner = claimed_spawner(broker)
+
+    def cost(first, last):
+        items = [({"video_id": i, "quality": "q"}, None) for i in range(first, last)]
+        with count_statements(db) as statements:
+            spawned = spawn_many_now(spawner, "transcode-one", items)
+        assert all(created for _, created in spawned)
+        return len([s for s in statements if "SAVEPOINT" not in s])
+
+    # One lock, one lookup of the existing children and one count, whatever
+    # the number; then the run and its task, inserted, per child.
+    assert cost(10, 30) - cost(0, 10) == 2 * 10
+
+
+def test_spawn_many_reuses_children_and_names_one_child_once(app, db, broker):
+    spawner = claimed_spawner(broker)
+    a, b = {"video_id": 1, "quality": "a"}, {"video_id": 1, "quality": "b"}
+    first = spawn_many_now(spawner, "transcode-one", [(a, None), (a, None)])
+    assert first[0][0] == first[1][0]
+    assert [created for _, created in first] == [True, False]
+    # A retried parent spawning again gets its children back.
+    again = spawn_many_now(spawner, "transcode-one", [(b, None), (a, None)])
+    assert again[1] == (first[0][0], False) and again[0][1] is True
+    assert WorkflowRun.query.filter_by(parent_task_id=spawner[0]).count() == 2
+
+
+def test_a_conflict_in_spawn_many_spawns_nothing(app, db, broker):
+    spawner = claimed_spawner(broker)
+    published = len(broker.messages)
+    a, b = {"video_id": 1, "quality": "a"}, {"video_id": 1, "quality": "b"}
+    with pytest.raises(SpawnConflictError, match="key 'k'"):
+        spawn_many_now(spawner, "transcode-one", [(a, "k"), (b, None), (b, "k")])
+    assert WorkflowRun.query.filter_by(parent_task_id=spawner[0]).count() == 0
+    assert len(broker.messages) == published
+
+
+@pytest.mark.parametrize(
+    "data, error",
+    [
+        ({"items": {"video_id": 1}}, "data must be a list"),
+        ({"items": [{"video_id": 1}], "keys": ["a", "b"]}, "keys must be a list of 1"),
+        ({"items": [{"video_id": 1}], "keys": [""]}, "key must be a non-empty"),
+        ({"items": [[1]]}, "Workflow data"),
+    ],
+)
+def test_spawn_many_refuses_bad_input(app, db, data, error):
+    wf = Workflow.create(
+        "spawn-batch", data={"definition": "transcode-one", **data}
+    ).start()
+    assert wf.status == "failure"
+    assert wf.tasks[0].error.startswith("InvalidDataError: ")
+    assert error in wf.tasks[0].error
+    assert child_runs(wf) == []
+
+
+def test_spawn_many_of_nothing_joins_at_once(app, db):
+    wf = Workflow.create(
+        "spawn-batch", data={"definition": "transcode-one", "items": []}
+    ).start()
+    assert wf.status == "success" and wf.result == []

@@ -3,14 +3,18 @@
 
 """Orchestrator transitions: cost per task and the status rule."""
 
+import os
 from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
-from celery import chord
+from celery import chain, chord
 from celery import current_app as current_celery_app
+from celery import group
+from invenio_db import db as _db
 from invenio_db.uow import Operation
-from sqlalchemy import event
+from sqlalchemy import event, text
+from sqlalchemy.exc import OperationalError
 
 from invenio_wtflow import Workflow, current_wtflow
 from invenio_wtflow.api import Task
@@ -37,18 +41,24 @@ def count_statements(db):
         event.remove(db.engine, "before_cursor_execute", record)
 
 
-def hot_path_cost(db, monkeypatch, width):
-    """Statements to claim and complete the first and the last group member."""
-    current_wtflow.register(
-        f"width-{width}", chord([add.s(i, i) for i in range(width)], tsum.s())
-    )
+def hot_path_cost(db, monkeypatch, width, shared=False):
+    """Statements to claim and complete the first and the last group member.
+
+    :param shared: record the successes as a worker does (the shared way
+        when it can), not under the root lock.
+    """
+    name = f"width-{width}-{shared}"
+    current_wtflow.register(name, chord([add.s(i, i) for i in range(width)], tsum.s()))
     monkeypatch.setattr(dispatch, "_send", lambda message: None)
-    wf = Workflow.create(f"width-{width}").start()
+    wf = Workflow.create(name).start()
     members = [(t.id, t.model.celery_id) for t in wf.tasks[:-1]]
 
     def claim_and_succeed(task_id, celery_id):
-        orchestrator.atomic(orchestrator.claim, task_id, celery_id)
-        orchestrator.atomic(orchestrator.succeed, task_id, celery_id, 1)
+        claimed = orchestrator.atomic(orchestrator.claim, task_id, celery_id)
+        if shared:
+            orchestrator.record_success(task_id, celery_id, 1, 0, claimed.dependants)
+        else:
+            orchestrator.atomic(orchestrator.succeed, task_id, celery_id, 1)
 
     with count_statements(db) as first:
         claim_and_succeed(*members[0])
@@ -70,6 +80,144 @@ def test_statements_per_task_do_not_grow_with_the_workflow(app, db, monkeypatch)
     # status count, Continuum's transaction and the version; the join adds
     # its update to ``queued``, versioned in the same statement as the member.
     assert small == [9, 10]
+    # The shared way: the status count becomes a look for a waiting task
+    # while the join waits, and is not needed once the join is queued.
+    shared = hot_path_cost(db, monkeypatch, 10, shared=True)
+    assert shared == hot_path_cost(db, monkeypatch, 200, shared=True)
+    assert shared == [9, 9]
+
+
+@pytest.fixture()
+def exclusive_calls(monkeypatch):
+    """The successes recorded under the root lock (``orchestrator.succeed``)."""
+    calls, succeed = [], orchestrator.succeed
+
+    def spy(uow, task_id, *args, **kwargs):
+        calls.append(task_id)
+        return succeed(uow, task_id, *args, **kwargs)
+
+    monkeypatch.setattr(orchestrator, "succeed", spy)
+    return calls
+
+
+def claimed_members(monkeypatch, name, definition):
+    """A started run of ``definition`` whose first tasks are all claimed."""
+    current_wtflow.register(name, definition)
+    monkeypatch.setattr(dispatch, "_send", lambda message: None)
+    wf = Workflow.create(name, start=True)
+    claimed = []
+    for task in wf.tasks:
+        if task.model.status == "queued":
+            row = orchestrator.atomic(orchestrator.claim, task.id, task.model.celery_id)
+            claimed.append((task.id, task.model.celery_id, row.dependants))
+    return wf, claimed
+
+
+def test_member_successes_that_keep_the_run_running_skip_the_root_lock(
+    app, db, monkeypatch, exclusive_calls
+):
+    wf, members = claimed_members(
+        monkeypatch, "three", chord([add.s(i, i) for i in range(3)], tsum.s())
+    )
+    assert [m[2] for m in members] == [1, 1, 1]
+    for task_id, celery_id, dependants in members[:2]:
+        assert orchestrator.record_success(task_id, celery_id, 2, 0, dependants)
+        assert Workflow.get(wf.id).status == "running"
+    join = Workflow.get(wf.id).tasks[-1].model
+    assert (join.status, join.remaining) == ("pending", 1)
+    # The last member queues the join: still shared.
+    assert orchestrator.record_success(*members[2][:2], 4, 0, members[2][2])
+    join = Workflow.get(wf.id).tasks[-1].model
+    assert join.status == "queued" and exclusive_calls == []
+    # The join has no dependant: it finishes the run under the root lock.
+    row = orchestrator.atomic(orchestrator.claim, join.id, join.celery_id)
+    assert row.dependants == 0
+    assert orchestrator.record_success(join.id, join.celery_id, 6, 0, row.dependants)
+    assert exclusive_calls == [join.id]
+    assert Workflow.get(wf.id).status == "success"
+    # A stale report changes nothing, either way.
+    assert not orchestrator.record_success(*members[0][:2], 2, 0, 1)
+
+
+def test_a_success_beside_a_waiting_task_takes_the_root_lock(
+    app, db, monkeypatch, exclusive_calls
+):
+    wf, (first, second) = claimed_members(
+        monkeypatch, "pair", chord([add.s(1, 1), add.s(2, 2)], tsum.s())
+    )
+    db.session.query(TaskRun).filter_by(id=first[0]).update({"status": "waiting"})
+    db.session.commit()
+    assert orchestrator.record_success(second[0], second[1], 4, 0, second[2])
+    # Only a waiting task is left unfinished upstream of the join.
+    assert exclusive_calls == [second[0]]
+    assert Workflow.get(wf.id).status == "waiting"
+
+
+def test_a_failed_run_records_successes_under_the_root_lock(
+    app, db, monkeypatch, exclusive_calls
+):
+    wf, (first, other) = claimed_members(
+        monkeypatch, "branches", group(chain(add.si(1, 1), add.si(2, 2)), add.si(3, 3))
+    )
+    assert orchestrator.atomic(orchestrator.fail, other[0], other[1], "boom")
+    # The first branch goes on, under the root lock: the run has failed.
+    assert orchestrator.record_success(first[0], first[1], 2, 0, first[2])
+    assert exclusive_calls == [first[0]]
+    wf = Workflow.get(wf.id)
+    assert wf.status == "failure" and wf.tasks[1].model.status == "queued"
+
+
+def test_an_own_status_rule_is_applied_under_the_root_lock(
+    app, db, monkeypatch, exclusive_calls
+):
+    class HalfDone(Workflow):
+        definition = chord([add.s(1, 1), add.s(2, 2)], tsum.s())
+
+        def compute_status(self, counts):
+            return "waiting" if counts.get("success") else default_status(counts)
+
+    wf, (first, _) = claimed_members(monkeypatch, "half-done", HalfDone)
+    assert orchestrator.record_success(first[0], first[1], 2, 0, first[2])
+    assert exclusive_calls == [first[0]]
+    assert Workflow.get(wf.id).status == "waiting"
+
+
+@pytest.mark.skipif(
+    not os.environ.get("SQLALCHEMY_DATABASE_URI", "").startswith("postgresql"),
+    reason="row lock modes need PostgreSQL",
+)
+@pytest.mark.parametrize("shared", [True, False])
+def test_which_lock_a_success_holds_on_the_root(app, clean, monkeypatch, shared):
+    wf, (first, _) = claimed_members(
+        monkeypatch, f"lock-{shared}", chord([add.s(1, 1), add.s(2, 2)], tsum.s())
+    )
+    record = orchestrator.succeed_shared if shared else orchestrator.succeed
+    assert record(orchestrator.EngineUnitOfWork(_db.session), first[0], first[1], 2)
+    try:
+        # Another transaction, while the success is not committed yet:
+        with _db.engine.connect() as other:
+
+            def lock(mode):
+                """Lock the root in ``mode``, or fail after 200 ms of waiting."""
+                try:
+                    other.execute(text("SET LOCAL lock_timeout = '200ms'"))
+                    other.execute(
+                        text(f"SELECT id FROM wtflow_workflow WHERE id = :id {mode}"),
+                        {"id": wf.id},
+                    )
+                    return True
+                except OperationalError as exc:
+                    assert "lock timeout" in str(exc)
+                    return False
+                finally:
+                    other.rollback()
+
+            # Other successes get in only beside a shared success; graph
+            # changes wait for both.
+            assert lock("FOR KEY SHARE") is shared
+            assert lock("FOR UPDATE") is False
+    finally:
+        _db.session.rollback()
 
 
 @pytest.mark.parametrize(

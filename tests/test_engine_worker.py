@@ -292,12 +292,14 @@ def consistent_tree(root_id):
     return len(runs)
 
 
+@pytest.mark.parametrize("at_once", [False, True], ids=["one-by-one", "at-once"])
 @pytest.mark.parametrize("batch", range(3))
-def test_a_join_of_1000_children_fires_exactly_once(worker, clean, tmp_path, batch):
+def test_a_join_of_1000_children_fires_exactly_once(
+    worker, clean, tmp_path, batch, at_once
+):
     """One task spawns 1,000 children while 3 more processes run them."""
-    wf = Workflow.create(
-        "spawn-wide", data={"width": SPAWN_WIDTH, "marker_dir": str(tmp_path)}
-    ).start()
+    data = {"width": SPAWN_WIDTH, "marker_dir": str(tmp_path), "at_once": at_once}
+    wf = Workflow.create("spawn-wide", data=data).start()
     (wf,) = wait([wf.id], timeout=600)
     assert wf.status == "success", [(t.name, t.status, t.error) for t in wf.tasks]
     spawner, after = wf.tasks

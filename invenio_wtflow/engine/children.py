@@ -78,62 +78,113 @@ def identity(name, data, key=None):
 def spawn(uow, task_id, celery_id, retries, name, graph, data, key=None, lease=None):
     """Create and start a child run of a running task (or return the existing one).
 
-    A child of a definition with ``max_runs`` is created ``pending`` and waits
-    for a slot (admitted after the commit). Spawning renews the task's lease.
+    See :func:`spawn_many`, which this calls with one child.
+
+    :param data: the child's data.
+    :param key: optional explicit identity.
+    :returns: ``(child run id, created)``.
+    """
+    (spawned,) = spawn_many(
+        uow, task_id, celery_id, retries, name, graph, [(data, key)], lease
+    )
+    return spawned
+
+
+def spawn_many(uow, task_id, celery_id, retries, name, graph, items, lease=None):
+    """Create and start child runs of a running task, under one lock (or reuse them).
+
+    One transaction and one root lock for all of them; the existing children
+    are found by one query. A child of a definition with ``max_runs`` is
+    created ``pending`` and waits for a slot (admitted after the commit).
+    Spawning renews the task's lease. An identity given twice names one child.
 
     :param task_id: the spawning task run's id.
     :param celery_id: its current attempt's Celery id.
     :param retries: the Celery retry count of the execution spawning.
-    :param name: the child's definition name.
+    :param name: the children's definition name.
     :param graph: the compiled definition.
-    :param data: the child's data.
-    :param key: optional explicit identity.
+    :param items: ``(data, key)`` of each child; ``key`` may be ``None``.
     :param lease: the task's lease in seconds (default ``WTFLOW_TASK_LEASE``).
-    :returns: ``(child run id, created)``.
+    :returns: ``(child run id, created)`` of each item, in order.
     :raises InvalidStateError: when the attempt is no longer the running one.
-    :raises SpawnConflictError: when the key names a child spawned with other
-        data or another definition.
+    :raises SpawnConflictError: when a key names a child spawned with other
+        data or another definition; nothing is spawned then.
     """
     workflow, task = orchestrator.lock_acting(
         task_id, celery_id, retries, lease, "spawn child workflows"
     )
-    spawn_key, digest = identity(name, data, key)
+    identities = [identity(name, data, key) for data, key in items]
+    known = _spawned(task.id, {spawn_key for spawn_key, _ in identities})
     limit = concurrency.limit_of(name)
     index = db.session.execute(
         select(func.count()).where(WorkflowRun.parent_task_id == task.id)
     ).scalar_one()
-    child, created = orchestrator.create(
-        uow,
-        name,
-        graph,
-        data,
-        created_by=workflow.created_by,
-        parent={
-            "root_id": workflow.root_id,
-            "parent_id": workflow.id,
-            "parent_task_id": task.id,
-            "spawn_key": spawn_key,
-            "spawn_digest": digest,
-            "spawn_index": index,
-            "concurrency_key": concurrency.key_of(name, data),
-        },
-        start=limit is None,
+    spawned, reused = [], set()
+    for (data, key), (spawn_key, digest) in zip(items, identities):
+        child = known.get(spawn_key)
+        if child is not None:
+            if spawn_key not in reused:
+                reused.add(spawn_key)
+                _reuse(uow, child, name, digest, key)
+            elif child.spawn_digest != digest:
+                _conflict(child, key)
+            spawned.append((child.id, False))
+            continue
+        child, _ = orchestrator.create(
+            uow,
+            name,
+            graph,
+            data,
+            created_by=workflow.created_by,
+            parent={
+                "root_id": workflow.root_id,
+                "parent_id": workflow.id,
+                "parent_task_id": task.id,
+                "spawn_key": spawn_key,
+                "spawn_digest": digest,
+                "spawn_index": index,
+                "concurrency_key": concurrency.key_of(name, data),
+            },
+            start=limit is None,
+            checked=True,
+        )
+        index += 1
+        known[spawn_key] = child
+        reused.add(spawn_key)
+        if limit is not None:
+            # The key's lock comes before any root lock: admit after the commit.
+            concurrency.wait_for_slot(uow, child, limit[0], admit_after=True)
+        spawned.append((child.id, True))
+    return spawned
+
+
+_CHUNK = 500
+"""Spawn keys looked up per query (SQLite limits a statement's parameters)."""
+
+
+def _spawned(task_id, spawn_keys):
+    """The children a task spawned under the given keys, by key."""
+    keys, found = sorted(spawn_keys), {}
+    for start in range(0, len(keys), _CHUNK):
+        for child in WorkflowRun.query.filter(
+            WorkflowRun.parent_task_id == task_id,
+            WorkflowRun.spawn_key.in_(keys[start : start + _CHUNK]),
+        ):
+            found[child.spawn_key] = child
+    return found
+
+
+def _conflict(child, key):
+    raise SpawnConflictError(
+        f"Child workflow {child.id} was spawned with key {key!r} as {child.name!r} "
+        "with other data; a key must always name the same definition and data."
     )
-    if not created:
-        return _reuse(uow, child, name, digest, key).id, False
-    if limit is not None:
-        # The key's lock comes before any root lock: admit after the commit.
-        concurrency.wait_for_slot(uow, child, limit[0], admit_after=True)
-    return child.id, True
 
 
 def _reuse(uow, child, name, digest, key):
     """Return an existing child, restarting it when it failed or was cancelled."""
     if child.name != name or child.spawn_digest != digest:
-        raise SpawnConflictError(
-            f"Child workflow {child.id} was spawned with key {key!r} as {child.name!r} "
-            "with other data; a key must always name the same definition and data."
-        )
+        _conflict(child, key)
     if child.status in (WorkflowStatus.FAILURE.value, WorkflowStatus.CANCELLED.value):
         orchestrator.reset_run(uow, child)
         limit = concurrency.limit_of(child.name)

@@ -16,6 +16,11 @@ Joins use an atomic counter: the transaction that turns a task ``success``
 decrements ``remaining`` on its dependants with ``UPDATE ... RETURNING`` and
 queues exactly those that reach zero.
 
+A success that provably leaves its run ``running`` (see
+:func:`succeed_shared`) holds the root ``FOR KEY SHARE`` instead: graph and
+status changes still exclude it, but the members of a wide group finish
+side by side, meeting only on their join's counter row.
+
 None of these functions commits: they take an
 :class:`invenio_db.uow.UnitOfWork` (:func:`atomic` gives them an
 :class:`EngineUnitOfWork`), and publishing happens after its commit.
@@ -115,7 +120,7 @@ def atomic(func_, *args, **kwargs):
 #
 # Locks and queries
 #
-def lock_workflow(workflow_id=None, task_id=None):
+def lock_workflow(workflow_id=None, task_id=None, shared=False):
     """Lock the root of a workflow's tree, then the workflow, and return it.
 
     One ``SELECT ... FOR UPDATE`` finds and locks both rows, the root first
@@ -123,13 +128,17 @@ def lock_workflow(workflow_id=None, task_id=None):
 
     :param workflow_id: id of the workflow run,
     :param task_id: or the id of one of its tasks.
+    :param shared: take ``FOR KEY SHARE`` locks instead: they keep out every
+        holder of ``FOR UPDATE`` (graph changes, status changes) but not each
+        other (see :func:`succeed_shared`).
     :raises WorkflowNotFoundError: when there is no such run.
     :raises TaskNotFoundError: when there is no such task.
     """
     if task_id is not None:
-        statement, params = statements.lock_runs(True), {"task_id": task_id}
+        statement, params = statements.lock_runs(True, shared), {"task_id": task_id}
     else:
-        statement, params = statements.lock_runs(False), {"workflow_id": workflow_id}
+        statement = statements.lock_runs(False, shared)
+        params = {"workflow_id": workflow_id}
     rows = db.session.execute(statement, params).scalars().all()
     if not rows:
         if task_id is not None:
@@ -300,7 +309,17 @@ def status_rule(workflow):
     return cls(workflow).compute_status
 
 
-def create(uow, name, graph, data, key=None, created_by=None, parent=None, start=False):
+def create(
+    uow,
+    name,
+    graph,
+    data,
+    key=None,
+    created_by=None,
+    parent=None,
+    start=False,
+    checked=False,
+):
     """Insert a workflow run with all its tasks ``pending`` and their edges.
 
     :param parent: for a child run, the columns linking it to its parent
@@ -308,10 +327,13 @@ def create(uow, name, graph, data, key=None, created_by=None, parent=None, start
     :param start: insert the run already started: the tasks with no upstream
         ``queued`` (published after commit), as :func:`start` would leave
         them, without updating the rows just inserted.
+    :param checked: the caller found no run with this ``key`` (or
+        ``spawn_key``) and holds the locks that keep a concurrent one out
+        (a spawning task holds its root's lock and its attempt).
     :returns: ``(run, created)``; with a ``key`` (or a child's ``spawn_key``)
         that already exists, the existing run and ``False``.
     """
-    existing = _existing(name, key, parent)
+    existing = None if checked else _existing(name, key, parent)
     if existing is not None:
         return existing, False
     workflow_id = uuid.uuid4()
@@ -340,7 +362,7 @@ def create(uow, name, graph, data, key=None, created_by=None, parent=None, start
         counts = {QUEUED.value: ready, PENDING.value: len(graph.nodes) - ready}
         row["status"] = WorkflowStatus(status_rule(workflow)(counts)).value
         workflow.status = row["status"]
-    if key is None and parent is None:
+    if checked or (key is None and parent is None):
         versioning.insert(db.session, WorkflowRun, [row])  # nothing to collide with
     else:
         try:
@@ -588,17 +610,89 @@ def lock_acting(task_id, celery_id, retries, lease, action):
     return workflow, task
 
 
-def succeed(uow, task_id, celery_id, result, retries=0):
-    """Record a successful attempt and queue the dependants it completes.
+class _RootLockNeeded(Exception):
+    """The success may change the run's status: record it under the root lock."""
 
-    The transition is one conditional ``UPDATE ... RETURNING`` under the
-    root's lock, versioned at the commit (see
-    :mod:`~invenio_wtflow.engine.versioning`).
 
-    :param retries: the Celery retry count of the execution reporting.
+def record_success(task_id, celery_id, result, retries=0, dependants=None):
+    """Record a successful attempt in its own transaction, and commit it.
+
+    A task with exactly one dependant is first tried with
+    :func:`succeed_shared`, which concurrent successes of the same run do not
+    wait for; when that cannot prove the run's status unchanged, the
+    transaction is rolled back and :func:`succeed` records the success under
+    the root lock.
+
+    :param dependants: the number of tasks that depend on this one, as the
+        claim returned it (``None``: unknown).
     :returns: whether the report was applied (``False`` for a stale one).
     """
-    workflow = lock_workflow(task_id=task_id)
+    if dependants == 1:
+        try:
+            return atomic(succeed_shared, task_id, celery_id, result, retries)
+        except _RootLockNeeded:
+            pass
+    return atomic(succeed, task_id, celery_id, result, retries)
+
+
+def _derives_default_status(workflow):
+    """Whether a run's status follows the default rule and its graph never grows."""
+    cls = _workflow_class(workflow)
+    if cls is None:
+        return True
+    rule = getattr(cls, "compute_status", None)
+    return getattr(rule, "is_default_rule", False) and not dynamic.populates(cls)
+
+
+def succeed_shared(uow, task_id, celery_id, result, retries=0):
+    """Record a success that provably leaves the run ``running``, without the root lock.
+
+    The root and the run are locked ``FOR KEY SHARE``: every transaction that
+    changes a graph or a run's status holds ``FOR UPDATE`` on the root, so
+    none runs concurrently, and other shared successes do not wait. The run's
+    stored status is exact after the commit when, under the default rule:
+
+    - the run is ``running`` (so no task has failed: a failure takes the root
+      lock and stores ``failure``);
+    - the task has one dependant, still ``pending``, which this transaction
+      holds locked by its counter update;
+    - and that dependant is now ready (``queued``: the run is ``running``), or
+      no task of the run is ``waiting`` (the dependant waits for an upstream
+      task that is not finished: the run is ``running``).
+
+    Otherwise ``_RootLockNeeded`` is raised for the caller to roll back
+    and use :func:`succeed`. The task's own row is locked before its
+    dependant's, as in :func:`succeed`; the success that finishes a run
+    always takes the root lock, and sees every shared success committed.
+
+    :returns: whether the report was applied (``False`` for a stale one).
+    """
+    workflow = lock_workflow(task_id=task_id, shared=True)
+    if workflow.status != WorkflowStatus.RUNNING.value or not (
+        _derives_default_status(workflow)
+    ):
+        raise _RootLockNeeded()
+    task = _record_success(task_id, celery_id, result, retries)
+    if task is None:
+        return False
+    released = db.session.execute(
+        statements.release_dependants(), {"upstream_id": task.id}
+    ).all()
+    if len(released) != 1:
+        raise _RootLockNeeded()
+    if released[0].remaining == 0:
+        if released[0].kind is not None:
+            raise _RootLockNeeded()  # a node the orchestrator runs
+        _queue_ready(uow, released)
+    elif db.session.execute(
+        statements.waiting_in_run(), {"workflow_id": workflow.id}
+    ).scalar():
+        raise _RootLockNeeded()
+    return True
+
+
+def _record_success(task_id, celery_id, result, retries):
+    """The conditional ``running -> success`` update; the task's row, or ``None``."""
     task = db.session.execute(
         statements.succeed(),
         {
@@ -613,8 +707,25 @@ def succeed(uow, task_id, celery_id, result, retries=0):
         logger.info(
             "Ignoring stale report of attempt %s for task %s.", celery_id, task_id
         )
-        return False
+        return None
     versioning.changed(db.session, TaskRun, [task.id])
+    return task
+
+
+def succeed(uow, task_id, celery_id, result, retries=0):
+    """Record a successful attempt and queue the dependants it completes.
+
+    The transition is one conditional ``UPDATE ... RETURNING`` under the
+    root's lock, versioned at the commit (see
+    :mod:`~invenio_wtflow.engine.versioning`).
+
+    :param retries: the Celery retry count of the execution reporting.
+    :returns: whether the report was applied (``False`` for a stale one).
+    """
+    workflow = lock_workflow(task_id=task_id)
+    task = _record_success(task_id, celery_id, result, retries)
+    if task is None:
+        return False
     _completed(uow, workflow, task)
     return True
 

@@ -10,7 +10,7 @@ built on first use and its values are passed as parameters.
 
 from functools import cache
 
-from sqlalchemy import and_, bindparam, case, func, or_, select, update
+from sqlalchemy import and_, bindparam, case, exists, func, or_, select, update
 from sqlalchemy.orm import aliased
 
 from ..models import TaskDependency, TaskRun, TaskStatus, WorkflowRun
@@ -29,8 +29,14 @@ def claim():
     """``queued -> running`` for the expected attempt (see ``orchestrator.claim``).
 
     Parameters: ``task_id``, ``attempt_id``, ``delivery_retries``, ``now``,
-    ``lease_end``.
+    ``lease_end``. Returns the task's ``id``, ``workflow_id``, ``position``,
+    ``name``, ``signature`` and its number of ``dependants``.
     """
+    dependants = (
+        select(func.count())
+        .where(TaskDependency.depends_on_id == _TASKS.c.id)
+        .scalar_subquery()
+    )
     retries = bindparam("delivery_retries", type_=_TASKS.c.retries.type)
     return (
         update(_TASKS)
@@ -61,6 +67,7 @@ def claim():
             _TASKS.c.position,
             _TASKS.c.name,
             _TASKS.c.signature,
+            dependants.label("dependants"),
         )
     )
 
@@ -153,11 +160,23 @@ def status_counts():
 
 
 @cache
-def lock_runs(by_task):
+def waiting_in_run():
+    """Whether run ``workflow_id`` has a task ``waiting``."""
+    return select(
+        exists().where(
+            _TASKS.c.workflow_id == bindparam("workflow_id"),
+            _TASKS.c.status == TaskStatus.WAITING.value,
+        )
+    )
+
+
+@cache
+def lock_runs(by_task, shared=False):
     """Lock a run and the root of its tree, root first (see ``lock_workflow``).
 
     Parameter: ``task_id`` (a task of the run) when ``by_task``, else
-    ``workflow_id``.
+    ``workflow_id``. ``shared`` takes ``FOR KEY SHARE`` locks, which do not
+    exclude each other, instead of ``FOR UPDATE``.
     """
     if by_task:
         target = (
@@ -173,6 +192,6 @@ def lock_runs(by_task):
         select(WorkflowRun)
         .where(or_(WorkflowRun.id == target, WorkflowRun.id == root_id))
         .order_by(case((WorkflowRun.id == root_id, 0), else_=1))
-        .with_for_update()
+        .with_for_update(read=shared, key_share=shared)
         .execution_options(populate_existing=True)
     )

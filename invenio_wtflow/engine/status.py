@@ -6,6 +6,17 @@
 from ..models import TaskStatus, WorkflowStatus
 
 
+def default_rule(method):
+    """Mark a ``compute_status`` method that applies :func:`default_status` as it is.
+
+    The engine records some successes without the root lock when it can
+    prove, by this rule, that they leave the run's status unchanged; a
+    definition class that overrides ``compute_status`` loses that.
+    """
+    method.is_default_rule = True
+    return method
+
+
 def default_status(counts):
     """Derive a workflow status from the number of tasks in each status.
 
