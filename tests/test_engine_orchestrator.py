@@ -79,12 +79,14 @@ def test_statements_per_task_do_not_grow_with_the_workflow(app, db, monkeypatch)
     # success: lock the root, the conditional update, the join's counter, the
     # status count, Continuum's transaction and the version; the join adds
     # its update to ``queued``, versioned in the same statement as the member.
-    assert small == [9, 10]
+    # On PostgreSQL, the transaction row and the version are one statement.
+    one_statement = db.engine.dialect.name == "postgresql"
+    assert small == ([7, 8] if one_statement else [9, 10])
     # The shared way: the status count becomes a look for a waiting task
     # while the join waits, and is not needed once the join is queued.
     shared = hot_path_cost(db, monkeypatch, 10, shared=True)
     assert shared == hot_path_cost(db, monkeypatch, 200, shared=True)
-    assert shared == [9, 9]
+    assert shared == ([7, 7] if one_statement else [9, 9])
 
 
 @pytest.fixture()

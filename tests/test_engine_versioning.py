@@ -6,13 +6,17 @@
 from types import SimpleNamespace
 
 import pytest
+from celery import chord
 from sqlalchemy import update
 from sqlalchemy_continuum import version_class
 from sqlalchemy_continuum.operation import Operation
 
 from invenio_wtflow import Workflow, current_wtflow
 from invenio_wtflow.engine import dispatch, orchestrator, versioning
-from invenio_wtflow.models import TaskRun
+from invenio_wtflow.models import TaskRun, WorkflowRun
+
+from .example_tasks import add, tsum
+from .test_engine_orchestrator import count_statements
 
 
 @pytest.fixture
@@ -129,3 +133,71 @@ def test_the_transaction_row_records_who_and_where_from(app, task_id, db):
     )
     assert transaction.remote_addr == "10.0.0.7"
     assert transaction.issued_at is not None
+
+
+def test_a_transaction_row_and_its_versions_are_one_statement_on_postgresql(
+    task_id, db
+):
+    with count_statements(db) as statements:
+        orchestrator.atomic(lambda uow: set_message(task_id, "one statement"))
+    statements = [s for s in statements if "SAVEPOINT" not in s]
+    if db.engine.dialect.name == "postgresql":
+        assert len(statements) == 2  # the UPDATE, then the transaction and version
+        assert statements[1].lstrip().startswith("WITH wtflow_transaction AS")
+    else:
+        assert len(statements) == 3  # the UPDATE, the transaction, the version
+    assert versions(db, task_id)[-1].message == "one statement"
+
+
+def test_every_row_of_a_commit_is_versioned_under_one_transaction(
+    app, clean, monkeypatch
+):
+    """Runs and tasks, inserted and changed, beyond one copy statement's chunk.
+
+    Real commits (``clean``): Continuum keeps its bookkeeping per connection,
+    and the ``db`` fixture's commits all run on one.
+    """
+    db = orchestrator.db
+    monkeypatch.setattr(dispatch, "_send", lambda message: True)
+    width = versioning._CHUNK + 100
+    current_wtflow.register(
+        "wide", chord([add.si(i, i) for i in range(width)], tsum.s())
+    )
+    transactions = versioning._continuum(db.session).manager.transaction_cls
+    count = db.session.query(transactions).count
+    before = count()
+    wf = Workflow.create("wide", start=True)
+    assert count() == before + 1
+    task_version = version_class(TaskRun)
+
+    def task_versions(operation):
+        return (
+            db.session.query(task_version)
+            .join(TaskRun, TaskRun.id == task_version.id)
+            .filter(TaskRun.workflow_id == wf.id)
+            .filter(task_version.operation_type == operation)
+            .all()
+        )
+
+    inserted = task_versions(Operation.INSERT)
+    (run_version,) = db.session.query(version_class(WorkflowRun)).filter_by(id=wf.id)
+    assert len(inserted) == width + 1
+    assert {v.transaction_id for v in inserted} == {run_version.transaction_id}
+    assert [v.status for v in inserted].count("queued") == width
+
+    # Only tasks changed, more than one chunk of them: the first copy too.
+    ids = [task.id for task in wf.tasks]
+
+    def change_all(uow):
+        orchestrator.db.session.execute(
+            update(TaskRun.__table__)
+            .where(TaskRun.workflow_id == wf.id)
+            .values(message="all")
+        )
+        versioning.changed(orchestrator.db.session, TaskRun, ids)
+
+    orchestrator.atomic(change_all)
+    assert count() == before + 2
+    changed = task_versions(Operation.UPDATE)
+    assert len(changed) == width + 1 and {v.message for v in changed} == {"all"}
+    assert len({v.transaction_id for v in changed}) == 1

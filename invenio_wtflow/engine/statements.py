@@ -104,7 +104,9 @@ def release_dependants():
     """Decrement the counter of the pending dependants of ``upstream_id``.
 
     Returns each dependant's ``id``, new ``remaining``, ``kind``, ``name`` and
-    ``signature``; those at zero are ready.
+    ``signature``; those at zero are ready. The signature of one still
+    waiting is ``NULL``: nothing reads it (a join's members would decode it
+    once each).
     """
     dependants = select(TaskDependency.task_id).where(
         TaskDependency.depends_on_id == bindparam("upstream_id")
@@ -121,7 +123,7 @@ def release_dependants():
             _TASKS.c.remaining,
             _TASKS.c.kind,
             _TASKS.c.name,
-            _TASKS.c.signature,
+            case((_TASKS.c.remaining == 0, _TASKS.c.signature)).label("signature"),
         )
     )
 

@@ -15,12 +15,16 @@ transaction, as DESIGN.md allows in its note on invariant 3:
   transaction Continuum records for this one. A row the ORM changed too in
   the same transaction keeps a single version, with its final values (and
   the ``INSERT`` operation if it is new).
+
+On PostgreSQL, when no ORM flush has recorded the transaction yet (the hot
+path's usual case), the transaction row and the first copy are one
+statement: the row is inserted by a data-modifying ``WITH`` clause.
 """
 
 from functools import lru_cache
 
 from flask import current_app
-from sqlalchemy import BigInteger, bindparam, event, text
+from sqlalchemy import BigInteger, Sequence, bindparam, event, text
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy_continuum import version_class
 from sqlalchemy_continuum.operation import Operation
@@ -140,6 +144,75 @@ def _copy_statement(model, operation, dialect):
     )
 
 
+@lru_cache(maxsize=None)
+def _first_copy_statement(model, operation, transactions, columns, dialect):
+    """Insert Continuum's transaction row and copy rows under it, in one statement.
+
+    PostgreSQL only (a data-modifying ``WITH``). The transaction is new, so no
+    version of it exists yet: a plain ``INSERT ... SELECT``. Text, like
+    :func:`_copy_statement`: SQLAlchemy would walk the whole construct on
+    every execution to find its compiled form. Returns the transaction's id.
+
+    :param transactions: Continuum's transaction table.
+    :param columns: the names of the transaction's values (``tx_<name>``
+        parameters).
+    """
+    table = model.__table__
+    versions = version_class(model).__table__
+    quote = dialect.identifier_preparer.quote
+    key = table.primary_key.columns[0]
+    tx_key = transactions.primary_key.columns[0]
+    names, values = list(columns), [f":tx_{c}" for c in columns]
+    if isinstance(tx_key.default, Sequence):
+        sequence = dialect.identifier_preparer.format_sequence(tx_key.default)
+        names.insert(0, tx_key.name)
+        values.insert(0, f"nextval('{sequence}')")
+    copied = [c.key for c in versions.columns if c.key in table.columns]
+    source = quote(table.name)
+    sql = (
+        f"WITH wtflow_transaction AS (INSERT INTO {quote(transactions.name)} "
+        f"({', '.join(quote(n) for n in names)}) VALUES ({', '.join(values)}) "
+        f"RETURNING {quote(tx_key.name)}), "
+        f"wtflow_versions AS (INSERT INTO {quote(versions.name)} "
+        f"({', '.join(quote(c) for c in [*copied, 'transaction_id', 'operation_type'])}) "
+        f"SELECT {', '.join(f'{source}.{quote(c)}' for c in copied)}, "
+        f"wtflow_transaction.{quote(tx_key.name)}, {int(operation)} "
+        f"FROM {source}, wtflow_transaction WHERE {source}.{quote(key.name)} IN :ids) "
+        f"SELECT {quote(tx_key.name)} FROM wtflow_transaction"
+    )
+    return text(sql).bindparams(
+        bindparam("ids", expanding=True, type_=key.type),
+        *(bindparam(f"tx_{c}", type_=transactions.c[c].type) for c in columns),
+    )
+
+
+def _copy_first(session, model, ids, operation):
+    """Record the transaction and copy rows under it (see :func:`_first_copy_statement`).
+
+    Continuum is not told about the row: this runs after the session's last
+    flush, so no version of Continuum's follows in this transaction.
+
+    :returns: the transaction's id.
+    """
+    continuum = _continuum(session)
+    transactions = continuum.manager.transaction_cls.__table__
+    values = continuum.transaction_args(session)
+    if "issued_at" in transactions.c and "issued_at" not in values:
+        values["issued_at"] = transactions.c.issued_at.default.arg(None)
+    statement = _first_copy_statement(
+        model,
+        operation,
+        transactions,
+        tuple(sorted(values)),
+        session.get_bind().dialect,
+    )
+    ids = sorted(ids, key=str)
+    params = {f"tx_{name}": value for name, value in values.items()}
+    tx_id = session.execute(statement, {**params, "ids": ids[:_CHUNK]}).scalar_one()
+    _copy(session, model, ids[_CHUNK:], operation, tx_id)
+    return tx_id
+
+
 def _copy(session, model, ids, operation, tx_id):
     """Copy rows into their version table, as they are now, under ``tx_id``."""
     statement = _copy_statement(model, operation, session.get_bind().dialect)
@@ -157,11 +230,19 @@ def _version_changed_rows(session):
         return
     session.flush()
     pending = session.info.pop(_CHANGED)
-    tx_id = transaction_id(session)
+    tx_id = None
+    if _continuum(session).current_transaction is not None:
+        tx_id = transaction_id(session)
+    elif session.get_bind().dialect.name != "postgresql":
+        tx_id = transaction_id(session)
     for model, operations in pending.items():
         for operation in (Operation.INSERT, Operation.UPDATE):
             ids = [id_ for id_, op in operations.items() if op == operation]
-            if ids:
+            if not ids:
+                continue
+            if tx_id is None:
+                tx_id = _copy_first(session, model, ids, operation)
+            else:
                 _copy(session, model, ids, operation, tx_id)
 
 
