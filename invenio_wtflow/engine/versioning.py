@@ -230,10 +230,11 @@ def _version_changed_rows(session):
         return
     session.flush()
     pending = session.info.pop(_CHANGED)
-    tx_id = None
-    if _continuum(session).current_transaction is not None:
-        tx_id = transaction_id(session)
-    elif session.get_bind().dialect.name != "postgresql":
+    tx_id = None  # on PostgreSQL, the first copy inserts the transaction row
+    if (
+        _continuum(session).current_transaction is not None
+        or session.get_bind().dialect.name != "postgresql"
+    ):
         tx_id = transaction_id(session)
     for model, operations in pending.items():
         for operation in (Operation.INSERT, Operation.UPDATE):
