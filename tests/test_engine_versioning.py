@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 from celery import chord
-from sqlalchemy import update
+from sqlalchemy import event, update
 from sqlalchemy_continuum import version_class
 from sqlalchemy_continuum.operation import Operation
 
@@ -201,3 +201,38 @@ def test_every_row_of_a_commit_is_versioned_under_one_transaction(
     changed = task_versions(Operation.UPDATE)
     assert len(changed) == width + 1 and {v.message for v in changed} == {"all"}
     assert len({v.transaction_id for v in changed}) == 1
+
+
+def test_a_run_that_finishes_is_versioned_without_an_orm_flush(task_id, db):
+    """The run's status is one Core ``UPDATE``, versioned with its last task."""
+    run_id = db.session.get(TaskRun, task_id).workflow_id
+    Workflow.get(run_id).start()
+    flushes = []
+
+    def record(*args):
+        flushes.append(args)
+
+    event.listen(db.session, "before_flush", record)
+    try:
+        for _ in range(3):  # add-chain: three tasks, one after the other
+            task = next(
+                t.model for t in Workflow.get(run_id).tasks if t.status == "queued"
+            )
+            orchestrator.atomic(orchestrator.claim, task.id, task.celery_id)
+            orchestrator.atomic(orchestrator.succeed, task.id, task.celery_id, 2)
+    finally:
+        event.remove(db.session, "before_flush", record)
+    assert flushes == []
+    run = db.session.get(WorkflowRun, run_id)
+    assert (run.status, run.finished_at is not None) == ("success", True)
+    run_versions = (
+        db.session.query(version_class(WorkflowRun))
+        .filter_by(id=run_id)
+        .order_by("transaction_id")
+        .all()
+    )
+    assert [v.status for v in run_versions][-2:] == ["running", "success"]
+    last_task = versions(db, task.id)[-1]
+    assert last_task.status == "success"
+    assert run_versions[-1].transaction_id == last_task.transaction_id
+    assert run_versions[-1].operation_type == Operation.UPDATE

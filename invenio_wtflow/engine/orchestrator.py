@@ -7,11 +7,11 @@ Every function that changes the graph takes the lock on the root workflow row
 first (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite serialises writers),
 then the task rows it changes, ordered by primary key. The hot path's
 transitions (claim, success, queueing what it makes ready) are conditional
-``UPDATE ... RETURNING`` statements whose version rows
-:mod:`~invenio_wtflow.engine.versioning` writes in the same transaction; the
-others go through the ORM, which SQLAlchemy-Continuum versions. A transition
-whose precondition does not hold (a duplicate or stale delivery) changes
-nothing.
+``UPDATE ... RETURNING`` statements, and a run's status one ``UPDATE``,
+whose version rows :mod:`~invenio_wtflow.engine.versioning` writes in the
+same transaction; the others go through the ORM, which SQLAlchemy-Continuum
+versions. A transition whose precondition does not hold (a duplicate or
+stale delivery) changes nothing.
 Joins use an atomic counter: the transaction that turns a task ``success``
 decrements ``remaining`` on its dependants with ``UPDATE ... RETURNING`` and
 queues exactly those that reach zero.
@@ -38,6 +38,7 @@ from invenio_db.uow import UnitOfWork
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.exc import StaleDataError
 
 from ..errors import InvalidStateError, TaskNotFoundError, WorkflowNotFoundError
@@ -281,11 +282,8 @@ def set_status(uow, workflow, status, message=None):
     :param message: reason for the change.
     """
     was_terminal = WorkflowStatus(workflow.status).is_terminal
-    workflow.status = status.value
-    workflow.message = message
-    workflow.finished_at = utcnow() if status.is_terminal else None
+    _store_status(workflow, status, message)
     if status.is_terminal:
-        workflow.slot_requested_at = None
         if concurrency.limit_of(workflow.name) is not None:
             # A slot is free: admit the next run of the key after the commit.
             concurrency.admission(uow).keys.add(
@@ -293,6 +291,36 @@ def set_status(uow, workflow, status, message=None):
             )
     if workflow.parent_task_id is not None and was_terminal != status.is_terminal:
         children.child_changed(uow, workflow)
+
+
+def _store_status(workflow, status, message):
+    """Write a locked run's status with one ``UPDATE``, versioned at the commit.
+
+    Not an ORM flush: that would make Continuum build its transaction and
+    version objects in Python, the largest cost of a run that finishes. The
+    loaded object is given the stored values, as if it had been flushed.
+    """
+    now = utcnow()
+    values = {
+        "status": status.value,
+        "message": message,
+        "finished_at": now if status.is_terminal else None,
+        "updated": now,
+    }
+    if status.is_terminal:
+        values["slot_requested_at"] = None
+    db.session.execute(
+        statements.set_run_status(status.is_terminal),
+        {
+            "workflow_id": workflow.id,
+            "status": status.value,
+            "message": message,
+            "now": now,
+        },
+    )
+    for key, value in values.items():
+        set_committed_value(workflow, key, value)
+    versioning.changed(db.session, WorkflowRun, [workflow.id])
 
 
 def _workflow_class(workflow):

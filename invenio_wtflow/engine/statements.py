@@ -19,6 +19,7 @@ from ..models import TaskDependency, TaskRun, TaskStatus, WorkflowRun
 
 _TASKS = TaskRun.__table__
 _EDGES = TaskDependency.__table__
+_RUNS = WorkflowRun.__table__
 _TIME = TaskRun.__table__.c.updated.type
 
 
@@ -99,6 +100,29 @@ def succeed():
             updated=_now(),
         )
         .returning(_TASKS.c.id, _TASKS.c.kind)
+    )
+
+
+@cache
+def set_run_status(finished):
+    """Store run ``workflow_id``'s ``status``, ``message`` and ``finished_at``.
+
+    Parameters: ``workflow_id``, ``status``, ``message``, ``now`` (also the
+    new ``finished_at`` when ``finished``). A finished run gives up its
+    request for a concurrency slot.
+    """
+    values = {
+        "status": bindparam("status"),
+        "message": bindparam("message", type_=_RUNS.c.message.type),
+        "finished_at": _now() if finished else None,
+        "updated": _now(),
+    }
+    if finished:
+        values["slot_requested_at"] = None
+    return (
+        update(_RUNS)
+        .where(_RUNS.c.id == bindparam("workflow_id", type_=_RUNS.c.id.type))
+        .values(**values)
     )
 
 
