@@ -7,6 +7,7 @@ import threading
 
 import pytest
 from invenio_db import db as _db
+from sqlalchemy import event
 
 from invenio_wtflow import Workflow, current_wtflow
 from invenio_wtflow.api import Task
@@ -549,3 +550,41 @@ def test_spawn_many_of_nothing_joins_at_once(app, db):
         "spawn-batch", data={"definition": "transcode-one", "items": []}
     ).start()
     assert wf.status == "success" and wf.result == []
+
+
+def test_a_finishing_child_is_counted_without_an_orm_flush(app, db, broker):
+    """Each child's success: Core statements only; progress once per percent."""
+    width = 150
+    items = [{"video_id": i, "quality": "q"} for i in range(width)]
+    wf = Workflow.create(
+        "spawn-batch", data={"definition": "transcode-one", "items": items}
+    ).start()
+    broker.deliver(lambda m: m.name.endswith("spawn_batch"))
+    spawner_id = Workflow.get(wf.id).tasks[0].id
+    flushes = []
+
+    def record(*args):
+        flushes.append(args)
+
+    event.listen(db.session, "before_flush", record)
+    try:
+        broker.deliver(lambda m: m is not broker.messages[-1])
+    finally:
+        event.remove(db.session, "before_flush", record)
+    assert flushes == []
+    spawner = Task.get(spawner_id)
+    assert (spawner.status, spawner.model.remaining) == ("waiting", 1)
+    assert (
+        spawner.message
+        == f"Waiting for child workflows: {width - 1} of {width} finished."
+    )
+    assert spawner.progress == (width - 1) / width
+    # Versioned when the percentage changes: 99 times for 149 children.
+    shown = [
+        h for h in spawner.history() if (h.get("message") or "").startswith("Waiting")
+    ]
+    assert len(shown) == 1 + 99  # the join's own, then each new percent
+    broker.deliver_all()
+    wf = Workflow.get(wf.id)
+    assert wf.status == "success" and len(wf.result) == width
+    consistent(wf)

@@ -34,11 +34,13 @@ from dataclasses import dataclass
 
 from invenio_db import db
 from sqlalchemy import func, select
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 
 from ..errors import SpawnConflictError
 from ..models import TERMINAL_TASK_STATUSES as TERMINAL_TASKS
-from ..models import TaskRun, TaskStatus, WorkflowRun, WorkflowStatus
-from . import concurrency, dynamic, orchestrator
+from ..models import TaskRun, TaskStatus, WorkflowRun, WorkflowStatus, utcnow
+from . import concurrency, dynamic, orchestrator, statements, versioning
 from .graph import input_positions, resolve
 
 logger = logging.getLogger(__name__)
@@ -235,31 +237,33 @@ def child_changed(uow, child):
 
     Called under the root lock by the transaction that changes the child's
     status between finished and unfinished. The counter is not versioned;
-    the task's message and progress are, at most once per percent.
+    the task's message and progress are, at most once per percent. The task
+    is read and counted with Core statements; only the last child (or a
+    failed one) loads it to complete (or fail) the join.
     """
-    task = orchestrator._lock_tasks(TaskRun.id == child.parent_task_id)[0]
-    joined = task.joined or {}
-    if task.status != TaskStatus.WAITING.value or str(child.id) not in set(
-        joined.get("children", ())
+    row = db.session.execute(
+        statements.lock_joining_task(), {"task_id": child.parent_task_id}
+    ).one()
+    joined = row.joined or {}
+    if row.status != TaskStatus.WAITING.value or str(child.id) not in joined.get(
+        "children", ()
     ):
         return
+    total = len(joined["children"])
     if child.status not in TERMINAL:
-        task.remaining += 1
-        _show_progress(task)
+        _count(row.id, total, row.remaining + 1, show=True)
         return
     if _failed(child) and not joined["return_exceptions"]:
+        task = orchestrator._lock_tasks(TaskRun.id == row.id)[0]
         _fail_join(uow, orchestrator.lock_workflow(child.parent_id), task, child)
         return
-    task.remaining -= 1
-    if task.remaining > 0:
-        total = len(joined["children"])
-        if (
-            total <= 100
-            or (total - task.remaining) * 100 // total
-            != (total - task.remaining - 1) * 100 // total
-        ):
-            _show_progress(task)
+    if row.remaining > 1:
+        done = total - row.remaining + 1
+        show = total <= 100 or done * 100 // total != (done - 1) * 100 // total
+        _count(row.id, total, row.remaining - 1, show)
         return
+    task = orchestrator._lock_tasks(TaskRun.id == row.id)[0]
+    task.remaining = 0
     runs = _runs(joined["children"])
     unfinished = [r for r in runs if r.status not in TERMINAL]
     if unfinished:  # pragma: no cover - the counter is kept under the root lock
@@ -282,11 +286,37 @@ def _runs(ids):
     return [by_id[str(i)] for i in ids]
 
 
+def _progress(total, remaining):
+    """The message and progress of a task joining ``total`` children."""
+    done = total - remaining
+    message = f"Waiting for child workflows: {done} of {total} finished."
+    return {"message": message, "progress": done / total if total else 1.0}
+
+
 def _show_progress(task):
-    total = len(task.joined["children"])
-    done = total - task.remaining
-    task.message = f"Waiting for child workflows: {done} of {total} finished."
-    task.progress = done / total if total else 1.0
+    progress = _progress(len(task.joined["children"]), task.remaining)
+    for key, value in progress.items():
+        setattr(task, key, value)
+
+
+def _count(task_id, total, remaining, show):
+    """Store a waiting task's join counter, and its progress when ``show``.
+
+    One ``UPDATE`` rather than an ORM flush (Continuum's bookkeeping would be
+    most of a finishing child's cost); the counter is not versioned, the
+    progress is, at the commit. A loaded copy of the task is given the
+    stored values.
+    """
+    values = {"remaining": remaining, "updated": utcnow()}
+    if show:
+        values.update(_progress(total, remaining))
+    db.session.execute(statements.join_counter(show), {"task_id": task_id, **values})
+    loaded = db.session.identity_map.get(identity_key(TaskRun, task_id))
+    if loaded is not None:
+        for key, value in values.items():
+            set_committed_value(loaded, key, value)
+    if show:
+        versioning.changed(db.session, TaskRun, [task_id])
 
 
 def _complete_join(uow, workflow, task, runs):

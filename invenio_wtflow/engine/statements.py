@@ -127,6 +127,33 @@ def set_run_status(finished):
 
 
 @cache
+def lock_joining_task():
+    """Lock task ``task_id`` and return its ``id``, ``status``, ``remaining``, ``joined``."""
+    return (
+        select(_TASKS.c.id, _TASKS.c.status, _TASKS.c.remaining, _TASKS.c.joined)
+        .where(_TASKS.c.id == bindparam("task_id"))
+        .with_for_update()
+    )
+
+
+@cache
+def join_counter(progress):
+    """Store the counter of unfinished children of a joining task.
+
+    Parameters: ``task_id``, ``remaining``, ``updated``; with ``progress``,
+    also its ``message`` and ``progress``.
+    """
+    values = {
+        "remaining": bindparam("remaining", type_=_TASKS.c.remaining.type),
+        "updated": bindparam("updated", type_=_TIME),
+    }
+    if progress:
+        values["message"] = bindparam("message", type_=_TASKS.c.message.type)
+        values["progress"] = bindparam("progress", type_=_TASKS.c.progress.type)
+    return update(_TASKS).where(_TASKS.c.id == bindparam("task_id")).values(**values)
+
+
+@cache
 def release_dependants():
     """Decrement the counter of the pending dependants of ``upstream_id``.
 
