@@ -1,19 +1,28 @@
 # SPDX-FileCopyrightText: 2026 invenio-wtflow authors.
 # SPDX-License-Identifier: MIT
 
-"""CPU per task of B1's members, in one process, without Celery's worker.
+"""CPU per task of a benchmark's tasks, in one process, without Celery's worker.
 
-Creates B1's run (``bench-fan-in-1000``) and runs its 1,000 members one
-after the other in this process, as a worker would (``Task.apply`` with the
-engine's header: claim, body, success), and prints the CPU and wall time per
-member. No broker and no concurrency: it isolates the engine's own cost per
-task from Celery's worker and from lock waits, so two versions of the
-package can be compared run against run on a busy machine too.
+Runs the tasks of one scenario one after the other in this process, as a
+worker would (``Task.apply`` with the engine's header: claim, body,
+success), and prints the CPU and wall time per task:
 
-``--profile`` adds a cProfile of the members (CPU time), cumulative and
+- ``members`` (the default): B1's 1,000 group members
+  (``bench-fan-in-1000``);
+- ``one``: 200 one-task runs (B3's ``bench-one``), each created and started
+  here, the creation timed apart from the task;
+- ``children``: the 1,000 one-task children that B6's spawning task
+  creates (``bench-spawn-many-1000``): each one's success finishes its run
+  and tells the joining task.
+
+No broker and no concurrency: it isolates the engine's own cost per task
+from Celery's worker and from lock waits, so two versions of the package
+can be compared run against run on a busy machine too.
+
+``--profile`` adds a cProfile of the timed tasks (CPU time), cumulative and
 internal, to the output. Not run by ``run.sh``::
 
-    python -m benchmarks.member_cpu [--profile]
+    python -m benchmarks.member_cpu [members|one|children] [--profile]
 """
 
 import cProfile
@@ -24,6 +33,10 @@ import time
 from .common import bench_app
 
 WIDTH = 1000
+"""B1's group width and B6's number of children."""
+
+RUNS = 200
+"""One-task runs of the ``one`` shape."""
 
 
 def deliver(celery, messages):
@@ -41,42 +54,119 @@ def deliver(celery, messages):
         )
 
 
-def main(profile=False):
-    """Run B1's members in this process; print CPU and wall time per member."""
-    from celery import current_app as celery
+def drain(celery, sent):
+    """Deliver what is published, and what that publishes, until nothing is left."""
+    while sent:
+        batch = list(sent)
+        sent.clear()
+        deliver(celery, batch)
+
+
+class Meter:
+    """CPU and wall time of the timed parts, optionally profiled."""
+
+    def __init__(self, profile):
+        """Start with nothing timed; ``profile`` adds a cProfile."""
+        self.cpu = self.wall = 0.0
+        self.profiler = cProfile.Profile(time.process_time) if profile else None
+
+    def run(self, function, *args):
+        """Call ``function`` and add its CPU and wall time."""
+        cpu, wall = time.process_time(), time.perf_counter()
+        if self.profiler:
+            self.profiler.enable()
+        function(*args)
+        if self.profiler:
+            self.profiler.disable()
+        self.cpu += time.process_time() - cpu
+        self.wall += time.perf_counter() - wall
+
+    def report(self, what, count):
+        """Print the time per task, and the profile."""
+        print(
+            f"{count} {what}: CPU {1000 * self.cpu / count:.2f} ms per task, "
+            f"wall {1000 * self.wall / count:.2f} ms per task",
+            flush=True,
+        )
+        if self.profiler:
+            stats = pstats.Stats(self.profiler)
+            stats.sort_stats("cumulative").print_stats(40)
+            stats.sort_stats("tottime").print_stats(25)
+
+
+def members(celery, sent, meter):
+    """B1's members (the join is not timed)."""
+    from invenio_wtflow import Workflow
+
+    Workflow.create("bench-fan-in-8", start=True)  # warm the code paths
+    drain(celery, sent)
+    Workflow.create("bench-fan-in-1000", start=True)
+    batch = list(sent)
+    sent.clear()
+    meter.run(deliver, celery, batch)
+    meter.report("members", len(batch))
+
+
+def one(celery, sent, meter):
+    """B3's one-task runs; their creation is timed apart."""
+    from invenio_db import db
 
     from invenio_wtflow import Workflow
+
+    def create():
+        Workflow.create("bench-one", start=True)
+        db.session.remove()
+
+    for _ in range(20):  # warm the code paths
+        create()
+        drain(celery, sent)
+    creating = Meter(profile=False)
+    for _ in range(RUNS):
+        creating.run(create)
+        batch = list(sent)
+        sent.clear()
+        meter.run(deliver, celery, batch)
+    creating.report("creations (create and start, in the caller)", RUNS)
+    meter.report("one-task runs (in the worker)", RUNS)
+
+
+def children(celery, sent, meter):
+    """B6's children, after their spawning task (the join is not timed)."""
+    from invenio_wtflow import Workflow
+
+    Workflow.create("bench-spawn-many-8", start=True)  # warm the code paths
+    drain(celery, sent)
+    Workflow.create("bench-spawn-many-1000", start=True)
+    spawner = list(sent)
+    sent.clear()
+    deliver(celery, spawner)
+    batch = list(sent)
+    sent.clear()
+    meter.run(deliver, celery, batch)
+    meter.report("children", len(batch))
+
+
+SHAPES = {"members": members, "one": one, "children": children}
+
+
+def main(shape="members", profile=False):
+    """Run a scenario's tasks in this process; print CPU and wall time per task."""
+    from celery import current_app as celery
+
     from invenio_wtflow.engine import dispatch
 
     with bench_app():
         sent = []
         dispatch._send = lambda message: sent.append(message) or True
-        Workflow.create("bench-fan-in-8", start=True)  # warm the code paths
-        while sent:
-            batch = list(sent)
-            sent.clear()
-            deliver(celery, batch)
-        Workflow.create("bench-fan-in-1000", start=True)
-        members = list(sent)
-        sent.clear()
-        profiler = cProfile.Profile(time.process_time) if profile else None
-        cpu, wall = time.process_time(), time.perf_counter()
-        if profiler:
-            profiler.enable()
-        deliver(celery, members)
-        if profiler:
-            profiler.disable()
-        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-        print(
-            f"{len(members)} members: CPU {1000 * cpu / len(members):.2f} ms "
-            f"per task, wall {1000 * wall / len(members):.2f} ms per task",
-            flush=True,
-        )
-        if profiler:
-            stats = pstats.Stats(profiler)
-            stats.sort_stats("cumulative").print_stats(40)
-            stats.sort_stats("tottime").print_stats(25)
+        SHAPES[shape](celery, sent, Meter(profile))
 
 
 if __name__ == "__main__":
-    main(profile="--profile" in sys.argv[1:])
+    arguments = sys.argv[1:]
+    shapes = [a for a in arguments if a in SHAPES]
+    unknown = [a for a in arguments if a not in SHAPES and a != "--profile"]
+    if unknown or len(shapes) > 1:
+        sys.exit(
+            f"usage: python -m benchmarks.member_cpu [{'|'.join(SHAPES)}] [--profile]"
+        )
+    main(*shapes[:1], profile="--profile" in arguments)
