@@ -128,7 +128,7 @@ def set_run_status(finished):
 
 @cache
 def lock_joining_task():
-    """Lock task ``task_id`` and return its ``id``, ``status``, ``remaining``, ``joined``."""
+    """Lock task ``task_id``; return its id, status, ``remaining`` and ``joined``."""
     return (
         select(_TASKS.c.id, _TASKS.c.status, _TASKS.c.remaining, _TASKS.c.joined)
         .where(_TASKS.c.id == bindparam("task_id"))
