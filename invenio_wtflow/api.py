@@ -17,7 +17,7 @@ from sqlalchemy import bindparam, case, func, null, select, text
 from sqlalchemy_continuum import version_class
 from werkzeug.routing import BuildError
 
-from .engine import children, delegation, orchestrator
+from .engine import children, delegation, orchestrator, waiting
 from .engine.dynamic import callback_results, populate_node, populates
 from .engine.graph import Graph, compile_canvas, ensure_json, ensure_object, resolve
 from .engine.status import default_rule, default_status
@@ -533,6 +533,30 @@ class Workflow:
         query = query.order_by(WorkflowRun.created.desc(), WorkflowRun.id.desc())
         pagination = db.paginate(query, page=page, per_page=size, error_out=False)
         return [cls._wrap(m) for m in pagination.items], pagination.total
+
+    def wait(self, timeout=None, interval=1.0):
+        """Block until the run has finished (succeeded, failed or was cancelled).
+
+        Like ``AsyncResult.get()`` for a canvas, without raising the run's
+        error: read :attr:`status` and :attr:`result` after it. On
+        PostgreSQL the run's last transaction wakes the waiter
+        (``LISTEN``/``NOTIFY``); other databases are polled. The session's
+        transaction is committed first: the run's tasks finish in other
+        transactions, which an open one may not see (SQLite reads from a
+        snapshot until its transaction ends).
+
+        :param timeout: seconds to wait at most (``None``: no limit).
+        :param interval: seconds between two reads of the status when
+            nothing is heard (the polling period off PostgreSQL).
+        :returns: the run, read again.
+        :raises WaitTimeoutError: when the run is still unfinished at
+            ``timeout``.
+        """
+        db.session.commit()
+        if not WorkflowStatus(self.model.status).is_terminal:
+            waiting.wait(db.engine, self.id, timeout=timeout, interval=interval)
+            db.session.commit()  # a new transaction sees the finished run
+        return self
 
     @property
     def result(self):

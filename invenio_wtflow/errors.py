@@ -49,6 +49,18 @@ class InvalidStateError(WTFlowError, RuntimeError):
     """The operation is not allowed in the run's current status."""
 
 
+class WaitTimeoutError(WTFlowError, TimeoutError):
+    """A run was still unfinished when the time to wait for it ran out."""
+
+    def __init__(self, workflow_id, status):
+        """Initialise with the run's id and the status it was last seen in."""
+        super().__init__(
+            f"Workflow run {workflow_id} is still {status}: gave up waiting for it."
+        )
+        self.workflow_id = workflow_id
+        self.status = status
+
+
 class SpawnConflictError(WTFlowError, ValueError):
     """A child's key was already used with another definition or other data."""
 

@@ -53,7 +53,15 @@ from ..models import (
     WorkflowStatus,
     utcnow,
 )
-from . import children, concurrency, dynamic, sqlite, statements, versioning
+from . import (
+    children,
+    concurrency,
+    dynamic,
+    sqlite,
+    statements,
+    versioning,
+    waiting,
+)
 from .dispatch import Message, dispatcher
 from .graph import input_positions
 from .status import default_status
@@ -321,6 +329,8 @@ def _store_status(workflow, status, message):
     for key, value in values.items():
         set_committed_value(workflow, key, value)
     versioning.changed(db.session, WorkflowRun, [workflow.id])
+    if status.is_terminal:
+        waiting.finished(db.session, workflow.id)
 
 
 def _workflow_class(workflow):

@@ -1,0 +1,130 @@
+# SPDX-FileCopyrightText: 2026 invenio-wtflow authors.
+# SPDX-License-Identifier: MIT
+
+"""Wait for a run to finish: PostgreSQL ``NOTIFY`` when it can, polling otherwise.
+
+The transaction that stores a run's finished status sends a notification on
+:data:`CHANNEL` with the run's id (PostgreSQL delivers it at the commit, and
+not at all on a rollback). :func:`wait` listens on its own connection, then
+reads the status, so a run that finishes between the two is not missed; it
+reads the status again on each notification for the run and at every
+``interval`` in any case. Other databases are polled every ``interval``.
+"""
+
+import select
+import time
+
+from sqlalchemy import select as sa_select
+from sqlalchemy import text
+
+from ..errors import WaitTimeoutError, WorkflowNotFoundError
+from ..models import WorkflowStatus
+
+CHANNEL = "wtflow_run_finished"
+"""The notification channel; the payload is the finished run's id."""
+
+_NOTIFY = text("SELECT pg_notify(:channel, :payload)")
+_STATUS = "SELECT status FROM wtflow_workflow WHERE id = %s"
+
+FINISHED = frozenset(s.value for s in WorkflowStatus if s.is_terminal)
+
+
+def finished(session, workflow_id):
+    """Tell waiters, at the commit, that run ``workflow_id`` has finished.
+
+    Nothing is sent off PostgreSQL, where waiters poll.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(_NOTIFY, {"channel": CHANNEL, "payload": str(workflow_id)})
+
+
+def wait(engine, workflow_id, timeout=None, interval=1.0):
+    """Block until run ``workflow_id`` is finished; return its status.
+
+    Uses connections of its own, so it sees what other transactions commit.
+
+    :param engine: the SQLAlchemy engine of the database.
+    :param workflow_id: the run's id.
+    :param timeout: seconds to wait at most (``None``: no limit).
+    :param interval: seconds between two reads of the status when nothing
+        is heard (on PostgreSQL, a safety net: a notification wakes it).
+    :raises WorkflowNotFoundError: when there is no such run.
+    :raises WaitTimeoutError: when the run is still unfinished at ``timeout``.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    if engine.dialect.name == "postgresql":
+        connection = engine.raw_connection()
+        try:
+            if hasattr(connection.driver_connection, "notifies"):  # psycopg2
+                return _listen(
+                    connection.driver_connection, workflow_id, deadline, interval
+                )
+        finally:
+            connection.close()
+    return _poll(engine, workflow_id, deadline, interval)
+
+
+def _listen(conn, workflow_id, deadline, interval):
+    """Wait on ``LISTEN``, re-reading the status when the run is notified."""
+    autocommit = conn.autocommit
+    conn.autocommit = True
+    cursor = conn.cursor()
+    try:
+        cursor.execute(f"LISTEN {CHANNEL}")
+        while True:
+            cursor.execute(_STATUS, (str(workflow_id),))
+            status = _checked(cursor.fetchone(), workflow_id)
+            if status in FINISHED:
+                return status
+            _sleep_until_told(
+                conn, str(workflow_id), _pause(deadline, interval, workflow_id, status)
+            )
+    finally:
+        cursor.execute(f"UNLISTEN {CHANNEL}")
+        conn.notifies.clear()
+        cursor.close()
+        conn.autocommit = autocommit
+
+
+def _sleep_until_told(conn, payload, seconds):
+    """Sleep until the run is notified or ``seconds`` have passed."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        if select.select([conn], [], [], left) == ([], [], []):
+            return
+        conn.poll()
+        told = any(n.payload == payload for n in conn.notifies)
+        conn.notifies.clear()
+        if told:
+            return
+
+
+def _poll(engine, workflow_id, deadline, interval):
+    """Read the status every ``interval`` seconds, each time in a new transaction."""
+    from ..models import WorkflowRun
+
+    query = sa_select(WorkflowRun.status).where(WorkflowRun.id == workflow_id)
+    while True:
+        with engine.connect() as connection:
+            row = connection.execute(query).first()
+        status = _checked(row, workflow_id)
+        if status in FINISHED:
+            return status
+        time.sleep(_pause(deadline, interval, workflow_id, status))
+
+
+def _checked(row, workflow_id):
+    """The status read, or :class:`WorkflowNotFoundError` when there is no run."""
+    if row is None:
+        raise WorkflowNotFoundError(workflow_id)
+    return row[0]
+
+
+def _pause(deadline, interval, workflow_id, status):
+    """Seconds to sleep before the next read; raise when none are left."""
+    if deadline is None:
+        return interval
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise WaitTimeoutError(workflow_id, status)
+    return min(interval, left)
