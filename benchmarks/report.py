@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .common import CONCURRENCY, PAIRS, ROOT, machine
 
-ORDER = ("B1", "B2", "B3", "B4", "B5", "B6", "B6-loop", "B7", "SQL")
+ORDER = ("B1", "B2", "B3", "B3-polled", "B4", "B5", "B6", "B6-loop", "B7", "SQL")
 
 
 def git():
