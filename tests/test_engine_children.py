@@ -588,3 +588,32 @@ def test_a_finishing_child_is_counted_without_an_orm_flush(app, db, broker):
     wf = Workflow.get(wf.id)
     assert wf.status == "success" and len(wf.result) == width
     consistent(wf)
+
+
+def test_a_child_change_sees_what_its_transaction_did_to_the_joining_task(
+    app, db, broker
+):
+    """A joining task cancelled earlier in the transaction is not counted."""
+    items = [{"video_id": i, "quality": "q"} for i in range(3)]
+    wf = Workflow.create(
+        "spawn-batch", data={"definition": "transcode-one", "items": items}
+    ).start()
+    broker.deliver(lambda m: m.name.endswith("spawn_batch"))
+    spawner_id = Workflow.get(wf.id).tasks[0].id
+    kid_id = child_runs(wf)[0].id
+
+    def cancel_then_finish_a_child(uow):
+        task = _db.session.get(TaskRun, spawner_id)
+        task.status, task.message = "cancelled", "Cancelled by hand."
+        child = _db.session.get(WorkflowRun, kid_id)
+        child.status = "success"
+        children.child_changed(uow, child)
+        assert task.message == "Cancelled by hand."
+
+    orchestrator.atomic(cancel_then_finish_a_child)
+    task = _db.session.get(TaskRun, spawner_id)
+    assert (task.status, task.message, task.remaining) == (
+        "cancelled",
+        "Cancelled by hand.",
+        3,
+    )
