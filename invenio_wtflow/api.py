@@ -551,7 +551,17 @@ class Workflow:
         :returns: the run, read again.
         :raises WaitTimeoutError: when the run is still unfinished at
             ``timeout``.
+        :raises ValueError: when ``interval`` is not positive or
+            ``timeout`` is negative.
         """
+        if not interval > 0:
+            raise ValueError(
+                f"interval must be a positive number of seconds, not {interval!r}."
+            )
+        if timeout is not None and not timeout >= 0:
+            raise ValueError(
+                f"timeout must be None or a number of seconds >= 0, not {timeout!r}."
+            )
         db.session.commit()
         if not WorkflowStatus(self.model.status).is_terminal:
             waiting.wait(db.engine, self.id, timeout=timeout, interval=interval)

@@ -118,3 +118,18 @@ def test_a_rolled_back_finish_notifies_nothing(app, clean, broker, listener):
         orchestrator.atomic(stop_then_fail)
     assert heard(listener) == []
     assert Workflow.get(wf.id).status == "running"
+
+
+@pytest.mark.parametrize(
+    "arguments, error",
+    [
+        ({"interval": 0}, "interval must be a positive number"),
+        ({"interval": -1}, "interval must be a positive number"),
+        ({"timeout": -0.5}, "timeout must be None or a number"),
+    ],
+)
+def test_bad_wait_arguments_are_refused(app, db, arguments, error):
+    wf = Workflow.create("add-chain")  # pending: it would be waited for
+    with pytest.raises(ValueError, match=error):
+        wf.wait(**arguments)
+    assert Workflow.get(wf.id).status == "pending"
