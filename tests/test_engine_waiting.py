@@ -67,10 +67,21 @@ def test_wait_gives_up_at_its_timeout_and_changes_nothing(app, clean, broker):
     assert wf.wait(timeout=5).status == "success"
 
 
-def test_waiting_for_an_unknown_run_is_an_error(app, clean):
-    missing = "00000000-0000-0000-0000-000000000000"
+@pytest.mark.parametrize("missing", ["00000000-0000-0000-0000-000000000000", "42"])
+def test_waiting_for_an_unknown_run_is_an_error(app, clean, missing):
     with pytest.raises(WorkflowNotFoundError, match=missing):
         waiting.wait(_db.engine, missing, timeout=1)
+
+
+def test_a_run_is_waited_for_under_any_spelling_of_its_id(app, clean, broker):
+    wf = Workflow.create("add-chain", start=True)
+    thread = finish_later(app, broker, 0.2)
+    interval = 30 if _db.engine.dialect.name == "postgresql" else 0.05
+    try:
+        status = waiting.wait(_db.engine, str(wf.id).upper(), 20, interval)
+    finally:
+        thread.join()
+    assert status == "success"
 
 
 @pytest.fixture()

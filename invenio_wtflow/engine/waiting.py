@@ -13,12 +13,13 @@ reads the status again on each notification for the run and at every
 
 import select
 import time
+import uuid
 
 from sqlalchemy import select as sa_select
 from sqlalchemy import text
 
 from ..errors import WaitTimeoutError, WorkflowNotFoundError
-from ..models import WorkflowStatus
+from ..models import WorkflowRun, WorkflowStatus
 
 CHANNEL = "wtflow_run_finished"
 """The notification channel; the payload is the finished run's id."""
@@ -51,6 +52,10 @@ def wait(engine, workflow_id, timeout=None, interval=1.0):
     :raises WorkflowNotFoundError: when there is no such run.
     :raises WaitTimeoutError: when the run is still unfinished at ``timeout``.
     """
+    try:
+        workflow_id = uuid.UUID(str(workflow_id))  # the notifications' spelling
+    except ValueError:
+        raise WorkflowNotFoundError(workflow_id) from None
     deadline = None if timeout is None else time.monotonic() + timeout
     if engine.dialect.name == "postgresql":
         connection = engine.raw_connection()
@@ -101,8 +106,6 @@ def _sleep_until_told(conn, payload, seconds):
 
 def _poll(engine, workflow_id, deadline, interval):
     """Read the status every ``interval`` seconds, each time in a new transaction."""
-    from ..models import WorkflowRun
-
     query = sa_select(WorkflowRun.status).where(WorkflowRun.id == workflow_id)
     while True:
         with engine.connect() as connection:
