@@ -57,9 +57,7 @@ def deliver(celery, messages):
 def drain(celery, sent):
     """Deliver what is published, and what that publishes, until nothing is left."""
     while sent:
-        batch = list(sent)
-        sent.clear()
-        deliver(celery, batch)
+        deliver(celery, take(sent))
 
 
 class Meter:
@@ -94,17 +92,33 @@ class Meter:
             stats.sort_stats("tottime").print_stats(25)
 
 
-def members(celery, sent, meter):
-    """B1's members (the join is not timed)."""
-    from invenio_wtflow import Workflow
-
-    Workflow.create("bench-fan-in-8", start=True)  # warm the code paths
-    drain(celery, sent)
-    Workflow.create("bench-fan-in-1000", start=True)
+def take(sent):
+    """Return the messages published so far, and forget them."""
     batch = list(sent)
     sent.clear()
+    return batch
+
+
+def wave(celery, sent, meter, name, what, untimed=0):
+    """Time one wave of tasks of ``<name>-1000``, after ``untimed`` waves.
+
+    ``<name>-8`` runs first, untimed, to warm the code paths.
+    """
+    from invenio_wtflow import Workflow
+
+    Workflow.create(f"{name}-8", start=True)
+    drain(celery, sent)
+    Workflow.create(f"{name}-1000", start=True)
+    for _ in range(untimed):
+        deliver(celery, take(sent))
+    batch = take(sent)
     meter.run(deliver, celery, batch)
-    meter.report("members", len(batch))
+    meter.report(what, len(batch))
+
+
+def members(celery, sent, meter):
+    """B1's members (the join is not timed)."""
+    wave(celery, sent, meter, "bench-fan-in", "members")
 
 
 def one(celery, sent, meter):
@@ -123,27 +137,14 @@ def one(celery, sent, meter):
     creating = Meter(profile=False)
     for _ in range(RUNS):
         creating.run(create)
-        batch = list(sent)
-        sent.clear()
-        meter.run(deliver, celery, batch)
+        meter.run(deliver, celery, take(sent))
     creating.report("creations (create and start, in the caller)", RUNS)
     meter.report("one-task runs (in the worker)", RUNS)
 
 
 def children(celery, sent, meter):
     """B6's children, after their spawning task (the join is not timed)."""
-    from invenio_wtflow import Workflow
-
-    Workflow.create("bench-spawn-many-8", start=True)  # warm the code paths
-    drain(celery, sent)
-    Workflow.create("bench-spawn-many-1000", start=True)
-    spawner = list(sent)
-    sent.clear()
-    deliver(celery, spawner)
-    batch = list(sent)
-    sent.clear()
-    meter.run(deliver, celery, batch)
-    meter.report("children", len(batch))
+    wave(celery, sent, meter, "bench-spawn-many", "children", untimed=1)
 
 
 SHAPES = {"members": members, "one": one, "children": children}
