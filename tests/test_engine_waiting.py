@@ -3,11 +3,12 @@
 
 """Waiting for a run to finish: ``Workflow.wait`` and its notification."""
 
-import select
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
+import sqlalchemy as sa
 from invenio_db import db as _db
 
 from invenio_wtflow import Workflow
@@ -84,30 +85,76 @@ def test_a_run_is_waited_for_under_any_spelling_of_its_id(app, clean, broker):
     assert status == "success"
 
 
-@pytest.fixture()
-def listener(app):
-    """A psycopg2 connection listening on the engine's channel."""
+def postgresql_only():
+    """Skip off PostgreSQL: LISTEN/NOTIFY is PostgreSQL's."""
     if _db.engine.dialect.name != "postgresql":
         pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
-    connection = _db.engine.raw_connection()
+
+
+@pytest.fixture(params=["psycopg2", "psycopg"])
+def driver_engine(app, request):
+    """The test database through each PostgreSQL driver."""
+    postgresql_only()
+    url = _db.engine.url.set(drivername=f"postgresql+{request.param}")
+    engine = sa.create_engine(url)
+    yield engine
+    engine.dispose()
+
+
+@contextmanager
+def listening(engine):
+    """A driver connection of ``engine`` listening on the engine's channel."""
+    connection = engine.raw_connection()
     raw = connection.driver_connection
     raw.autocommit = True
-    with raw.cursor() as cursor:
-        cursor.execute(f"LISTEN {waiting.CHANNEL}")
-    yield raw
-    with raw.cursor() as cursor:
+    cursor = raw.cursor()
+    cursor.execute(f"LISTEN {waiting.CHANNEL}")
+    try:
+        yield raw
+    finally:
         cursor.execute(f"UNLISTEN {waiting.CHANNEL}")
-    raw.autocommit = False
-    connection.close()
+        cursor.close()
+        raw.autocommit = False
+        connection.close()
+
+
+@pytest.fixture()
+def listener(app):
+    """A connection of the test database listening on the engine's channel."""
+    postgresql_only()
+    with listening(_db.engine) as raw:
+        yield raw
 
 
 def heard(raw, seconds=0.5):
     """The payloads notified within ``seconds``."""
-    select.select([raw], [], [], seconds)
-    raw.poll()
-    payloads = [n.payload for n in raw.notifies]
-    raw.notifies.clear()
-    return payloads
+    return waiting._receiver(raw)(raw, seconds)
+
+
+def test_each_postgresql_driver_is_woken_by_the_notification(
+    app, clean, broker, driver_engine
+):
+    wf = Workflow.create("add-chain", start=True)
+    thread = finish_later(app, broker, 0.3)
+    start = time.monotonic()
+    try:
+        # A 30 s interval: only the notification can wake it in time.
+        assert waiting.wait(driver_engine, wf.id, timeout=20, interval=30) == "success"
+    finally:
+        thread.join()
+    assert time.monotonic() - start < 10
+
+
+def test_a_notification_heard_during_a_read_is_not_waited_for(app, driver_engine):
+    with listening(driver_engine) as raw:
+        with raw.cursor() as cursor:
+            # The session hears its own notification with the command's answer,
+            # as it would hear a run's finish with the answer to a status read.
+            cursor.execute(f"NOTIFY {waiting.CHANNEL}, 'run'")
+        start = time.monotonic()
+        assert heard(raw, seconds=30) == ["run"]
+        assert time.monotonic() - start < 5
+        assert heard(raw, seconds=0.1) == []
 
 
 def test_the_transaction_that_finishes_a_run_notifies_it(app, clean, broker, listener):

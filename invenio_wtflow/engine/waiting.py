@@ -8,7 +8,8 @@ The transaction that stores a run's finished status sends a notification on
 not at all on a rollback). :func:`wait` listens on its own connection, then
 reads the status, so a run that finishes between the two is not missed; it
 reads the status again on each notification for the run and at every
-``interval`` in any case. Other databases are polled every ``interval``.
+``interval`` in any case. It hears notifications through psycopg 3 or
+psycopg2; other databases and drivers are polled every ``interval``.
 """
 
 import select
@@ -60,16 +61,44 @@ def wait(engine, workflow_id, timeout=None, interval=1.0):
     if engine.dialect.name == "postgresql":
         connection = engine.raw_connection()
         try:
-            if hasattr(connection.driver_connection, "notifies"):  # psycopg2
+            receive = _receiver(connection.driver_connection)
+            if receive is not None:
                 return _listen(
-                    connection.driver_connection, workflow_id, deadline, interval
+                    connection.driver_connection,
+                    receive,
+                    workflow_id,
+                    deadline,
+                    interval,
                 )
         finally:
             connection.close()
     return _poll(engine, workflow_id, deadline, interval)
 
 
-def _listen(conn, workflow_id, deadline, interval):
+def _receiver(conn):
+    """How to hear notifications on the driver's connection ``conn``, if known."""
+    if callable(getattr(conn, "notifies", None)):
+        return _received_psycopg
+    if hasattr(conn, "poll") and isinstance(getattr(conn, "notifies", None), list):
+        return _received_psycopg2
+    return None
+
+
+def _received_psycopg(conn, seconds):
+    """Payloads psycopg 3 hears within ``seconds`` (it keeps earlier ones too)."""
+    return [n.payload for n in conn.notifies(timeout=seconds, stop_after=1)]
+
+
+def _received_psycopg2(conn, seconds):
+    """Payloads psycopg2 hears within ``seconds``, and the ones it had kept."""
+    if not conn.notifies and select.select([conn], [], [], seconds) != ([], [], []):
+        conn.poll()
+    payloads = [n.payload for n in conn.notifies]
+    conn.notifies.clear()
+    return payloads
+
+
+def _listen(conn, receive, workflow_id, deadline, interval):
     """Wait on ``LISTEN``, re-reading the status when the run is notified."""
     autocommit = conn.autocommit
     conn.autocommit = True
@@ -81,26 +110,21 @@ def _listen(conn, workflow_id, deadline, interval):
             status = _checked(cursor.fetchone(), workflow_id)
             if status in FINISHED:
                 return status
-            _sleep_until_told(
-                conn, str(workflow_id), _pause(deadline, interval, workflow_id, status)
-            )
+            pause = _pause(deadline, interval, workflow_id, status)
+            _sleep_until_told(conn, receive, str(workflow_id), pause)
     finally:
-        cursor.execute(f"UNLISTEN {CHANNEL}")
-        conn.notifies.clear()
+        if not conn.closed:  # a broken connection would hide the first error
+            cursor.execute(f"UNLISTEN {CHANNEL}")
+            receive(conn, 0)  # forget what was heard and not read
+            conn.autocommit = autocommit
         cursor.close()
-        conn.autocommit = autocommit
 
 
-def _sleep_until_told(conn, payload, seconds):
+def _sleep_until_told(conn, receive, payload, seconds):
     """Sleep until the run is notified or ``seconds`` have passed."""
     end = time.monotonic() + seconds
     while (left := end - time.monotonic()) > 0:
-        if select.select([conn], [], [], left) == ([], [], []):
-            return
-        conn.poll()
-        told = any(n.payload == payload for n in conn.notifies)
-        conn.notifies.clear()
-        if told:
+        if payload in receive(conn, left):
             return
 
 
