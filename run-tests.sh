@@ -13,6 +13,9 @@
 #   SQLALCHEMY_DATABASE_URI=postgresql+psycopg2://postgres@127.0.0.1:5432/test \
 #   WTFLOW_TEST_BROKER_URL=redis://127.0.0.1:6379/7 \
 #   ./run-tests.sh
+#
+# WTFLOW_TEST_WORKER_DATABASE_URI (optional) is the real worker's own URL of
+# the same database, e.g. postgresql+psycopg://... to run it on psycopg 3.
 
 set -o errexit -o nounset -o pipefail
 

@@ -23,7 +23,13 @@ ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get(
     "WTFLOW_BENCH_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432"
 )
-"""PostgreSQL server, without a database name."""
+"""PostgreSQL server, without a database name, as this process (the caller,
+in the place of the web application) reaches it: psycopg2, Invenio's driver."""
+
+WORKER_DRIVER = os.environ.get("WTFLOW_BENCH_WORKER_DRIVER", "psycopg")
+"""PostgreSQL driver of the worker's processes: ``psycopg`` (psycopg 3, the
+default: it prepares the statements a connection runs often) or
+``psycopg2``."""
 
 DB_NAME = os.environ.get("WTFLOW_BENCH_DB", "wtflow_bench")
 """The database the benchmarks create and drop (nothing else is touched)."""
@@ -205,6 +211,12 @@ def bench_app(**config):
 #
 # Worker
 #
+def worker_url():
+    """:data:`PG_URL` through the worker's driver (:data:`WORKER_DRIVER`)."""
+    url = sa.engine.make_url(PG_URL).set(drivername=f"postgresql+{WORKER_DRIVER}")
+    return url.render_as_string(hide_password=False)
+
+
 class Worker:
     """A prefork Celery worker on the benchmark app, in its own process."""
 
@@ -238,7 +250,12 @@ class Worker:
 
     def start(self, celery):
         """Start the worker and wait until it answers a ping."""
-        env = dict(os.environ, PYTHONPATH=str(ROOT), **self.env)
+        env = dict(
+            os.environ,
+            PYTHONPATH=str(ROOT),
+            WTFLOW_BENCH_PG=worker_url(),
+            **self.env,
+        )
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(
                 self.command(),

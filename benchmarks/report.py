@@ -11,7 +11,9 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .common import CONCURRENCY, PAIRS, ROOT, machine
+from sqlalchemy.engine import make_url
+
+from .common import CONCURRENCY, DB_URI, PAIRS, ROOT, machine, worker_url
 
 ORDER = ("B1", "B2", "B3", "B3-polled", "B4", "B5", "B6", "B6-loop", "B7", "SQL")
 
@@ -153,6 +155,10 @@ def main(parts, output):
         "git": git(),
         "pairs": PAIRS,
         "concurrency": CONCURRENCY,
+        "drivers": {
+            "caller": make_url(DB_URI).drivername,
+            "worker": make_url(worker_url()).drivername,
+        },
         "results": ordered,
     }
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -164,7 +170,9 @@ def main(parts, output):
         f"Machine: {m.get('cpus')} CPUs ({m.get('cpu', '?')}), "
         f"{m.get('memory_gib', '?')} GiB, Python {m.get('python')}; "
         + package(info["git"])
-        + f"; {PAIRS} A/B pairs; {CONCURRENCY} prefork worker processes.",
+        + f"; {PAIRS} A/B pairs; {CONCURRENCY} prefork worker processes; "
+        f"database drivers: `{info['drivers']['caller']}` (caller), "
+        f"`{info['drivers']['worker']}` (worker).",
         "",
         "Engine = invenio-wtflow, baseline = plain Celery (or as stated). "
         "Columns: min / median; ratio = engine / baseline, median of the pairs "

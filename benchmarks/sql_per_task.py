@@ -62,6 +62,8 @@ HOT_PATH = (
     ),
     ("psycopg2 cursor.execute (round trips)", "~", "execute' of 'psycopg2"),
     ("psycopg2 connection.commit", "~", "commit' of 'psycopg2"),
+    ("psycopg 3 cursor.execute (round trips)", "psycopg/cursor.py", "execute"),
+    ("psycopg 3 connection.commit", "psycopg/connection.py", "commit"),
     ("task body (wf_noop, wf_join)", "benchmarks/bench_tasks.py", "wf_"),
 )
 """Parts of the hot path: label, file name suffix, function name (part)."""

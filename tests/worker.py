@@ -5,6 +5,9 @@
 
 Reads ``SQLALCHEMY_DATABASE_URI`` and ``WTFLOW_TEST_BROKER_URL`` from the
 environment, like the integration tests that start it.
+``WTFLOW_TEST_WORKER_DATABASE_URI``, when set, is the worker's own URL of the
+same database: through another driver (psycopg 3 while the tests use
+psycopg2, say).
 """
 
 import os
@@ -12,7 +15,8 @@ import os
 from .app import create_test_app
 
 app = create_test_app(
-    SQLALCHEMY_DATABASE_URI=os.environ.get("SQLALCHEMY_DATABASE_URI", "sqlite://"),
+    SQLALCHEMY_DATABASE_URI=os.environ.get("WTFLOW_TEST_WORKER_DATABASE_URI")
+    or os.environ.get("SQLALCHEMY_DATABASE_URI", "sqlite://"),
     CELERY_BROKER_URL=os.environ.get("WTFLOW_TEST_BROKER_URL", "memory://"),
     CELERY_TASK_ALWAYS_EAGER=False,
     CELERY_RESULT_BACKEND=None,
