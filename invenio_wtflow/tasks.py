@@ -142,7 +142,8 @@ class WorkflowTask(AppContextTask):
                 stored = ensure_json(result, f"Result of task {self.name}")
             # The body's own database work is committed before the engine
             # records success, so a retried engine transaction cannot lose it.
-            db.session.commit()
+            if db.session().in_transaction():
+                db.session.commit()
         except Retry as exc:
             db.session.rollback()
             orchestrator.atomic(
@@ -397,12 +398,13 @@ class _LazyData(Mapping):
     not load the workflow row (one ``SELECT`` and its data document) at all.
 
     :param load: a function returning the data.
+    :param data: the data, when the claim read it already.
     """
 
-    def __init__(self, load):
+    def __init__(self, load, data=None):
         """Load nothing yet."""
         self._load = load
-        self._data = None
+        self._data = data
 
     @property
     def data(self):
@@ -432,7 +434,7 @@ def _claim(uow, task_run_id, celery_id, retries, func, lease=None):
     signature = task.signature
     ref = signature.get("input")
     incoming = resolve(ref, orchestrator.inputs(task)) if ref is not None else None
-    data = _LazyData(lambda: orchestrator.workflow_data(task.workflow_id))
+    data = _LazyData(lambda: orchestrator.workflow_data(task.workflow_id), task.data)
     args, kwargs = call_arguments(func, signature, incoming, data)
     return Execution(
         task_run_id=str(task.id),

@@ -57,6 +57,7 @@ from . import (
     children,
     concurrency,
     dynamic,
+    fused,
     sqlite,
     statements,
     versioning,
@@ -139,7 +140,8 @@ def lock_workflow(workflow_id=None, task_id=None, shared=False):
     :param task_id: or the id of one of its tasks.
     :param shared: take ``FOR KEY SHARE`` locks instead: they keep out every
         holder of ``FOR UPDATE`` (graph changes, status changes) but not each
-        other (see :func:`succeed_shared`).
+        other (see :func:`succeed_shared`); the run is returned as a row of
+        its ``id``, ``status`` and ``name``, not loaded.
     :raises WorkflowNotFoundError: when there is no such run.
     :raises TaskNotFoundError: when there is no such task.
     """
@@ -148,7 +150,8 @@ def lock_workflow(workflow_id=None, task_id=None, shared=False):
     else:
         statement = statements.lock_runs(False, shared)
         params = {"workflow_id": workflow_id}
-    rows = db.session.execute(statement, params).scalars().all()
+    result = db.session.execute(statement, params)
+    rows = result.all() if shared else result.scalars().all()
     if not rows:
         if task_id is not None:
             raise TaskNotFoundError(task_id)
@@ -257,7 +260,7 @@ def _cancel(uow, tasks, reason):
         children.stop_children(uow, active, "Cancelled: its parent task was cancelled.")
 
 
-def refresh_status(uow, workflow, message=None):
+def refresh_status(uow, workflow, message=None, counts=None):
     """Recompute and store a workflow's status from its tasks' statuses.
 
     The rule is :func:`~invenio_wtflow.engine.status.default_status`, or the
@@ -268,13 +271,16 @@ def refresh_status(uow, workflow, message=None):
     :param uow: the unit of work.
     :param workflow: the locked :class:`~invenio_wtflow.models.WorkflowRun`.
     :param message: reason to record when the status changes.
+    :param counts: the run's tasks by status, when the caller counted them
+        with its last change (see :func:`~invenio_wtflow.engine.fused.succeed`).
     """
-    db.session.flush()
-    counts = dict(
-        db.session.execute(
-            statements.status_counts(), {"workflow_id": workflow.id}
-        ).all()
-    )
+    if counts is None:
+        db.session.flush()
+        counts = dict(
+            db.session.execute(
+                statements.status_counts(), {"workflow_id": workflow.id}
+            ).all()
+        )
     status = WorkflowStatus(status_rule(workflow)(counts))
     if status.value != workflow.status:
         set_status(uow, workflow, status, message)
@@ -317,20 +323,20 @@ def _store_status(workflow, status, message):
     }
     if status.is_terminal:
         values["slot_requested_at"] = None
+    notify = status.is_terminal and waiting.notifies(db.session)
     db.session.execute(
-        statements.set_run_status(status.is_terminal),
+        statements.set_run_status(status.is_terminal, notify),
         {
             "workflow_id": workflow.id,
             "status": status.value,
             "message": message,
             "now": now,
+            **({"channel": waiting.CHANNEL} if notify else {}),
         },
     )
     for key, value in values.items():
         set_committed_value(workflow, key, value)
     versioning.changed(db.session, WorkflowRun, [workflow.id])
-    if status.is_terminal:
-        waiting.finished(db.session, workflow.id)
 
 
 def _workflow_class(workflow):
@@ -555,22 +561,25 @@ def claim(uow, task_id, celery_id, retries=0, lease=None):
     attempt, stopped task) claims nothing.
 
     One conditional ``UPDATE ... RETURNING``, versioned at the commit (see
-    :mod:`~invenio_wtflow.engine.versioning`).
+    :mod:`~invenio_wtflow.engine.versioning`); on PostgreSQL, one statement
+    that versions it too and reads what the attempt's call needs (see
+    :func:`~invenio_wtflow.engine.fused.claim`).
 
     :returns: a row with the task's ``id``, ``workflow_id``, ``position``,
-        ``name`` and ``signature``.
+        ``name``, ``signature`` and number of ``dependants``, and the
+        ``data`` and ``upstream`` results read with it (or ``None``).
     """
     now = utcnow()
-    row = db.session.execute(
-        statements.claim(),
-        {
-            "task_id": task_id,
-            "attempt_id": celery_id,
-            "delivery_retries": retries,
-            "now": now,
-            "lease_end": _lease_end(lease, now),
-        },
-    ).one_or_none()
+    params = {
+        "task_id": task_id,
+        "attempt_id": celery_id,
+        "delivery_retries": retries,
+        "now": now,
+        "lease_end": _lease_end(lease, now),
+    }
+    if fused.available(db.session):
+        return fused.claim(db.session, params)
+    row = db.session.execute(statements.claim(), params).one_or_none()
     if row is not None:
         versioning.changed(db.session, TaskRun, [row.id])
     return row
@@ -590,10 +599,18 @@ def workflow_data(workflow_id):
 
 
 def inputs(task):
-    """Return the stored results of the upstream tasks a task reads."""
+    """Return the stored results of the upstream tasks a task reads.
+
+    :param task: the claimed row (see :func:`claim`); the results its claim
+        read (``upstream``) are used when they hold every one needed.
+    """
     positions = input_positions(task.signature.get("input"))
     if not positions:
         return {}
+    if task.upstream is not None:
+        found = {int(position): result for position, result in task.upstream.items()}
+        if found.keys() >= set(positions):
+            return found
     return dict(
         db.session.execute(
             select(TaskRun.position, TaskRun.result).where(
@@ -710,12 +727,10 @@ def succeed_shared(uow, task_id, celery_id, result, retries=0):
         _derives_default_status(workflow)
     ):
         raise _RootLockNeeded()
-    task = _record_success(task_id, celery_id, result, retries)
-    if task is None:
+    outcome = _succeed_and_release(task_id, celery_id, result, retries, alone=True)
+    if outcome is None:
         return False
-    released = db.session.execute(
-        statements.release_dependants(), {"upstream_id": task.id}
-    ).all()
+    released = outcome.released
     if len(released) != 1:
         raise _RootLockNeeded()
     if released[0].remaining == 0:
@@ -729,42 +744,64 @@ def succeed_shared(uow, task_id, celery_id, result, retries=0):
     return True
 
 
-def _record_success(task_id, celery_id, result, retries):
-    """The conditional ``running -> success`` update; the task's row, or ``None``."""
-    task = db.session.execute(
-        statements.succeed(),
-        {
-            "task_id": task_id,
-            "attempt_id": celery_id,
-            "delivery_retries": retries,
-            "output": result,
-            "now": utcnow(),
-        },
-    ).one_or_none()
-    if task is None:
+def _succeed_and_release(task_id, celery_id, result, retries, alone=False):
+    """The conditional ``running -> success`` update, then the dependants' counters.
+
+    On PostgreSQL one statement (see :func:`~invenio_wtflow.engine.fused.succeed`),
+    which also queues the dependants that are ready; elsewhere two.
+
+    :param alone: nothing else will change in this transaction: on
+        PostgreSQL the statement versions its changes itself.
+    :returns: a :class:`~invenio_wtflow.engine.fused.Success`: the task's
+        row (``id``, ``kind``), the rows of
+        :func:`~invenio_wtflow.engine.statements.release_dependants` and, on
+        PostgreSQL unless ``alone``, the run's tasks counted by status; or
+        ``None`` for a stale report.
+    """
+    params = {
+        "task_id": task_id,
+        "attempt_id": celery_id,
+        "delivery_retries": retries,
+        "output": result,
+        "now": utcnow(),
+    }
+    if fused.available(db.session):
+        outcome = fused.succeed(db.session, params, versioned=alone)
+    else:
+        task = db.session.execute(statements.succeed(), params).one_or_none()
+        if task is not None:
+            versioning.changed(db.session, TaskRun, [task.id])
+        outcome = task and fused.Success(task, _release(task))
+    if outcome is None:
         logger.info(
             "Ignoring stale report of attempt %s for task %s.", celery_id, task_id
         )
-        return None
-    versioning.changed(db.session, TaskRun, [task.id])
-    return task
+    return outcome
+
+
+def _release(task):
+    """Decrement the counters of a finished task's pending dependants."""
+    return db.session.execute(
+        statements.release_dependants(), {"upstream_id": task.id}
+    ).all()
 
 
 def succeed(uow, task_id, celery_id, result, retries=0):
     """Record a successful attempt and queue the dependants it completes.
 
-    The transition is one conditional ``UPDATE ... RETURNING`` under the
-    root's lock, versioned at the commit (see
-    :mod:`~invenio_wtflow.engine.versioning`).
+    The transition is a conditional ``UPDATE ... RETURNING`` under the
+    root's lock, with the dependants' counters (on PostgreSQL in the same
+    statement, see :func:`~invenio_wtflow.engine.fused.succeed`), versioned at the commit
+    (see :mod:`~invenio_wtflow.engine.versioning`).
 
     :param retries: the Celery retry count of the execution reporting.
     :returns: whether the report was applied (``False`` for a stale one).
     """
     workflow = lock_workflow(task_id=task_id)
-    task = _record_success(task_id, celery_id, result, retries)
-    if task is None:
+    outcome = _succeed_and_release(task_id, celery_id, result, retries)
+    if outcome is None:
         return False
-    _completed(uow, workflow, task)
+    _released(uow, workflow, *outcome)
     return True
 
 
@@ -776,54 +813,57 @@ def complete(uow, workflow, task, result):
     task.progress = 1.0
     task.finished_at = utcnow()
     db.session.flush()
-    _completed(uow, workflow, task)
+    _released(uow, workflow, task, _release(task))
 
 
-def _completed(uow, workflow, task):
-    """Queue what a task's success completes, and refresh the run's status.
+def _released(uow, workflow, task, released, counts=None):
+    """Queue what a task's success completed, and refresh the run's status.
 
-    Each dependant's counter of unfinished upstream tasks is decremented
-    atomically; those that reach zero are queued, exactly once.
+    :param released: the dependants whose counter the success decremented;
+        those at zero are ready, and queued exactly once.
+    :param counts: the run's tasks by status after the success, if known.
     """
-    dependants = db.session.execute(
-        statements.release_dependants(), {"upstream_id": task.id}
-    ).all()
-    ready = [row for row in dependants if row.remaining == 0]
-    if ready:
-        _queue_ready(uow, ready)
+    ready = [row for row in released if row.remaining == 0]
+    if ready and _queue_ready(uow, ready):
+        counts = None  # the orchestrator's nodes were queued too
     if task.kind != NodeKind.POPULATE.value and dynamic.populates(
         _workflow_class(workflow)
     ):
         dynamic.repopulate(uow, workflow)
-    refresh_status(uow, workflow)
+        counts = None
+    refresh_status(uow, workflow, counts=counts)
 
 
 def _queue_ready(uow, rows):
     """Queue dependants that the counter update just made ready (and locked).
 
     Tasks are queued with one ``executemany`` ``UPDATE`` (versioned at the
-    commit, published after it); nodes the orchestrator runs go through
+    commit, published after it), unless the counter update queued them
+    itself (PostgreSQL, see :func:`~invenio_wtflow.engine.fused.succeed`):
+    those are only published. Nodes the orchestrator runs go through
     :func:`_queue`.
 
     :param rows: the rows the counter update returned, with their ``id``,
-        ``kind``, ``name`` and ``signature``.
+        ``kind``, ``name``, ``status``, ``celery_id`` and ``signature``.
+    :returns: whether orchestrator nodes were among them.
     """
     nodes = [row.id for row in rows if row.kind is not None]
     if nodes:
         _queue(uow, _lock_tasks(TaskRun.id.in_(nodes)))
     tasks = [row for row in rows if row.kind is None]
-    if not tasks:
-        return
-    now = utcnow()
-    celery_ids = {row.id: str(uuid.uuid4()) for row in tasks}
-    db.session.execute(
-        statements.queue(),
-        [
-            {"task_id": row.id, "attempt_id": celery_ids[row.id], "now": now}
-            for row in tasks
-        ],
-    )
-    versioning.changed(db.session, TaskRun, celery_ids)
+    celery_ids = {r.id: r.celery_id for r in tasks if r.status == QUEUED.value}
+    pending = {row.id: str(uuid.uuid4()) for row in tasks if row.id not in celery_ids}
+    if pending:
+        now = utcnow()
+        db.session.execute(
+            statements.queue(),
+            [
+                {"task_id": task_id, "attempt_id": celery_id, "now": now}
+                for task_id, celery_id in pending.items()
+            ],
+        )
+        versioning.changed(db.session, TaskRun, pending)
+        celery_ids.update(pending)
     dispatcher(uow).messages.extend(
         Message(
             task_run_id=str(row.id),
@@ -833,6 +873,7 @@ def _queue_ready(uow, rows):
         )
         for row in tasks
     )
+    return bool(nodes)
 
 
 def fail(uow, task_id, celery_id, error, traceback=None, retries=0):

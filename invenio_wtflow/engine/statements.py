@@ -12,8 +12,19 @@ mapped class anywhere runs through the ORM's bulk update, at a cost.
 
 from functools import cache
 
-from sqlalchemy import and_, bindparam, case, exists, func, or_, select, update
-from sqlalchemy.orm import aliased
+from sqlalchemy import (
+    Text,
+    and_,
+    bindparam,
+    case,
+    cast,
+    exists,
+    func,
+    null,
+    or_,
+    select,
+    update,
+)
 
 from ..models import TaskDependency, TaskRun, TaskStatus, WorkflowRun
 
@@ -34,7 +45,8 @@ def claim():
 
     Parameters: ``task_id``, ``attempt_id``, ``delivery_retries``, ``now``,
     ``lease_end``. Returns the task's ``id``, ``workflow_id``, ``position``,
-    ``name``, ``signature`` and its number of ``dependants``.
+    ``name``, ``signature`` and its number of ``dependants``; ``data`` and
+    ``upstream`` are ``NULL`` (not read; see :func:`.fused.claim`).
     """
     dependants = (
         select(func.count())
@@ -72,6 +84,8 @@ def claim():
             _TASKS.c.name,
             _TASKS.c.signature,
             dependants.label("dependants"),
+            null().label("data"),
+            null().label("upstream"),
         )
     )
 
@@ -104,12 +118,14 @@ def succeed():
 
 
 @cache
-def set_run_status(finished):
+def set_run_status(finished, notify=False):
     """Store run ``workflow_id``'s ``status``, ``message`` and ``finished_at``.
 
     Parameters: ``workflow_id``, ``status``, ``message``, ``now`` (also the
     new ``finished_at`` when ``finished``). A finished run gives up its
-    request for a concurrency slot.
+    request for a concurrency slot. With ``notify`` (PostgreSQL), the
+    statement also sends the run's id on ``channel`` (see
+    :func:`.waiting.notifies`).
     """
     values = {
         "status": bindparam("status"),
@@ -119,11 +135,15 @@ def set_run_status(finished):
     }
     if finished:
         values["slot_requested_at"] = None
-    return (
+    statement = (
         update(_RUNS)
         .where(_RUNS.c.id == bindparam("workflow_id", type_=_RUNS.c.id.type))
         .values(**values)
     )
+    if notify:
+        payload = cast(_RUNS.c.id, Text)
+        statement = statement.returning(func.pg_notify(bindparam("channel"), payload))
+    return statement
 
 
 @cache
@@ -157,10 +177,10 @@ def join_counter(progress):
 def release_dependants():
     """Decrement the counter of the pending dependants of ``upstream_id``.
 
-    Returns each dependant's ``id``, new ``remaining``, ``kind``, ``name`` and
-    ``signature``; those at zero are ready. The signature of one still
-    waiting is ``NULL``: nothing reads it (a join's members would decode it
-    once each).
+    Returns each dependant's ``id``, new ``remaining``, ``kind``, ``name``,
+    ``status``, ``celery_id`` and ``signature``; those at zero are ready.
+    The signature of one still waiting is ``NULL``: nothing reads it (a
+    join's members would decode it once each).
     """
     dependants = select(_EDGES.c.task_id).where(
         _EDGES.c.depends_on_id == bindparam("upstream_id")
@@ -177,6 +197,8 @@ def release_dependants():
             _TASKS.c.remaining,
             _TASKS.c.kind,
             _TASKS.c.name,
+            _TASKS.c.status,
+            _TASKS.c.celery_id,
             case((_TASKS.c.remaining == 0, _TASKS.c.signature)).label("signature"),
         )
     )
@@ -231,23 +253,26 @@ def lock_runs(by_task, shared=False):
     """Lock a run and the root of its tree, root first (see ``lock_workflow``).
 
     Parameter: ``task_id`` (a task of the run) when ``by_task``, else
-    ``workflow_id``. ``shared`` takes ``FOR KEY SHARE`` locks, which do not
-    exclude each other, instead of ``FOR UPDATE``.
+    ``workflow_id``. Returns the ORM objects, or with ``shared`` the ``id``,
+    ``status`` and ``name`` of each run only, locked ``FOR KEY SHARE``
+    (these locks do not exclude each other) instead of ``FOR UPDATE``.
     """
     if by_task:
         target = (
-            select(TaskRun.workflow_id)
-            .where(TaskRun.id == bindparam("task_id"))
+            select(_TASKS.c.workflow_id)
+            .where(_TASKS.c.id == bindparam("task_id", type_=_TASKS.c.id.type))
             .scalar_subquery()
         )
     else:
-        target = bindparam("workflow_id", type_=WorkflowRun.id.type)
-    run = aliased(WorkflowRun)
-    root_id = select(run.root_id).where(run.id == target).scalar_subquery()
+        target = bindparam("workflow_id", type_=_RUNS.c.id.type)
+    run = _RUNS.alias()
+    root_id = select(run.c.root_id).where(run.c.id == target).scalar_subquery()
+    if shared:
+        statement = select(_RUNS.c.id, _RUNS.c.status, _RUNS.c.name)
+    else:
+        statement = select(WorkflowRun).execution_options(populate_existing=True)
     return (
-        select(WorkflowRun)
-        .where(or_(WorkflowRun.id == target, WorkflowRun.id == root_id))
-        .order_by(case((WorkflowRun.id == root_id, 0), else_=1))
+        statement.where(or_(_RUNS.c.id == target, _RUNS.c.id == root_id))
+        .order_by(case((_RUNS.c.id == root_id, 0), else_=1))
         .with_for_update(read=shared, key_share=shared)
-        .execution_options(populate_existing=True)
     )

@@ -25,7 +25,7 @@ from functools import lru_cache
 
 from flask import current_app
 from sqlalchemy import BigInteger, Sequence, bindparam, event, text
-from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm import Session, make_transient_to_detached, scoped_session
 from sqlalchemy_continuum import version_class
 from sqlalchemy_continuum.operation import Operation
 
@@ -34,7 +34,13 @@ _CHANGED = "wtflow_changed_rows"
 
 
 def _continuum(session):
-    """Continuum's unit of work for the session's connection."""
+    """Continuum's unit of work for the session's connection.
+
+    Continuum forgets a unit of work at the commit by the session it was
+    made for: a scoped session stands for its current session here.
+    """
+    if isinstance(session, scoped_session):
+        session = session()
     manager = current_app.extensions["invenio-db"].versioning_manager
     return manager.unit_of_work(session)
 
@@ -112,7 +118,7 @@ def _copy_statement(model, operation, dialect):
     table = model.__table__
     versions = version_class(model).__table__
     quote = dialect.identifier_preparer.quote
-    copied = [c.key for c in versions.columns if c.key in table.columns]
+    copied = copied_columns(model)
     keys = [c.key for c in table.primary_key.columns]
     columns = [*copied, "transaction_id", "operation_type"]
     kept = {*keys, "transaction_id"}
@@ -144,72 +150,132 @@ def _copy_statement(model, operation, dialect):
     )
 
 
-@lru_cache(maxsize=None)
-def _first_copy_statement(model, operation, transactions, columns, dialect):
-    """Insert Continuum's transaction row and copy rows under it, in one statement.
+def transaction_values(session):
+    """Continuum's transaction table, and the values of this transaction's row.
 
-    PostgreSQL only (a data-modifying ``WITH``). The transaction is new, so no
-    version of it exists yet: a plain ``INSERT ... SELECT``. Text, like
-    :func:`_copy_statement`: SQLAlchemy would walk the whole construct on
-    every execution to find its compiled form. Returns the transaction's id.
-
-    :param transactions: Continuum's transaction table.
-    :param columns: the names of the transaction's values (``tx_<name>``
-        parameters).
-    """
-    table = model.__table__
-    versions = version_class(model).__table__
-    quote = dialect.identifier_preparer.quote
-    key = table.primary_key.columns[0]
-    tx_key = transactions.primary_key.columns[0]
-    names, values = list(columns), [f":tx_{c}" for c in columns]
-    if isinstance(tx_key.default, Sequence):
-        sequence = dialect.identifier_preparer.format_sequence(tx_key.default)
-        names.insert(0, tx_key.name)
-        values.insert(0, f"nextval('{sequence}')")
-    copied = [c.key for c in versions.columns if c.key in table.columns]
-    source = quote(table.name)
-    sql = (
-        f"WITH wtflow_transaction AS (INSERT INTO {quote(transactions.name)} "
-        f"({', '.join(quote(n) for n in names)}) VALUES ({', '.join(values)}) "
-        f"RETURNING {quote(tx_key.name)}), "
-        f"wtflow_versions AS (INSERT INTO {quote(versions.name)} "
-        f"({', '.join(quote(c) for c in [*copied, 'transaction_id', 'operation_type'])}) "
-        f"SELECT {', '.join(f'{source}.{quote(c)}' for c in copied)}, "
-        f"wtflow_transaction.{quote(tx_key.name)}, {int(operation)} "
-        f"FROM {source}, wtflow_transaction WHERE {source}.{quote(key.name)} IN :ids) "
-        f"SELECT {quote(tx_key.name)} FROM wtflow_transaction"
-    )
-    return text(sql).bindparams(
-        bindparam("ids", expanding=True, type_=key.type),
-        *(bindparam(f"tx_{c}", type_=transactions.c[c].type) for c in columns),
-    )
-
-
-def _copy_first(session, model, ids, operation):
-    """Record the transaction and copy rows under it (see :func:`_first_copy_statement`).
-
-    Continuum is not told about the row: this runs after the session's last
-    flush, so no version of Continuum's follows in this transaction.
-
-    :returns: the transaction's id.
+    :param session: the session whose transaction it is.
+    :returns: ``(table, values)``; ``values`` maps column names to values.
     """
     continuum = _continuum(session)
     transactions = continuum.manager.transaction_cls.__table__
     values = continuum.transaction_args(session)
     if "issued_at" in transactions.c and "issued_at" not in values:
         values["issued_at"] = transactions.c.issued_at.default.arg(None)
+    return transactions, values
+
+
+def transaction_parameters(transactions, values):
+    """The ``tx_<name>`` parameters of :func:`transaction_cte`, typed."""
+    return [bindparam(f"tx_{name}", type_=transactions.c[name].type) for name in values]
+
+
+def transaction_cte(transactions, columns, dialect, when=None):
+    """``wtflow_transaction AS (INSERT ...)``: Continuum's transaction row, in SQL.
+
+    PostgreSQL only (a data-modifying ``WITH``); the row's id is
+    ``wtflow_transaction.id`` to the rest of the statement.
+
+    :param transactions: Continuum's transaction table.
+    :param columns: the names of the row's values (``tx_<name>`` parameters).
+    :param when: a condition for inserting the row at all (``EXISTS (...)``).
+    """
+    quote = dialect.identifier_preparer.quote
+    tx_key = transactions.primary_key.columns[0]
+    names, values = list(columns), [f":tx_{c}" for c in columns]
+    if isinstance(tx_key.default, Sequence):
+        sequence = dialect.identifier_preparer.format_sequence(tx_key.default)
+        names.insert(0, tx_key.name)
+        values.insert(0, f"nextval('{sequence}')")
+    return (
+        f"wtflow_transaction AS (INSERT INTO {quote(transactions.name)} "
+        f"({', '.join(quote(n) for n in names)}) SELECT {', '.join(values)}"
+        f"{f' WHERE {when}' if when else ''} "
+        f"RETURNING {quote(tx_key.name)} AS id)"
+    )
+
+
+def copied_columns(model):
+    """The columns of ``model`` that its version table keeps."""
+    table = model.__table__
+    return [c.key for c in version_class(model).__table__.columns if c.key in table.c]
+
+
+def version_copy(model, operation, dialect, source, where=None):
+    """``INSERT INTO <versions> ... SELECT ... FROM <source>``, under ``wtflow_transaction``.
+
+    PostgreSQL only, inside a statement that has :func:`transaction_cte`.
+    The transaction is new, so no version of it exists yet: a plain insert.
+
+    :param source: what to copy from: the table itself or a ``WITH`` name
+        holding the rows as they are now (an ``UPDATE ... RETURNING``).
+    :param where: which of its rows to copy (all of them by default).
+    """
+    quote = dialect.identifier_preparer.quote
+    copied = copied_columns(model)
+    columns = [*copied, "transaction_id", "operation_type"]
+    return (
+        f"INSERT INTO {quote(version_class(model).__table__.name)} "
+        f"({', '.join(quote(c) for c in columns)}) "
+        f"SELECT {', '.join(f'{source}.{quote(c)}' for c in copied)}, "
+        f"wtflow_transaction.id, {int(operation)} "
+        f"FROM {source}, wtflow_transaction{f' WHERE {where}' if where else ''}"
+    )
+
+
+@lru_cache(maxsize=None)
+def _first_copy_statement(groups, transactions, columns, dialect):
+    """Insert Continuum's transaction row and copy rows under it, in one statement.
+
+    PostgreSQL only (a data-modifying ``WITH``). Text, like
+    :func:`_copy_statement`: SQLAlchemy would walk the whole construct on
+    every execution to find its compiled form. Returns the transaction's id.
+
+    :param groups: ``(model, operation)`` pairs; the ids of the rows of
+        each are the expanding parameter ``ids_<index>``.
+    :param transactions: Continuum's transaction table.
+    :param columns: the names of the transaction's values (``tx_<name>``
+        parameters).
+    """
+    quote = dialect.identifier_preparer.quote
+    copies, ids = [], []
+    for index, (model, operation) in enumerate(groups):
+        table = model.__table__
+        key = table.primary_key.columns[0]
+        source = quote(table.name)
+        where = f"{source}.{quote(key.name)} IN :ids_{index}"
+        copy = version_copy(model, operation, dialect, source, where)
+        copies.append(f"wtflow_versions_{index} AS ({copy})")
+        ids.append(bindparam(f"ids_{index}", expanding=True, type_=key.type))
+    sql = (
+        f"WITH {transaction_cte(transactions, columns, dialect)}, "
+        f"{', '.join(copies)} SELECT id FROM wtflow_transaction"
+    )
+    return text(sql).bindparams(*ids, *transaction_parameters(transactions, columns))
+
+
+def _copy_first(session, groups):
+    """Record the transaction and copy rows under it (see :func:`_first_copy_statement`).
+
+    Continuum is not told about the row: this runs after the session's last
+    flush, so no version of Continuum's follows in this transaction.
+
+    :param groups: ``(model, operation, ids)`` triples, none empty.
+    :returns: the transaction's id.
+    """
+    transactions, values = transaction_values(session)
+    first = [(model, op, sorted(ids, key=str)) for model, op, ids in groups]
     statement = _first_copy_statement(
-        model,
-        operation,
+        tuple((model, op) for model, op, _ in first),
         transactions,
         tuple(sorted(values)),
         session.get_bind().dialect,
     )
-    ids = sorted(ids, key=str)
     params = {f"tx_{name}": value for name, value in values.items()}
-    tx_id = session.execute(statement, {**params, "ids": ids[:_CHUNK]}).scalar_one()
-    _copy(session, model, ids[_CHUNK:], operation, tx_id)
+    for index, (_, _, ids) in enumerate(first):
+        params[f"ids_{index}"] = ids[:_CHUNK]
+    tx_id = session.execute(statement, params).scalar_one()
+    for model, operation, ids in first:
+        _copy(session, model, ids[_CHUNK:], operation, tx_id)
     return tx_id
 
 
@@ -230,21 +296,23 @@ def _version_changed_rows(session):
         return
     session.flush()
     pending = session.info.pop(_CHANGED)
-    tx_id = None  # on PostgreSQL, the first copy inserts the transaction row
+    groups = [
+        (model, operation, ids)
+        for model, operations in pending.items()
+        for operation in (Operation.INSERT, Operation.UPDATE)
+        if (ids := [id_ for id_, op in operations.items() if op == operation])
+    ]
+    if not groups:
+        return
     if (
-        _continuum(session).current_transaction is not None
-        or session.get_bind().dialect.name != "postgresql"
+        _continuum(session).current_transaction is None
+        and session.get_bind().dialect.name == "postgresql"
     ):
-        tx_id = transaction_id(session)
-    for model, operations in pending.items():
-        for operation in (Operation.INSERT, Operation.UPDATE):
-            ids = [id_ for id_, op in operations.items() if op == operation]
-            if not ids:
-                continue
-            if tx_id is None:
-                tx_id = _copy_first(session, model, ids, operation)
-            else:
-                _copy(session, model, ids, operation, tx_id)
+        _copy_first(session, groups)  # the transaction row and every copy
+        return
+    tx_id = transaction_id(session)
+    for model, operation, ids in groups:
+        _copy(session, model, ids, operation, tx_id)
 
 
 @event.listens_for(Session, "after_rollback")

@@ -17,7 +17,6 @@ import time
 import uuid
 
 from sqlalchemy import select as sa_select
-from sqlalchemy import text
 
 from ..errors import WaitTimeoutError, WorkflowNotFoundError
 from ..models import WorkflowRun, WorkflowStatus
@@ -25,19 +24,20 @@ from ..models import WorkflowRun, WorkflowStatus
 CHANNEL = "wtflow_run_finished"
 """The notification channel; the payload is the finished run's id."""
 
-_NOTIFY = text("SELECT pg_notify(:channel, :payload)")
 _STATUS = "SELECT status FROM wtflow_workflow WHERE id = %s"
 
 FINISHED = frozenset(s.value for s in WorkflowStatus if s.is_terminal)
 
 
-def finished(session, workflow_id):
-    """Tell waiters, at the commit, that run ``workflow_id`` has finished.
+def notifies(session):
+    """Whether the session's database wakes waiters (PostgreSQL).
 
-    Nothing is sent off PostgreSQL, where waiters poll.
+    The transaction that stores a run's finished status sends the run's id
+    on :data:`CHANNEL` then, with the ``UPDATE`` itself (see
+    :func:`~invenio_wtflow.engine.statements.set_run_status`). Other
+    databases are polled.
     """
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(_NOTIFY, {"channel": CHANNEL, "payload": str(workflow_id)})
+    return session.get_bind().dialect.name == "postgresql"
 
 
 def wait(engine, workflow_id, timeout=None, interval=1.0):

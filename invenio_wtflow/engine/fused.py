@@ -1,0 +1,287 @@
+# SPDX-FileCopyrightText: 2026 invenio-wtflow authors.
+# SPDX-License-Identifier: MIT
+
+"""PostgreSQL: an attempt's transition and all it implies, in one statement.
+
+Every attempt makes two transactions, its claim and its outcome, and on
+PostgreSQL each of them is mostly one statement: data-modifying ``WITH``
+clauses change the task, read what comes with the change and, when asked,
+insert Continuum's transaction row and copy the changed rows into their
+version table:
+
+- :func:`claim`: ``queued -> running`` for the expected attempt, with the
+  task's number of dependants, the run's data when the task is bare and
+  the results of its upstream tasks when it takes an input: everything the
+  attempt needs to be called, where other databases read it afterwards;
+- :func:`succeed`: ``running -> success``, then the counter of each pending
+  dependant, with the dependants that reach zero (tasks, not orchestrator
+  nodes) ``queued`` under a Celery id the database draws
+  (``gen_random_uuid()``, PostgreSQL 13 or later).
+
+A statement versions its own changes only when nothing else in its
+transaction writes them (the claim, a success recorded the shared way);
+otherwise it notes them for :mod:`~invenio_wtflow.engine.versioning` to
+copy at the commit, with whatever else the transaction changed.
+Other databases run the same transitions as separate statements.
+"""
+
+from collections import Counter
+from functools import lru_cache
+from typing import NamedTuple
+
+from sqlalchemy import bindparam, text
+from sqlalchemy.dialects import postgresql
+from sqlalchemy_continuum.operation import Operation
+
+from ..models import TaskRun, TaskStatus, WorkflowRun
+from . import versioning
+
+_TASKS = TaskRun.__table__
+_RUNS = WorkflowRun.__table__
+
+PENDING, QUEUED = TaskStatus.PENDING.value, TaskStatus.QUEUED.value
+RUNNING, SUCCESS = TaskStatus.RUNNING.value, TaskStatus.SUCCESS.value
+
+
+def available(session):
+    """Whether the session's database runs these statements (PostgreSQL)."""
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _returned(name, extra=()):
+    """``RETURNING`` list of a task ``UPDATE``: what its version copies, and ``extra``."""
+    quote = postgresql.dialect().identifier_preparer.quote
+    columns = [*versioning.copied_columns(TaskRun), *extra]
+    return ", ".join(f"{name}.{quote(c)}" for c in dict.fromkeys(columns))
+
+
+def _versioned(sql, copies, transactions, columns, dialect, source):
+    """Add Continuum's transaction row and ``copies`` to a ``WITH`` list.
+
+    :param sql: the ``WITH`` clauses so far.
+    :param copies: ``(source, where)`` pairs of task rows to copy.
+    :param source: the clause whose rows decide whether there is a change
+        (no row: no transaction row, no version).
+    """
+    when = f"EXISTS (SELECT FROM {source})"
+    inserts = [
+        versioning.version_copy(TaskRun, Operation.UPDATE, dialect, name, where)
+        for name, where in copies
+    ]
+    return (
+        f"{sql}, {versioning.transaction_cte(transactions, columns, dialect, when)}, "
+        + ", ".join(f"wtflow_versions_{i} AS ({c})" for i, c in enumerate(inserts))
+    )
+
+
+def _task_parameters(*names):
+    """Bound parameters typed like the task table's columns."""
+    return [bindparam(name, type_=_TASKS.c[column].type) for name, column in names]
+
+
+@lru_cache(maxsize=None)
+def _claim_statement(transactions, columns, dialect):
+    """The claim, its version and what the attempt reads (see :func:`claim`)."""
+    claimed = (
+        f"claimed AS (UPDATE wtflow_task SET status = '{RUNNING}', "
+        "retries = :delivery_retries, started_at = :now, "
+        "lease_expires_at = :lease_end, updated = :now "
+        "WHERE id = :task_id AND celery_id = :attempt_id AND ("
+        f"(status = '{QUEUED}' AND retries <= :delivery_retries) OR "
+        f"(status = '{RUNNING}' AND retries < :delivery_retries)) "
+        f"RETURNING {_returned('wtflow_task')})"
+    )
+    sql = _versioned(
+        f"WITH {claimed}",
+        [("claimed", None)],
+        transactions,
+        columns,
+        dialect,
+        "claimed",
+    )
+    sql += (
+        " SELECT claimed.id, claimed.workflow_id, claimed.position, "
+        "claimed.name, claimed.signature, "
+        "(SELECT count(*) FROM wtflow_task_dependency "
+        "WHERE depends_on_id = claimed.id) AS dependants, "
+        "CASE WHEN (claimed.signature ->> 'bare')::boolean THEN "
+        "(SELECT data FROM wtflow_workflow WHERE id = claimed.workflow_id) "
+        "END AS data, "
+        "CASE WHEN claimed.signature ->> 'input' IS NOT NULL THEN "
+        "(SELECT jsonb_object_agg(upstream.position, upstream.result) "
+        "FROM wtflow_task_dependency JOIN wtflow_task AS upstream "
+        "ON upstream.id = wtflow_task_dependency.depends_on_id "
+        "WHERE wtflow_task_dependency.task_id = claimed.id) END AS upstream "
+        "FROM claimed"
+    )
+    return (
+        text(sql)
+        .bindparams(
+            *_task_parameters(
+                ("task_id", "id"),
+                ("attempt_id", "celery_id"),
+                ("delivery_retries", "retries"),
+                ("now", "updated"),
+                ("lease_end", "lease_expires_at"),
+            ),
+            *versioning.transaction_parameters(transactions, columns),
+        )
+        .columns(
+            id=_TASKS.c.id.type,
+            workflow_id=_TASKS.c.workflow_id.type,
+            signature=_TASKS.c.signature.type,
+            data=_RUNS.c.data.type,
+            upstream=postgresql.JSONB(),
+        )
+    )
+
+
+def claim(session, params):
+    """Claim an attempt, versioned, and read what its call needs.
+
+    :param params: the parameters of :func:`~invenio_wtflow.engine.statements.claim`.
+    :returns: the row of :func:`~invenio_wtflow.engine.statements.claim`, with
+        ``data`` (the run's data, for a bare task) and ``upstream`` (the
+        results of the upstream tasks by position, for a task with an
+        input) read too; ``None`` when the delivery claims nothing.
+    """
+    transactions, values = versioning.transaction_values(session)
+    statement = _claim_statement(
+        transactions, tuple(sorted(values)), session.get_bind().dialect
+    )
+    tx = {f"tx_{name}": value for name, value in values.items()}
+    return session.execute(statement, {**params, **tx}).one_or_none()
+
+
+@lru_cache(maxsize=None)
+def _success_statement(versioned, transactions=None, columns=(), dialect=None):
+    """The success and the release of its dependants (see :func:`succeed`)."""
+    ready = "wtflow_task.remaining = 1 AND wtflow_task.kind IS NULL"
+
+    def when_ready(value, column):
+        return (
+            f"{column} = CASE WHEN {ready} THEN {value} ELSE wtflow_task.{column} END"
+        )
+
+    queued = ", ".join(
+        when_ready(value, column)
+        for column, value in (
+            ("status", f"'{QUEUED}'"),
+            ("attempt", "wtflow_task.attempt + 1"),
+            ("retries", "0"),
+            ("celery_id", "gen_random_uuid()::text"),
+            ("queued_at", ":now"),
+            ("started_at", "NULL"),
+            ("finished_at", "NULL"),
+            ("lease_expires_at", "NULL"),
+            ("updated", ":now"),
+        )
+    )
+    sql = (
+        f"WITH done AS (UPDATE wtflow_task SET status = '{SUCCESS}', "
+        "lease_expires_at = NULL, result = :output, progress = 1.0, "
+        "finished_at = :now, updated = :now "
+        "WHERE id = :task_id AND celery_id = :attempt_id "
+        f"AND status = '{RUNNING}' AND retries = :delivery_retries "
+        f"RETURNING {_returned('wtflow_task', ['kind'])}), "
+        f"released AS (UPDATE wtflow_task SET remaining = wtflow_task.remaining - 1, "
+        f"{queued} FROM wtflow_task_dependency, done "
+        "WHERE wtflow_task_dependency.depends_on_id = done.id "
+        "AND wtflow_task.id = wtflow_task_dependency.task_id "
+        f"AND wtflow_task.status = '{PENDING}' "
+        f"RETURNING {_returned('wtflow_task', ['remaining', 'kind'])})"
+    )
+    if versioned:
+        copies = [("done", None), ("released", f"released.status = '{QUEUED}'")]
+        sql = _versioned(sql, copies, transactions, columns, dialect, "done")
+        counts = "NULL"
+    else:
+        # The run's tasks by status, as the statement found them.
+        sql += (
+            ", counted AS (SELECT jsonb_object_agg(status, tasks) AS counts FROM "
+            "(SELECT wtflow_task.status, count(*) AS tasks FROM wtflow_task, done "
+            "WHERE wtflow_task.workflow_id = done.workflow_id "
+            "GROUP BY wtflow_task.status) AS by_status)"
+        )
+        counts = "(SELECT counts FROM counted)"
+    sql += (
+        " SELECT done.id AS done_id, done.kind AS done_kind, "
+        f"{counts} AS counts, released.id, "
+        "released.remaining, released.kind, released.name, released.status, "
+        "released.celery_id, "
+        "CASE WHEN released.remaining = 0 THEN released.signature END AS signature "
+        "FROM done LEFT JOIN released ON true"
+    )
+    statement = text(sql).bindparams(
+        *_task_parameters(
+            ("task_id", "id"),
+            ("attempt_id", "celery_id"),
+            ("delivery_retries", "retries"),
+            ("output", "result"),
+            ("now", "updated"),
+        ),
+        *(
+            versioning.transaction_parameters(transactions, columns)
+            if versioned
+            else ()
+        ),
+    )
+    return statement.columns(
+        done_id=_TASKS.c.id.type,
+        counts=postgresql.JSONB(),
+        id=_TASKS.c.id.type,
+        signature=_TASKS.c.signature.type,
+    )
+
+
+def succeed(session, params, versioned):
+    """Record a success and release its dependants; return what changed.
+
+    :param params: the parameters of :func:`~invenio_wtflow.engine.statements.succeed`.
+    :param versioned: version the changed rows in the statement itself (the
+        transaction writes nothing else); otherwise they are noted for the
+        commit (see :func:`~invenio_wtflow.engine.versioning.changed`), and
+        the run's tasks are counted by status, as the statement leaves them.
+    :returns: a :class:`Success`, or ``None`` for a stale report.
+    """
+    if versioned:
+        transactions, values = versioning.transaction_values(session)
+        statement = _success_statement(
+            True, transactions, tuple(sorted(values)), session.get_bind().dialect
+        )
+        params = {**params, **{f"tx_{k}": v for k, v in values.items()}}
+    else:
+        statement = _success_statement(False)
+    rows = session.execute(statement, params).all()
+    if not rows:
+        return None
+    task = Done(rows[0].done_id, rows[0].done_kind)
+    released = [row for row in rows if row.id is not None]
+    queued = [row.id for row in released if row.status == QUEUED]
+    if versioned:
+        return Success(task, released)
+    versioning.changed(session, TaskRun, [task.id, *queued])
+    counts = Counter(rows[0].counts or {})
+    counts.update({SUCCESS: 1, RUNNING: -1, QUEUED: len(queued), PENDING: -len(queued)})
+    return Success(task, released, dict(counts))
+
+
+class Done(NamedTuple):
+    """The task a success changed."""
+
+    id: object
+    kind: str
+
+
+class Success(NamedTuple):
+    """What a success changed (see :func:`succeed`)."""
+
+    task: Done
+    """The task that succeeded: its ``id`` and ``kind``."""
+
+    released: list
+    """Each pending dependant's ``id``, new ``remaining``, ``kind``, ``name``,
+    ``status``, ``celery_id`` and (when ready) ``signature``."""
+
+    counts: dict = None
+    """The run's tasks by status after the change, when counted."""
