@@ -11,6 +11,8 @@ success), and prints the CPU and wall time per task:
   (``bench-fan-in-1000``);
 - ``one``: 200 one-task runs (B3's ``bench-one``), each created and started
   here, the creation timed apart from the task;
+- ``chain``: the 200 tasks of B2's chain (``bench-chain-200``), one after
+  the other, each receiving the previous result;
 - ``children``: the 1,000 one-task children that B6's spawning task
   creates (``bench-spawn-many-1000``): each one's success finishes its run
   and tells the joining task.
@@ -22,7 +24,7 @@ can be compared run against run on a busy machine too.
 ``--profile`` adds a cProfile of the timed tasks (CPU time), cumulative and
 internal, to the output. Not run by ``run.sh``::
 
-    python -m benchmarks.member_cpu [members|one|children] [--profile]
+    python -m benchmarks.member_cpu [members|one|chain|children] [--profile]
 """
 
 import cProfile
@@ -142,12 +144,27 @@ def one(celery, sent, meter):
     meter.report("one-task runs (in the worker)", RUNS)
 
 
+def chain(celery, sent, meter):
+    """B2's chain of 200 tasks, after an untimed one."""
+    from invenio_wtflow import Workflow
+
+    for timed in (False, True):
+        Workflow.create("bench-chain-200", start=True)
+        while sent:
+            batch = take(sent)
+            if timed:
+                meter.run(deliver, celery, batch)
+            else:
+                deliver(celery, batch)
+    meter.report("chain tasks", 200)
+
+
 def children(celery, sent, meter):
     """B6's children, after their spawning task (the join is not timed)."""
     wave(celery, sent, meter, "bench-spawn-many", "children", untimed=1)
 
 
-SHAPES = {"members": members, "one": one, "children": children}
+SHAPES = {"members": members, "one": one, "chain": chain, "children": children}
 
 
 def main(shape="members", profile=False):
