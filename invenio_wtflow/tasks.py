@@ -48,6 +48,7 @@ class Execution:
     task_run_id: str
     celery_id: str
     workflow_id: str
+    root_id: str
     position: int
     retries: int
     args: tuple
@@ -178,7 +179,12 @@ class WorkflowTask(AppContextTask):
             )
             return None
         orchestrator.record_success(
-            task_run_id, request.id, stored, retries, execution.dependants
+            task_run_id,
+            request.id,
+            stored,
+            retries,
+            execution.dependants,
+            (execution.root_id, execution.workflow_id),
         )
         return result
 
@@ -440,6 +446,7 @@ def _claim(uow, task_run_id, celery_id, retries, func, lease=None):
         task_run_id=str(task.id),
         celery_id=celery_id,
         workflow_id=str(task.workflow_id),
+        root_id=str(task.root_id),
         position=task.position,
         retries=retries,
         args=tuple(args),

@@ -100,19 +100,17 @@ def _claim_statement(transactions, columns, dialect):
         "claimed",
     )
     sql += (
-        " SELECT claimed.id, claimed.workflow_id, claimed.position, "
+        " SELECT claimed.id, claimed.workflow_id, run.root_id, claimed.position, "
         "claimed.name, claimed.signature, "
         "(SELECT count(*) FROM wtflow_task_dependency "
         "WHERE depends_on_id = claimed.id) AS dependants, "
-        "CASE WHEN (claimed.signature ->> 'bare')::boolean THEN "
-        "(SELECT data FROM wtflow_workflow WHERE id = claimed.workflow_id) "
-        "END AS data, "
+        "CASE WHEN (claimed.signature ->> 'bare')::boolean THEN run.data END AS data, "
         "CASE WHEN claimed.signature ->> 'input' IS NOT NULL THEN "
         "(SELECT jsonb_object_agg(upstream.position, upstream.result) "
         "FROM wtflow_task_dependency JOIN wtflow_task AS upstream "
         "ON upstream.id = wtflow_task_dependency.depends_on_id "
         "WHERE wtflow_task_dependency.task_id = claimed.id) END AS upstream "
-        "FROM claimed"
+        "FROM claimed JOIN wtflow_workflow AS run ON run.id = claimed.workflow_id"
     )
     return (
         text(sql)
@@ -129,6 +127,7 @@ def _claim_statement(transactions, columns, dialect):
         .columns(
             id=_TASKS.c.id.type,
             workflow_id=_TASKS.c.workflow_id.type,
+            root_id=_RUNS.c.root_id.type,
             signature=_TASKS.c.signature.type,
             data=_RUNS.c.data.type,
             upstream=postgresql.JSONB(),

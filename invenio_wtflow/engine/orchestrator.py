@@ -130,7 +130,7 @@ def atomic(func_, *args, **kwargs):
 #
 # Locks and queries
 #
-def lock_workflow(workflow_id=None, task_id=None, shared=False):
+def lock_workflow(workflow_id=None, task_id=None, shared=False, root_id=None):
     """Lock the root of a workflow's tree, then the workflow, and return it.
 
     One ``SELECT ... FOR UPDATE`` finds and locks both rows, the root first
@@ -142,11 +142,16 @@ def lock_workflow(workflow_id=None, task_id=None, shared=False):
         holder of ``FOR UPDATE`` (graph changes, status changes) but not each
         other (see :func:`succeed_shared`); the run is returned as a row of
         its ``id``, ``status`` and ``name``, not loaded.
+    :param root_id: the id of the run's root, when known (with
+        ``workflow_id``): the statement then looks up both by key.
     :raises WorkflowNotFoundError: when there is no such run.
     :raises TaskNotFoundError: when there is no such task.
     """
     if task_id is not None:
         statement, params = statements.lock_runs(True, shared), {"task_id": task_id}
+    elif root_id is not None:
+        statement = statements.lock_run_and_root(shared)
+        params = {"workflow_id": workflow_id, "root_id": root_id}
     else:
         statement = statements.lock_runs(False, shared)
         params = {"workflow_id": workflow_id}
@@ -669,7 +674,7 @@ class _RootLockNeeded(Exception):
     """The success may change the run's status: record it under the root lock."""
 
 
-def record_success(task_id, celery_id, result, retries=0, dependants=None):
+def record_success(task_id, celery_id, result, retries=0, dependants=None, runs=None):
     """Record a successful attempt in its own transaction, and commit it.
 
     A task with exactly one dependant is first tried with
@@ -680,11 +685,13 @@ def record_success(task_id, celery_id, result, retries=0, dependants=None):
 
     :param dependants: the number of tasks that depend on this one, as the
         claim returned it (``None``: unknown).
+    :param runs: ``(root_id, workflow_id)`` of the task's run, as the claim
+        returned them (``None``: looked up).
     :returns: whether the report was applied (``False`` for a stale one).
     """
     if dependants == 1:
         try:
-            return atomic(succeed_shared, task_id, celery_id, result, retries)
+            return atomic(succeed_shared, task_id, celery_id, result, retries, runs)
         except _RootLockNeeded:
             pass
     return atomic(succeed, task_id, celery_id, result, retries)
@@ -699,7 +706,7 @@ def _derives_default_status(workflow):
     return getattr(rule, "is_default_rule", False) and not dynamic.populates(cls)
 
 
-def succeed_shared(uow, task_id, celery_id, result, retries=0):
+def succeed_shared(uow, task_id, celery_id, result, retries=0, runs=None):
     """Record a success that provably leaves the run ``running``, without the root lock.
 
     The root and the run are locked ``FOR KEY SHARE``: every transaction that
@@ -720,9 +727,13 @@ def succeed_shared(uow, task_id, celery_id, result, retries=0):
     dependant's, as in :func:`succeed`; the success that finishes a run
     always takes the root lock, and sees every shared success committed.
 
+    :param runs: ``(root_id, workflow_id)`` of the task's run, if known.
     :returns: whether the report was applied (``False`` for a stale one).
     """
-    workflow = lock_workflow(task_id=task_id, shared=True)
+    if runs is None:
+        workflow = lock_workflow(task_id=task_id, shared=True)
+    else:
+        workflow = lock_workflow(runs[1], root_id=runs[0], shared=True)
     if workflow.status != WorkflowStatus.RUNNING.value or not (
         _derives_default_status(workflow)
     ):

@@ -44,13 +44,19 @@ def claim():
     """``queued -> running`` for the expected attempt (see ``orchestrator.claim``).
 
     Parameters: ``task_id``, ``attempt_id``, ``delivery_retries``, ``now``,
-    ``lease_end``. Returns the task's ``id``, ``workflow_id``, ``position``,
-    ``name``, ``signature`` and its number of ``dependants``; ``data`` and
-    ``upstream`` are ``NULL`` (not read; see :func:`.fused.claim`).
+    ``lease_end``. Returns the task's ``id``, ``workflow_id``, its run's
+    ``root_id``, ``position``, ``name``, ``signature`` and its number of
+    ``dependants``; ``data`` and ``upstream`` are ``NULL`` (not read; see
+    :func:`.fused.claim`).
     """
     dependants = (
         select(func.count())
         .where(_EDGES.c.depends_on_id == _TASKS.c.id)
+        .scalar_subquery()
+    )
+    root_id = (
+        select(_RUNS.c.root_id)
+        .where(_RUNS.c.id == _TASKS.c.workflow_id)
         .scalar_subquery()
     )
     retries = bindparam("delivery_retries", type_=_TASKS.c.retries.type)
@@ -80,6 +86,7 @@ def claim():
         .returning(
             _TASKS.c.id,
             _TASKS.c.workflow_id,
+            root_id.label("root_id"),
             _TASKS.c.position,
             _TASKS.c.name,
             _TASKS.c.signature,
@@ -267,6 +274,22 @@ def lock_runs(by_task, shared=False):
         target = bindparam("workflow_id", type_=_RUNS.c.id.type)
     run = _RUNS.alias()
     root_id = select(run.c.root_id).where(run.c.id == target).scalar_subquery()
+    return _locked_runs(target, root_id, shared)
+
+
+@cache
+def lock_run_and_root(shared=False):
+    """:func:`lock_runs` of run ``workflow_id`` whose root, ``root_id``, is known.
+
+    Its plan is a lookup of two keys, where :func:`lock_runs` finds the root
+    first.
+    """
+    target = bindparam("workflow_id", type_=_RUNS.c.id.type)
+    return _locked_runs(target, bindparam("root_id", type_=_RUNS.c.id.type), shared)
+
+
+def _locked_runs(target, root_id, shared):
+    """Select and lock runs ``target`` and ``root_id``, the root first."""
     if shared:
         statement = select(_RUNS.c.id, _RUNS.c.status, _RUNS.c.name)
     else:
