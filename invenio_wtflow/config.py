@@ -45,6 +45,16 @@ Transient errors are deadlocks, serialization failures, a locked SQLite
 database and lost connections; each retry starts a fresh transaction.
 """
 
+WTFLOW_PREPARED_STATEMENTS = True
+"""Prepare the hot path's statements on psycopg2 connections to PostgreSQL.
+
+Each connection parses and plans them once instead of at every task (see
+:mod:`invenio_wtflow.engine.prepared`; psycopg 3 prepares statements by
+itself). Set it to ``False`` when the workers reach PostgreSQL through a
+pooler that shares a database session between clients, such as PgBouncer
+in transaction pooling mode.
+"""
+
 WTFLOW_SQLITE_SERIALIZE = True
 """Make SQLite transactions real and the engine's ones writers at once.
 

@@ -28,11 +28,16 @@ from .example_tasks import add, tsum
 
 @contextmanager
 def count_statements(db):
-    """Count the SQL statements sent to the database."""
+    """Count the SQL statements sent to the database.
+
+    A connection prepares a statement once (see ``engine.prepared``): its
+    ``PREPARE`` is not counted.
+    """
     statements = []
 
     def record(conn, cursor, statement, *args):
-        statements.append(statement)
+        if not statement.startswith("PREPARE "):
+            statements.append(statement)
 
     event.listen(db.engine, "before_cursor_execute", record)
     try:

@@ -34,7 +34,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy_continuum.operation import Operation
 
 from ..models import TaskRun, TaskStatus, WorkflowRun
-from . import versioning
+from . import prepared, versioning
 
 _TASKS = TaskRun.__table__
 _RUNS = WorkflowRun.__table__
@@ -149,7 +149,7 @@ def claim(session, params):
         transactions, tuple(sorted(values)), session.get_bind().dialect
     )
     tx = {f"tx_{name}": value for name, value in values.items()}
-    return session.execute(statement, {**params, **tx}).one_or_none()
+    return prepared.execute(session, statement, {**params, **tx}).one_or_none()
 
 
 @lru_cache(maxsize=None)
@@ -251,7 +251,7 @@ def succeed(session, params, versioned):
         params = {**params, **{f"tx_{k}": v for k, v in values.items()}}
     else:
         statement = _success_statement(False)
-    rows = session.execute(statement, params).all()
+    rows = prepared.execute(session, statement, params).all()
     if not rows:
         return None
     task = Done(rows[0].done_id, rows[0].done_kind)

@@ -58,6 +58,7 @@ from . import (
     concurrency,
     dynamic,
     fused,
+    prepared,
     sqlite,
     statements,
     versioning,
@@ -155,8 +156,10 @@ def lock_workflow(workflow_id=None, task_id=None, shared=False, root_id=None):
     else:
         statement = statements.lock_runs(False, shared)
         params = {"workflow_id": workflow_id}
-    result = db.session.execute(statement, params)
-    rows = result.all() if shared else result.scalars().all()
+    if shared:
+        rows = prepared.execute(db.session, statement, params).all()
+    else:
+        rows = db.session.execute(statement, params).scalars().all()
     if not rows:
         if task_id is not None:
             raise TaskNotFoundError(task_id)

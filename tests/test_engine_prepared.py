@@ -1,0 +1,130 @@
+# SPDX-FileCopyrightText: 2026 invenio-wtflow authors.
+# SPDX-License-Identifier: MIT
+
+"""The hot path's statements, prepared once per psycopg2 connection."""
+
+import pytest
+from invenio_db import db as _db
+from sqlalchemy import bindparam, event, or_, select, text
+
+from invenio_wtflow import Workflow
+from invenio_wtflow.engine import dispatch, orchestrator, prepared
+from invenio_wtflow.models import TaskRun, WorkflowRun
+
+
+@pytest.fixture()
+def psycopg2(db):
+    """Skip unless the database is PostgreSQL through psycopg2."""
+    if db.engine.dialect.driver != "psycopg2":
+        pytest.skip("statements are prepared on psycopg2 connections only")
+
+
+@pytest.fixture()
+def psycopg2_clean(app):
+    """Skip unless the database is PostgreSQL through psycopg2 (no ``db``)."""
+    if _db.engine.dialect.driver != "psycopg2":
+        pytest.skip("statements are prepared on psycopg2 connections only")
+
+
+@pytest.fixture()
+def sent_sql(db):
+    """Every statement sent to the database, in order."""
+    statements = []
+
+    def record(conn, cursor, statement, *args):
+        statements.append(statement.split(None, 1)[0])
+
+    event.listen(db.engine, "before_cursor_execute", record)
+    yield statements
+    event.remove(db.engine, "before_cursor_execute", record)
+
+
+@pytest.fixture()
+def tasks(app, db, monkeypatch):
+    """Two queued tasks of two runs, nothing published: ``(id, celery_id)``."""
+    monkeypatch.setattr(dispatch, "_send", lambda message: None)
+    return [
+        (t.id, t.model.celery_id)
+        for t in (Workflow.create("add-chain", start=True).tasks[0] for _ in "ab")
+    ]
+
+
+def test_a_connection_prepares_a_statement_once(psycopg2, tasks, sent_sql, db):
+    for task_id, celery_id in tasks:
+        assert orchestrator.atomic(orchestrator.claim, task_id, celery_id)
+    claims = [s for s in sent_sql if s in ("PREPARE", "EXECUTE", "WITH")]
+    assert claims == ["PREPARE", "EXECUTE", "EXECUTE"]
+    assert [
+        t.status
+        for t in TaskRun.query.filter(TaskRun.id.in_([task_id for task_id, _ in tasks]))
+    ] == ["running", "running"]
+
+
+def test_a_new_connection_prepares_again(psycopg2_clean, app, clean, monkeypatch):
+    """Real connections from the pool (``clean``), closed between the claims."""
+    monkeypatch.setattr(dispatch, "_send", lambda message: None)
+    first, second = (
+        Workflow.create("add-chain", start=True).tasks[0].model for _ in "ab"
+    )
+    claims = [(t.id, t.celery_id) for t in (first, second)]
+    _db.session.commit()
+    sent = []
+
+    def record(conn, cursor, statement, *args):
+        sent.append(statement.split(None, 1)[0])
+
+    event.listen(_db.engine, "before_cursor_execute", record)
+    try:
+        assert orchestrator.atomic(orchestrator.claim, *claims[0])
+        _db.session.remove()
+        _db.engine.dispose()  # as after the database restarted
+        assert orchestrator.atomic(orchestrator.claim, *claims[1])
+    finally:
+        event.remove(_db.engine, "before_cursor_execute", record)
+    assert sent.count("PREPARE") == 2
+
+
+def test_preparing_can_be_turned_off(psycopg2, app, tasks, sent_sql):
+    app.config["WTFLOW_PREPARED_STATEMENTS"] = False
+    try:
+        for task_id, celery_id in tasks:
+            assert orchestrator.atomic(orchestrator.claim, task_id, celery_id)
+    finally:
+        app.config["WTFLOW_PREPARED_STATEMENTS"] = True
+    assert "PREPARE" not in sent_sql and "EXECUTE" not in sent_sql
+    assert sent_sql.count("WITH") == 2
+
+
+def test_a_prepared_statement_takes_its_parameters_by_name_and_type(
+    psycopg2, tasks, db
+):
+    """Parameters used twice or in another order, literals, typed columns."""
+    task_id, _ = tasks[0]
+    statement = (
+        text(
+            "SELECT id, workflow_id, :tag AS tag, :tag || '%' AS pattern, position "
+            "FROM wtflow_task WHERE id = :task_id AND position >= :least"
+        )
+        .bindparams(
+            bindparam("task_id", type_=TaskRun.id.type),
+            bindparam("least"),
+            bindparam("tag"),
+        )
+        .columns(id=TaskRun.id.type, workflow_id=TaskRun.workflow_id.type)
+    )
+    for _ in range(2):
+        row = prepared.execute(
+            db.session, statement, {"least": 0, "task_id": task_id, "tag": "a"}
+        ).one()
+        assert (row.id, row.tag, row.pattern, row.position) == (task_id, "a", "a%", 0)
+        assert row.workflow_id == db.session.get(TaskRun, task_id).workflow_id
+    # A Core statement with literal values bound by SQLAlchemy.
+    runs = WorkflowRun.__table__
+    core = select(runs.c.status).where(
+        or_(runs.c.status == "queued", runs.c.status == "running"),
+        runs.c.id == bindparam("workflow_id", type_=runs.c.id.type),
+    )
+    run_id = row.workflow_id
+    assert prepared.execute(db.session, core, {"workflow_id": run_id}).all() == [
+        ("running",)
+    ]
