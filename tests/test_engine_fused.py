@@ -10,7 +10,7 @@ from sqlalchemy_continuum import version_class, versioning_manager
 
 from invenio_wtflow import Workflow, current_wtflow
 from invenio_wtflow.engine import dispatch, orchestrator, versioning
-from invenio_wtflow.models import TaskRun
+from invenio_wtflow.models import TaskDependency, TaskRun, WorkflowRun
 from invenio_wtflow.tasks import _claim
 
 from .example_tasks import add, echo
@@ -28,7 +28,7 @@ def postgresql(db):
 def started(app, db, monkeypatch):
     """Start a run of ``bare | add(1) | add(2)``: a bare task, then a chain."""
     sent = []
-    monkeypatch.setattr(dispatch, "_send", lambda message: sent.append(message))
+    monkeypatch.setattr(dispatch, "_send", lambda m: sent.append(m) or True)
     current_wtflow.register("bare-chain", chain(echo, add.s(1), add.s(2)))
     wf = Workflow.create("bare-chain", data={"x": 5}, start=True)
     return wf, sent
@@ -152,3 +152,36 @@ def test_a_claim_leaves_no_unit_of_work_of_continuum_behind(app, clean, monkeypa
     with _db.session.begin():
         unit = versioning._continuum(_db.session)
         assert versioning._continuum(_db.session()) is unit
+
+
+def test_a_new_run_is_one_statement_with_its_first_versions(
+    postgresql, app, db, monkeypatch
+):
+    sent = []
+    monkeypatch.setattr(dispatch, "_send", lambda m: sent.append(m) or True)
+    with count_statements(db) as statements:
+        wf = Workflow.create("fan-out", data={"video_id": 1}, start=True)
+    assert len([s for s in statements if "SAVEPOINT" not in s]) == 1
+    db.session.expire_all()
+    run = db.session.get(WorkflowRun, wf.id)
+    tasks = TaskRun.query.filter_by(workflow_id=wf.id).order_by(TaskRun.position)
+    assert (run.status, run.data, run.output) == (
+        "running",
+        {"video_id": 1},
+        {"task": 5},
+    )
+    assert [t.status for t in tasks] == ["queued"] * 5 + ["pending"]
+    assert [t.remaining for t in tasks] == [0] * 5 + [5]
+    assert sorted(m.celery_id for m in sent) == sorted(t.celery_id for t in tasks[:5])
+    assert TaskDependency.query.filter_by(task_id=tasks[5].id).count() == 5
+    # First versions (INSERT) of the run and of every task, in one transaction.
+    run_version = version_class(WorkflowRun)
+    [first] = db.session.query(run_version).filter_by(id=wf.id)
+    versions = [task_versions(db, t.id) for t in tasks]
+    assert (first.operation_type, first.status, first.created) == (
+        0,
+        "running",
+        run.created,
+    )
+    assert {v[0][2] for v in versions} == {first.transaction_id}
+    assert [v[0][:2] for v in versions] == [(t.status, t.celery_id) for t in tasks]

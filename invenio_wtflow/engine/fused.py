@@ -16,7 +16,9 @@ version table:
 - :func:`succeed`: ``running -> success``, then the counter of each pending
   dependant, with the dependants that reach zero (tasks, not orchestrator
   nodes) ``queued`` under a Celery id the database draws
-  (``gen_random_uuid()``, PostgreSQL 13 or later).
+  (``gen_random_uuid()``, PostgreSQL 13 or later);
+- :func:`create`: a new run, its tasks and their edges, inserted from JSON
+  documents, with their first versions.
 
 A statement versions its own changes only when nothing else in its
 transaction writes them (the claim, a success recorded the shared way);
@@ -25,15 +27,17 @@ copy at the commit, with whatever else the transaction changed.
 Other databases run the same transitions as separate statements.
 """
 
+import json
 from collections import Counter
+from datetime import datetime, timezone
 from functools import lru_cache
 from typing import NamedTuple
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import String, bindparam, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy_continuum.operation import Operation
 
-from ..models import TaskRun, TaskStatus, WorkflowRun
+from ..models import TaskDependency, TaskRun, TaskStatus, WorkflowRun
 from . import prepared, versioning
 
 _TASKS = TaskRun.__table__
@@ -284,3 +288,79 @@ class Success(NamedTuple):
 
     counts: dict = None
     """The run's tasks by status after the change, when counted."""
+
+
+@lru_cache(maxsize=None)
+def _create_statement(transactions, columns, dialect):
+    """Insert a run, its tasks and edges, with their versions (see :func:`create`)."""
+    quote = dialect.identifier_preparer.quote
+
+    def inserted(name, model, parameter, recordset=True):
+        table = model.__table__
+        names = ", ".join(quote(c.name) for c in table.columns)
+        source = "jsonb_populate_recordset" if recordset else "jsonb_populate_record"
+        returned = (
+            versioning.copied_columns(model) if model is not TaskDependency else []
+        )
+        returning = (
+            f" RETURNING {', '.join(quote(c) for c in returned)}" if returned else ""
+        )
+        return (
+            f"{name} AS (INSERT INTO {quote(table.name)} ({names}) "
+            f"SELECT {names} FROM {source}(NULL::{quote(table.name)}, "
+            f"CAST(:{parameter} AS jsonb)){returning})"
+        )
+
+    when = "EXISTS (SELECT FROM run)"
+    sql = (
+        f"WITH {inserted('run', WorkflowRun, 'run', recordset=False)}, "
+        f"{inserted('tasks', TaskRun, 'tasks')}, "
+        f"{inserted('edges', TaskDependency, 'edges')}, "
+        f"{versioning.transaction_cte(transactions, columns, dialect, when)}, "
+        "wtflow_versions_0 AS ("
+        f"{versioning.version_copy(WorkflowRun, Operation.INSERT, dialect, 'run')}), "
+        "wtflow_versions_1 AS ("
+        f"{versioning.version_copy(TaskRun, Operation.INSERT, dialect, 'tasks')}) "
+        "SELECT id FROM wtflow_transaction"
+    )
+    return text(sql).bindparams(
+        *(bindparam(name, type_=String()) for name in ("run", "tasks", "edges")),
+        *versioning.transaction_parameters(transactions, columns),
+    )
+
+
+def create(session, run, tasks, edges):
+    """Insert a run, its tasks and their edges with their first versions, at once.
+
+    For a transaction that writes nothing else: the rows are not noted for
+    the commit (see :func:`~invenio_wtflow.engine.versioning.insert`).
+
+    :param run: the run's row, with every column of its table.
+    :param tasks: the tasks' rows, likewise.
+    :param edges: the edges' rows.
+    """
+    transactions, values = versioning.transaction_values(session)
+    statement = _create_statement(
+        transactions, tuple(sorted(values)), session.get_bind().dialect
+    )
+    params = {
+        "run": _document(run),
+        "tasks": _document(tasks),
+        "edges": _document(edges),
+        **{f"tx_{name}": value for name, value in values.items()},
+    }
+    session.execute(statement, params)
+
+
+def _document(rows):
+    """Rows as the JSON document ``jsonb_populate_record(set)`` reads."""
+    return json.dumps(rows, default=_json_value, separators=(",", ":"))
+
+
+def _json_value(value):
+    """Ids as text; times as UTC without a zone, as the time columns store them."""
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value.isoformat()
+    return str(value)

@@ -371,6 +371,7 @@ def create(
     parent=None,
     start=False,
     checked=False,
+    alone=False,
 ):
     """Insert a workflow run with all its tasks ``pending`` and their edges.
 
@@ -382,6 +383,10 @@ def create(
     :param checked: the caller found no run with this ``key`` (or
         ``spawn_key``) and holds the locks that keep a concurrent one out
         (a spawning task holds its root's lock and its attempt).
+    :param alone: nothing else changes in this transaction: on PostgreSQL
+        a root run without a ``key`` (and not started with nodes of the
+        orchestrator's) is inserted and versioned by one statement (see
+        :func:`~invenio_wtflow.engine.fused.create`).
     :returns: ``(run, created)``; with a ``key`` (or a child's ``spawn_key``)
         that already exists, the existing run and ``False``.
     """
@@ -414,7 +419,18 @@ def create(
         counts = {QUEUED.value: ready, PENDING.value: len(graph.nodes) - ready}
         row["status"] = WorkflowStatus(status_rule(workflow)(counts)).value
         workflow.status = row["status"]
-    if checked or (key is None and parent is None):
+    # A started node of the orchestrator's would change the run's row (see
+    # ``_queue``) after the statement that inserts and versions it.
+    at_once = (
+        alone
+        and key is None
+        and parent is None
+        and not (start and any(node.kind for node in graph.nodes))
+        and fused.available(db.session)
+    )
+    if at_once:
+        pass  # inserted with its tasks, below
+    elif checked or (key is None and parent is None):
         versioning.insert(db.session, WorkflowRun, [row])  # nothing to collide with
     else:
         try:
@@ -452,13 +468,16 @@ def create(
         for node in graph.nodes
     ]
     if start:
-        _queue_rows(uow, [row for row in rows if row["remaining"] == 0])
-    versioning.insert(db.session, TaskRun, rows)
+        _queue_rows(uow, [task for task in rows if task["remaining"] == 0])
     edges = [
         {"task_id": ids[node.position], "depends_on_id": ids[dep]}
         for node in graph.nodes
         for dep in node.depends_on
     ]
+    if at_once:
+        fused.create(db.session, row, rows, edges)
+        return workflow, True
+    versioning.insert(db.session, TaskRun, rows)
     if edges:
         db.session.execute(TaskDependency.__table__.insert(), edges)
     return workflow, True
@@ -489,7 +508,14 @@ def create_run(uow, name, graph, data, key=None, created_by=None, started=False)
     """
     at_once = started and concurrency.limit_of(name) is None
     run, created = create(
-        uow, name, graph, data, key=key, created_by=created_by, start=at_once
+        uow,
+        name,
+        graph,
+        data,
+        key=key,
+        created_by=created_by,
+        start=at_once,
+        alone=at_once or not started,
     )
     if started and created and not at_once:
         run = start(uow, run.id)
