@@ -408,3 +408,25 @@ def test_attempts_do_not_write_the_result_backend(app, monkeypatch):
     assert dispatch._send(message)
     assert sent[0]["ignore_result"] is True
     assert sent[0]["task_id"] == "attempt"
+
+
+@pytest.mark.parametrize("dependants", [0, 1])
+def test_a_success_given_its_runs_locks_them_by_key(app, db, monkeypatch, dependants):
+    """The claim returns the task's run and root: no look-up in the lock."""
+    wf, members = claimed_members(
+        monkeypatch, "two", chord([add.s(i, i) for i in range(2)], tsum.s())
+    )
+    task_id, celery_id, _ = members[0]
+    locks, lock_workflow = [], orchestrator.lock_workflow
+
+    def spy(*args, **kwargs):
+        locks.append((args, kwargs))
+        return lock_workflow(*args, **kwargs)
+
+    monkeypatch.setattr(orchestrator, "lock_workflow", spy)
+    runs = (wf.model.root_id, wf.id)
+    assert orchestrator.record_success(task_id, celery_id, 2, 0, dependants, runs)
+    assert [(a, k.get("root_id"), k.get("task_id")) for a, k in locks] == [
+        ((wf.id,), wf.id, None)
+    ]
+    assert Workflow.get(wf.id).tasks[0].status == "success"

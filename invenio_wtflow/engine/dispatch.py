@@ -46,12 +46,23 @@ class Message:
     @classmethod
     def for_task(cls, task):
         """Build the message of the current attempt of a task run."""
+        return cls.for_attempt(
+            task.id, task.celery_id, task.name, task.signature, task.retries or 0
+        )
+
+    @classmethod
+    def for_attempt(cls, task_run_id, celery_id, name, signature, retries=0):
+        """Build the message of an attempt from its task run's columns.
+
+        :param signature: the task run's stored signature (its options route
+            the message).
+        """
         return cls(
-            task_run_id=str(task.id),
-            celery_id=task.celery_id,
-            name=task.name,
-            options=dict(task.signature.get("options") or {}),
-            retries=task.retries or 0,
+            task_run_id=str(task_run_id),
+            celery_id=celery_id,
+            name=name,
+            options=dict(signature.get("options") or {}),
+            retries=retries,
         )
 
     @classmethod

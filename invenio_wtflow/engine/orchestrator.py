@@ -213,15 +213,13 @@ def _queue(uow, tasks):
     A node the orchestrator runs itself (``populate``, a callback) gets no
     Celery id: its root is asked for an orchestrator pass instead.
     """
-    now = utcnow()
+    values = _new_attempt(utcnow())
     op = dispatcher(uow)
     roots = {}
     for task in tasks:
-        task.status = QUEUED.value
+        for column, value in values.items():
+            setattr(task, column, value)
         task.attempt += 1
-        task.retries = 0
-        task.queued_at = now
-        task.started_at = task.finished_at = task.lease_expires_at = None
         if task.kind is None:
             task.celery_id = str(uuid.uuid4())
             op.messages.append(Message.for_task(task))
@@ -231,6 +229,18 @@ def _queue(uow, tasks):
         roots.setdefault(root_id, db.session.get(WorkflowRun, root_id))
     if roots:
         dynamic.request(uow, roots.values())
+
+
+def _new_attempt(now):
+    """What a task's row gets when a new attempt is queued, but its ids."""
+    return {
+        "status": QUEUED.value,
+        "retries": 0,
+        "queued_at": now,
+        "started_at": None,
+        "finished_at": None,
+        "lease_expires_at": None,
+    }
 
 
 def _reset(task, remaining):
@@ -524,10 +534,23 @@ def create_run(uow, name, graph, data, key=None, created_by=None, started=False)
 
 def _queue_rows(uow, rows):
     """Queue tasks not inserted yet, given as rows (see :func:`_queue`)."""
-    tasks = [TaskRun(**row) for row in rows]  # transient: never added
-    _queue(uow, tasks)
-    for row, task in zip(rows, tasks):
-        row.update((column, getattr(task, column)) for column in _QUEUED_COLUMNS)
+    nodes = [row for row in rows if row["kind"] is not None]
+    if nodes:  # their roots are asked for a pass: through the ORM's rows
+        tasks = [TaskRun(**row) for row in nodes]  # transient: never added
+        _queue(uow, tasks)
+        for row, task in zip(nodes, tasks):
+            row.update((column, getattr(task, column)) for column in _QUEUED_COLUMNS)
+    values = _new_attempt(utcnow())
+    messages = dispatcher(uow).messages
+    for row in rows:
+        if row["kind"] is not None:
+            continue
+        row.update(values, attempt=row["attempt"] + 1, celery_id=str(uuid.uuid4()))
+        messages.append(
+            Message.for_attempt(
+                row["id"], row["celery_id"], row["name"], row["signature"]
+            )
+        )
 
 
 def _existing(name, key, parent):
@@ -723,7 +746,7 @@ def record_success(task_id, celery_id, result, retries=0, dependants=None, runs=
             return atomic(succeed_shared, task_id, celery_id, result, retries, runs)
         except _RootLockNeeded:
             pass
-    return atomic(succeed, task_id, celery_id, result, retries)
+    return atomic(succeed, task_id, celery_id, result, retries, runs)
 
 
 def _derives_default_status(workflow):
@@ -759,10 +782,7 @@ def succeed_shared(uow, task_id, celery_id, result, retries=0, runs=None):
     :param runs: ``(root_id, workflow_id)`` of the task's run, if known.
     :returns: whether the report was applied (``False`` for a stale one).
     """
-    if runs is None:
-        workflow = lock_workflow(task_id=task_id, shared=True)
-    else:
-        workflow = lock_workflow(runs[1], root_id=runs[0], shared=True)
+    workflow = _lock_runs_of(task_id, runs, shared=True)
     if workflow.status != WorkflowStatus.RUNNING.value or not (
         _derives_default_status(workflow)
     ):
@@ -782,6 +802,16 @@ def succeed_shared(uow, task_id, celery_id, result, retries=0, runs=None):
     ).scalar():
         raise _RootLockNeeded()
     return True
+
+
+def _lock_runs_of(task_id, runs, shared=False):
+    """Lock a task's root and run (see :func:`lock_workflow`) by key when known.
+
+    :param runs: ``(root_id, workflow_id)``, or ``None``.
+    """
+    if runs is None:
+        return lock_workflow(task_id=task_id, shared=shared)
+    return lock_workflow(runs[1], root_id=runs[0], shared=shared)
 
 
 def _succeed_and_release(task_id, celery_id, result, retries, alone=False):
@@ -826,7 +856,7 @@ def _release(task):
     ).all()
 
 
-def succeed(uow, task_id, celery_id, result, retries=0):
+def succeed(uow, task_id, celery_id, result, retries=0, runs=None):
     """Record a successful attempt and queue the dependants it completes.
 
     The transition is a conditional ``UPDATE ... RETURNING`` under the
@@ -835,9 +865,10 @@ def succeed(uow, task_id, celery_id, result, retries=0):
     (see :mod:`~invenio_wtflow.engine.versioning`).
 
     :param retries: the Celery retry count of the execution reporting.
+    :param runs: ``(root_id, workflow_id)`` of the task's run, if known.
     :returns: whether the report was applied (``False`` for a stale one).
     """
-    workflow = lock_workflow(task_id=task_id)
+    workflow = _lock_runs_of(task_id, runs)
     outcome = _succeed_and_release(task_id, celery_id, result, retries)
     if outcome is None:
         return False
@@ -905,12 +936,7 @@ def _queue_ready(uow, rows):
         versioning.changed(db.session, TaskRun, pending)
         celery_ids.update(pending)
     dispatcher(uow).messages.extend(
-        Message(
-            task_run_id=str(row.id),
-            celery_id=celery_ids[row.id],
-            name=row.name,
-            options=dict(row.signature.get("options") or {}),
-        )
+        Message.for_attempt(row.id, celery_ids[row.id], row.name, row.signature)
         for row in tasks
     )
     return bool(nodes)
