@@ -59,6 +59,14 @@ def plain_join(results):
     return len(results)
 
 
+@shared_task
+def database_driver():
+    """Name the driver of the worker's database connections (checked at start)."""
+    from invenio_db import db
+
+    return db.engine.dialect.driver
+
+
 #
 # Canvases, built the same way for both sides.
 #

@@ -26,10 +26,10 @@ PG_URL = os.environ.get(
 """PostgreSQL server, without a database name, as this process (the caller,
 in the place of the web application) reaches it: psycopg2, Invenio's driver."""
 
-WORKER_DRIVER = os.environ.get("WTFLOW_BENCH_WORKER_DRIVER", "psycopg")
-"""PostgreSQL driver of the worker's processes: ``psycopg`` (psycopg 3, the
-default: it prepares the statements a connection runs often) or
-``psycopg2``."""
+WORKER_DRIVER = os.environ.get("WTFLOW_BENCH_WORKER_DRIVER", "psycopg2")
+"""PostgreSQL driver of the worker's processes: ``psycopg2`` (the default,
+Invenio's) or ``psycopg`` (psycopg 3). :meth:`Worker.start` checks that the
+worker uses it."""
 
 DB_NAME = os.environ.get("WTFLOW_BENCH_DB", "wtflow_bench")
 """The database the benchmarks create and drop (nothing else is touched)."""
@@ -271,6 +271,12 @@ class Worker:
                 raise RuntimeError(
                     f"worker did not start:\n{self.log.read_text()[-3000:]}"
                 )
+        from .bench_tasks import database_driver
+
+        used = database_driver.delay().get(timeout=60)
+        if used != WORKER_DRIVER:
+            self.stop()
+            raise RuntimeError(f"the worker uses {used}, not {WORKER_DRIVER}")
         return self
 
     def stop(self):

@@ -17,9 +17,9 @@
 # WTFLOW_BENCH_B7_TASKS (B7's task count; run.sh defaults to 2000 to stay
 # near 10 minutes on 2 cores, the scenario's own default is 10000),
 # WTFLOW_BENCH_EXPERIMENTS (see benchmarks/common.py; added to the name),
-# WTFLOW_BENCH_WORKER_DRIVER (the worker's PostgreSQL driver: psycopg, the
-# default, or psycopg2), WTFLOW_BENCH_NAME (results file name, default:
-# today's date).
+# WTFLOW_BENCH_WORKER_DRIVER (the worker's PostgreSQL driver: psycopg2, the
+# default, or psycopg for psycopg 3), WTFLOW_BENCH_NAME (results file name,
+# default: today's date).
 
 set -o errexit -o nounset -o pipefail
 
