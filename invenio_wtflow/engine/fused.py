@@ -1,13 +1,13 @@
 # SPDX-FileCopyrightText: 2026 invenio-wtflow authors.
 # SPDX-License-Identifier: MIT
 
-"""PostgreSQL: an attempt's transition and all it implies, in one statement.
+"""PostgreSQL: a step of the hot path and all it implies, in one statement.
 
 Every attempt makes two transactions, its claim and its outcome, and on
-PostgreSQL each of them is mostly one statement: data-modifying ``WITH``
-clauses change the task, read what comes with the change and, when asked,
-insert Continuum's transaction row and copy the changed rows into their
-version table:
+PostgreSQL each of them is mostly one statement, as is the creation of a
+run: data-modifying ``WITH`` clauses change the rows, read what comes with
+the change and, when asked, insert Continuum's transaction row and copy the
+changed rows into their version tables:
 
 - :func:`claim`: ``queued -> running`` for the expected attempt, with the
   task's number of dependants, the run's data when the task is bare and
@@ -21,8 +21,8 @@ version table:
   documents, with their first versions.
 
 A statement versions its own changes only when nothing else in its
-transaction writes them (the claim, a success recorded the shared way);
-otherwise it notes them for :mod:`~invenio_wtflow.engine.versioning` to
+transaction writes them (the claim, a success recorded the shared way, a
+run created on its own); otherwise it notes them for :mod:`~invenio_wtflow.engine.versioning` to
 copy at the commit, with whatever else the transaction changed.
 Other databases run the same transitions as separate statements.
 """
