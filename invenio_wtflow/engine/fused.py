@@ -45,6 +45,7 @@ _RUNS = WorkflowRun.__table__
 
 PENDING, QUEUED = TaskStatus.PENDING.value, TaskStatus.QUEUED.value
 RUNNING, SUCCESS = TaskStatus.RUNNING.value, TaskStatus.SUCCESS.value
+WAITING = TaskStatus.WAITING.value
 
 
 def available(session):
@@ -198,6 +199,13 @@ def _success_statement(versioned, transactions=None, columns=(), dialect=None):
         copies = [("done", None), ("released", f"released.status = '{QUEUED}'")]
         sql = _versioned(sql, copies, transactions, columns, dialect, "done")
         counts = "NULL"
+        # Whether the run has a task waiting, when a dependant is not ready
+        # (see ``orchestrator.succeed_shared``).
+        waiting = (
+            "CASE WHEN released.remaining > 0 THEN EXISTS (SELECT FROM wtflow_task "
+            "WHERE wtflow_task.workflow_id = done.workflow_id "
+            f"AND wtflow_task.status = '{WAITING}') END"
+        )
     else:
         # The run's tasks by status, as the statement found them.
         sql += (
@@ -207,11 +215,12 @@ def _success_statement(versioned, transactions=None, columns=(), dialect=None):
             "GROUP BY wtflow_task.status) AS by_status)"
         )
         counts = "(SELECT counts FROM counted)"
+        waiting = "NULL"
     sql += (
         " SELECT done.id AS done_id, done.kind AS done_kind, "
         f"{counts} AS counts, released.id, "
         "released.remaining, released.kind, released.name, released.status, "
-        "released.celery_id, "
+        f"released.celery_id, {waiting} AS waiting, "
         "CASE WHEN released.remaining = 0 THEN released.signature END AS signature "
         "FROM done LEFT JOIN released ON true"
     )
@@ -242,9 +251,11 @@ def succeed(session, params, versioned):
 
     :param params: the parameters of :func:`~invenio_wtflow.engine.statements.succeed`.
     :param versioned: version the changed rows in the statement itself (the
-        transaction writes nothing else); otherwise they are noted for the
-        commit (see :func:`~invenio_wtflow.engine.versioning.changed`), and
-        the run's tasks are counted by status, as the statement leaves them.
+        transaction writes nothing else), and look for a task ``waiting`` in
+        the run when a dependant is not ready; otherwise the rows are noted
+        for the commit (see :func:`~invenio_wtflow.engine.versioning.changed`),
+        and the run's tasks are counted by status, as the statement leaves
+        them.
     :returns: a :class:`Success`, or ``None`` for a stale report.
     """
     if versioned:
@@ -284,7 +295,8 @@ class Success(NamedTuple):
 
     released: list
     """Each pending dependant's ``id``, new ``remaining``, ``kind``, ``name``,
-    ``status``, ``celery_id`` and (when ready) ``signature``."""
+    ``status``, ``celery_id``, (when ready) ``signature`` and (alone, when
+    not ready) whether a task of the run is ``waiting``."""
 
     counts: dict = None
     """The run's tasks by status after the change, when counted."""

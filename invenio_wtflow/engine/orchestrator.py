@@ -797,11 +797,18 @@ def succeed_shared(uow, task_id, celery_id, result, retries=0, runs=None):
         if released[0].kind is not None:
             raise _RootLockNeeded()  # a node the orchestrator runs
         _queue_ready(uow, released)
-    elif db.session.execute(
-        statements.waiting_in_run(), {"workflow_id": workflow.id}
-    ).scalar():
+    elif _has_waiting_task(released[0], workflow.id):
         raise _RootLockNeeded()
     return True
+
+
+def _has_waiting_task(released, workflow_id):
+    """Whether a run has a task ``waiting``, as its success's statement saw it."""
+    if released.waiting is not None:
+        return released.waiting
+    return db.session.execute(
+        statements.waiting_in_run(), {"workflow_id": workflow_id}
+    ).scalar()
 
 
 def _lock_runs_of(task_id, runs, shared=False):

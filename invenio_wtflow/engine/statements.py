@@ -187,7 +187,8 @@ def release_dependants():
     Returns each dependant's ``id``, new ``remaining``, ``kind``, ``name``,
     ``status``, ``celery_id`` and ``signature``; those at zero are ready.
     The signature of one still waiting is ``NULL``: nothing reads it (a
-    join's members would decode it once each).
+    join's members would decode it once each). ``waiting`` is ``NULL`` (not
+    read; see :func:`.fused.succeed`).
     """
     dependants = select(_EDGES.c.task_id).where(
         _EDGES.c.depends_on_id == bindparam("upstream_id")
@@ -207,6 +208,7 @@ def release_dependants():
             _TASKS.c.status,
             _TASKS.c.celery_id,
             case((_TASKS.c.remaining == 0, _TASKS.c.signature)).label("signature"),
+            null().label("waiting"),
         )
     )
 
