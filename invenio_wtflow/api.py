@@ -14,6 +14,7 @@ from numbers import Real
 from flask import current_app, url_for
 from invenio_db import db
 from sqlalchemy import bindparam, case, func, null, select, text
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy_continuum import version_class
 from werkzeug.routing import BuildError
 
@@ -262,8 +263,14 @@ class Workflow:
 
     @property
     def id(self):
-        """The run's id."""
-        return self._id if self._model is None else self._model.id
+        """The run's id, read from the session's identity of the row.
+
+        The row is not read again for it (after :meth:`create`'s commit, say).
+        """
+        if self._model is None:
+            return self._id
+        identity = sa_inspect(self._model).identity
+        return self._model.id if identity is None else identity[0]
 
     #
     # Lookup and creation

@@ -123,6 +123,17 @@ def test_create_and_start_waits_for_a_slot_under_max_runs(app, db, monkeypatch):
     assert Workflow.get(third.id).model.slot_requested_at is not None
 
 
+def test_the_id_of_a_new_run_is_known_without_reading_it_again(app, db, monkeypatch):
+    from .test_engine_orchestrator import count_statements
+
+    monkeypatch.setattr(dispatch, "_send", lambda message: True)
+    wf = Workflow.create("add-chain", start=True)
+    with count_statements(db) as statements:
+        workflow_id = wf.id
+    assert statements == []
+    assert Workflow.get(workflow_id).name == "add-chain"
+
+
 def test_a_new_run_has_a_first_version_of_every_task(app, db, monkeypatch):
     """Tasks and their first versions are inserted in bulk, not by the ORM."""
     monkeypatch.setattr(dispatch, "_send", lambda message: None)
