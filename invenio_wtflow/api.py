@@ -13,8 +13,9 @@ from numbers import Real
 
 from flask import current_app, url_for
 from invenio_db import db
-from sqlalchemy import bindparam, case, func, null, select, text
+from sqlalchemy import bindparam, case, func
 from sqlalchemy import inspect as sa_inspect
+from sqlalchemy import null, select, text
 from sqlalchemy_continuum import version_class
 from werkzeug.routing import BuildError
 

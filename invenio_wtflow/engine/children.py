@@ -40,7 +40,7 @@ from sqlalchemy.orm.util import identity_key
 from ..errors import SpawnConflictError
 from ..models import TERMINAL_TASK_STATUSES as TERMINAL_TASKS
 from ..models import TaskRun, TaskStatus, WorkflowRun, WorkflowStatus, utcnow
-from . import concurrency, dynamic, orchestrator, statements, versioning
+from . import concurrency, dynamic, orchestrator, prepared, statements, versioning
 from .graph import input_positions, resolve
 
 logger = logging.getLogger(__name__)
@@ -241,19 +241,14 @@ def child_changed(uow, child):
     is read and counted with Core statements; only the last child (or a
     failed one) loads it to complete (or fail) the join.
     """
-    row = db.session.execute(
-        statements.lock_joining_task(), {"task_id": child.parent_task_id}
-    ).one()
-    joined = row.joined or {}
-    if row.status != TaskStatus.WAITING.value or str(child.id) not in joined.get(
-        "children", ()
-    ):
+    row = _lock_joining(child)
+    if row.status != TaskStatus.WAITING.value or not row.member:
         return
-    total = len(joined["children"])
+    total = row.total
     if child.status not in TERMINAL:
         _count(row.id, total, row.remaining + 1, show=True)
         return
-    if _failed(child) and not joined["return_exceptions"]:
+    if _failed(child) and not row.return_exceptions:
         task = orchestrator._lock_tasks(TaskRun.id == row.id)[0]
         _fail_join(uow, orchestrator.lock_workflow(child.parent_id), task, child)
         return
@@ -264,13 +259,51 @@ def child_changed(uow, child):
         return
     task = orchestrator._lock_tasks(TaskRun.id == row.id)[0]
     task.remaining = 0
-    runs = _runs(joined["children"])
+    runs = _runs(task.joined["children"])
     unfinished = [r for r in runs if r.status not in TERMINAL]
     if unfinished:  # pragma: no cover - the counter is kept under the root lock
         logger.error("Join counter of task %s drifted; recounting.", task.id)
         task.remaining = len(unfinished)
         return
     _complete_join(uow, orchestrator.lock_workflow(child.parent_id), task, runs)
+
+
+@dataclass(frozen=True)
+class _Joining:
+    """The task joining a child, as a child's change needs it."""
+
+    id: object
+    status: str
+    remaining: int
+    member: bool
+    total: int
+    return_exceptions: bool
+
+
+def _lock_joining(child):
+    """Lock the task that spawned ``child``; read what it joins about the child.
+
+    On PostgreSQL the database answers whether the child is joined and how
+    many are, rather than sending the list of the joined children's ids.
+    """
+    params = {"task_id": child.parent_task_id}
+    if db.session.get_bind().dialect.name == "postgresql":
+        statement = statements.lock_joining_task_jsonb()
+        row = prepared.execute(
+            db.session, statement, {**params, "child_id": str(child.id)}
+        ).one()
+        return _Joining(*row)
+    row = db.session.execute(statements.lock_joining_task(), params).one()
+    joined = row.joined or {}
+    children = joined.get("children", ())
+    return _Joining(
+        row.id,
+        row.status,
+        row.remaining,
+        str(child.id) in children,
+        len(children),
+        bool(joined.get("return_exceptions")),
+    )
 
 
 def _failed(run):

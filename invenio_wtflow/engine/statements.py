@@ -23,6 +23,7 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    text,
     update,
 )
 
@@ -161,6 +162,26 @@ def lock_joining_task():
         .where(_TASKS.c.id == bindparam("task_id"))
         .with_for_update()
     )
+
+
+@cache
+def lock_joining_task_jsonb():
+    """:func:`lock_joining_task`, reading in ``joined`` what a child needs (PostgreSQL).
+
+    Parameters: ``task_id``, ``child_id``. Returns the task's ``id``,
+    ``status`` and ``remaining``, whether ``child_id`` is one of the children
+    it joins (``member``), how many it joins (``total``) and
+    ``return_exceptions``: not the list of the children's ids, which a
+    thousand children would each read whole.
+    """
+    return text(
+        "SELECT id, status, remaining, "
+        "coalesce((joined -> 'children') ? :child_id, false) AS member, "
+        "coalesce(jsonb_array_length(joined -> 'children'), 0) AS total, "
+        "coalesce((joined ->> 'return_exceptions')::boolean, false) "
+        "AS return_exceptions "
+        "FROM wtflow_task WHERE id = :task_id FOR UPDATE"
+    ).bindparams(bindparam("task_id", type_=_TASKS.c.id.type), bindparam("child_id"))
 
 
 @cache
