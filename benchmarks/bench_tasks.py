@@ -3,6 +3,8 @@
 
 """No-op tasks of both sides and the workflow definitions the benchmarks run."""
 
+from pathlib import Path
+
 from celery import chain, chord, group, shared_task
 
 from invenio_wtflow import Workflow, workflow_task
@@ -59,12 +61,16 @@ def plain_join(results):
     return len(results)
 
 
-@shared_task
-def database_driver():
-    """Name the driver of the worker's database connections (checked at start)."""
+@shared_task(ignore_result=True)
+def database_driver(path):
+    """Write the driver of the worker's database connections in ``path``.
+
+    A file rather than a result: a ``get()`` before the baseline's first one
+    changes how plain Celery's caller waits for its results.
+    """
     from invenio_db import db
 
-    return db.engine.dialect.driver
+    Path(path).write_text(db.engine.dialect.driver)
 
 
 #

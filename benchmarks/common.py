@@ -271,13 +271,22 @@ class Worker:
                 raise RuntimeError(
                     f"worker did not start:\n{self.log.read_text()[-3000:]}"
                 )
+        self.check_driver()
+        return self
+
+    def check_driver(self):
+        """Make sure the worker's connections use :data:`WORKER_DRIVER`."""
         from .bench_tasks import database_driver
 
-        used = database_driver.delay().get(timeout=60)
+        answer = self.log.with_name("driver")
+        database_driver.delay(str(answer))
+        deadline = time.monotonic() + 60
+        while not answer.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        used = answer.read_text() if answer.exists() else "no answer"
         if used != WORKER_DRIVER:
             self.stop()
             raise RuntimeError(f"the worker uses {used}, not {WORKER_DRIVER}")
-        return self
 
     def stop(self):
         """Warm shutdown (children finish and exit), kill after 60 s."""
