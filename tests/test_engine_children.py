@@ -83,6 +83,23 @@ def test_the_task_waits_without_holding_a_worker(app, db, broker):
     assert Task.get(spawner.id).result == ["1@a", "1@b"]
 
 
+def test_a_finishing_child_does_not_read_the_list_of_joined_children(app, db, broker):
+    """On PostgreSQL the database finds the child among them and counts them."""
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("elsewhere the list is read and searched in Python")
+    wf = Workflow.create(
+        "transcode-all", data={"video_id": 1, "qualities": ["a", "b", "c"]}
+    ).start()
+    broker.deliver(lambda m: m.name.endswith("transcode_all"))
+    with count_statements(db) as statements:
+        broker.deliver(lambda m: m is broker.messages[0])
+    assert not [s for s in statements if "wtflow_task.joined" in s]
+    spawner = Workflow.get(wf.id).tasks[0]
+    assert (spawner.status, spawner.model.remaining) == ("waiting", 2)
+    broker.deliver_all()
+    assert Task.get(spawner.id).result == ["1@a", "1@b", "1@c"]
+
+
 def test_a_join_of_finished_children_completes_at_once(app, db):
     wf = Workflow.create("transcode-all", data={"video_id": 1, "qualities": []}).start()
     assert wf.status == "success"
