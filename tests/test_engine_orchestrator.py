@@ -85,7 +85,7 @@ def test_statements_per_task_do_not_grow_with_the_workflow(app, clean, monkeypat
     Continuum's transaction object from one commit to the next."""
     db = _db
     small = hot_path_cost(db, monkeypatch, 10)
-    large = hot_path_cost(db, monkeypatch, 200)
+    large = hot_path_cost(db, monkeypatch, 80)
     assert small == large
     if db.engine.dialect.name == "postgresql":
         # claim: one statement (the conditional update, Continuum's
@@ -104,7 +104,7 @@ def test_statements_per_task_do_not_grow_with_the_workflow(app, clean, monkeypat
     # PostgreSQL the success's statement versions its changes itself and
     # looks for the waiting task.
     shared = hot_path_cost(db, monkeypatch, 10, shared=True)
-    assert shared == hot_path_cost(db, monkeypatch, 200, shared=True)
+    assert shared == hot_path_cost(db, monkeypatch, 80, shared=True)
     assert shared == ([3, 3] if db.engine.dialect.name == "postgresql" else [9, 9])
 
 
