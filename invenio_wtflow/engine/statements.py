@@ -174,14 +174,18 @@ def lock_joining_task_jsonb():
     ``return_exceptions``: not the list of the children's ids, which a
     thousand children would each read whole.
     """
-    return text(
-        "SELECT id, status, remaining, "
-        "coalesce((joined -> 'children') ? :child_id, false) AS member, "
-        "coalesce(jsonb_array_length(joined -> 'children'), 0) AS total, "
-        "coalesce((joined ->> 'return_exceptions')::boolean, false) "
-        "AS return_exceptions "
-        "FROM wtflow_task WHERE id = :task_id FOR UPDATE"
-    ).bindparams(bindparam("task_id", type_=_TASKS.c.id.type), bindparam("child_id"))
+    return (
+        text(
+            "SELECT id, status, remaining, "
+            "coalesce((joined -> 'children') ? :child_id, false) AS member, "
+            "coalesce(jsonb_array_length(joined -> 'children'), 0) AS total, "
+            "coalesce((joined ->> 'return_exceptions')::boolean, false) "
+            "AS return_exceptions "
+            "FROM wtflow_task WHERE id = :task_id FOR UPDATE"
+        )
+        .bindparams(bindparam("task_id", type_=_TASKS.c.id.type), bindparam("child_id"))
+        .columns(id=_TASKS.c.id.type)
+    )
 
 
 @cache
