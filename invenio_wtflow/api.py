@@ -179,22 +179,19 @@ def _iso_sql(column):
 
 
 _TASK_LIST_JSON = text(
-    "SELECT coalesce(json_agg(json_build_object("
-    "'attempt', t.attempt, "
-    "'depends_on', coalesce((SELECT json_agg(d.depends_on_id::text "
-    "ORDER BY d.depends_on_id) FROM wtflow_task_dependency d "
-    "WHERE d.task_id = t.id), '[]'::json), "
-    f"'finished', {_iso_sql('t.finished_at')}, "
-    "'id', t.id::text, "
-    "'key', CASE WHEN t.node_key IS NOT NULL THEN t.signature ->> 'key' END, "
-    "'kind', t.kind, 'message', t.message, 'name', t.name, "
-    "'position', t.position, 'progress', t.progress, "
-    f"'queued', {_iso_sql('t.queued_at')}, "
-    "'retries', t.retries, "
-    f"'started', {_iso_sql('t.started_at')}, "
-    "'status', t.status"
-    ") ORDER BY t.position), '[]'::json)::text "
-    "FROM wtflow_task t WHERE t.workflow_id = :workflow_id"
+    "WITH edges AS (SELECT d.task_id, json_agg(d.depends_on_id::text "
+    "ORDER BY d.depends_on_id) AS ids FROM wtflow_task_dependency d "
+    "JOIN wtflow_task u ON u.id = d.task_id WHERE u.workflow_id = :workflow_id "
+    "GROUP BY d.task_id) "
+    "SELECT coalesce(json_agg(r ORDER BY r.position), '[]'::json)::text FROM ("
+    "SELECT t.attempt, coalesce(edges.ids, '[]'::json) AS depends_on, "
+    f"{_iso_sql('t.finished_at')} AS finished, t.id::text AS id, "
+    "CASE WHEN t.node_key IS NOT NULL THEN t.signature ->> 'key' END AS key, "
+    "t.kind, t.message, t.name, t.position, t.progress, "
+    f"{_iso_sql('t.queued_at')} AS queued, t.retries, "
+    f"{_iso_sql('t.started_at')} AS started, t.status "
+    "FROM wtflow_task t LEFT JOIN edges ON edges.task_id = t.id "
+    "WHERE t.workflow_id = :workflow_id) r"
 ).bindparams(bindparam("workflow_id", type_=TaskRun.__table__.c.workflow_id.type))
 """The task listing of a run, rendered by PostgreSQL (see ``task_list_json``)."""
 
@@ -502,7 +499,11 @@ class Workflow:
         The same list as :meth:`task_rows` gives, as
         :class:`~invenio_wtflow.schemas.TaskSchema` dumps it, with each task's
         ``depends_on``; PostgreSQL builds it (``json_agg``) at a fraction of
-        the cost of building it in Python. ``None`` on other databases.
+        the cost of building it in Python. Each task is a row whose columns
+        are named as the schema's keys, in their order, and the edges are
+        grouped once for the whole run: both cost PostgreSQL less than a
+        ``json_build_object`` and a subquery per task. ``None`` on other
+        databases.
         """
         if db.session.get_bind().dialect.name != "postgresql":
             return None
