@@ -35,7 +35,9 @@ def main():
         cpu = []
         pairs = alternate(
             lambda: run_workflow("bench-fan-in-1000"),
-            lambda: run_canvas(fan_in(plain_noop, plain_join, WIDTH)),
+            lambda: run_canvas(
+                fan_in(plain_noop, plain_join, WIDTH), follow_parents=False
+            ),
             between=between,
             meter=CPUMeter(worker),
             cpu=cpu,
