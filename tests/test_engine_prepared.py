@@ -6,6 +6,7 @@
 import pytest
 from invenio_db import db as _db
 from sqlalchemy import bindparam, event, or_, select, text
+from sqlalchemy.exc import MultipleResultsFound, NoResultFound
 
 from invenio_wtflow import Workflow
 from invenio_wtflow.engine import dispatch, orchestrator, prepared
@@ -128,3 +129,54 @@ def test_a_prepared_statement_takes_its_parameters_by_name_and_type(
     assert prepared.execute(db.session, core, {"workflow_id": run_id}).all() == [
         ("running",)
     ]
+
+
+def test_prepared_rows_are_converted_as_the_session_converts_them(psycopg2, tasks, db):
+    """UUIDs, JSON and timestamps come back typed, by column name and position."""
+    task_id, _ = tasks[0]
+    tasks_table = TaskRun.__table__
+    statement = select(
+        tasks_table.c.id,
+        tasks_table.c.workflow_id,
+        tasks_table.c.signature,
+        tasks_table.c.queued_at,
+        tasks_table.c.status,
+    ).where(tasks_table.c.id == bindparam("task_id", type_=tasks_table.c.id.type))
+    expected = db.session.execute(statement, {"task_id": task_id}).one()
+    for _ in range(2):  # prepared, then executed by name
+        row = prepared.execute(db.session, statement, {"task_id": task_id}).one()
+        assert tuple(row) == tuple(expected)
+        assert (row.id, row.signature, row.queued_at) == (
+            expected.id,
+            expected.signature,
+            expected.queued_at,
+        )
+        assert isinstance(row.signature, dict)
+
+
+def test_prepared_results_keep_the_result_api(psycopg2, tasks, db):
+    statement = text(
+        "SELECT id FROM wtflow_task WHERE position >= :least ORDER BY id"
+    ).columns(id=TaskRun.id.type)
+    many = prepared.execute(db.session, statement, {"least": 0})
+    assert many.all() == db.session.execute(statement, {"least": 0}).all()
+    assert len(many.all()) > 1
+    with pytest.raises(MultipleResultsFound):
+        many.one_or_none()
+    none = prepared.execute(db.session, statement, {"least": 99})
+    assert none.one_or_none() is None
+    with pytest.raises(NoResultFound):
+        none.one()
+
+
+def test_prepared_statements_skip_the_sessions_textual_result(
+    psycopg2, tasks, db, monkeypatch
+):
+    """The hot path's statements do not go through ``Session.execute``."""
+    task_id, celery_id = tasks[0]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("Session.execute was used")
+
+    monkeypatch.setattr(type(db.session()), "execute", refuse)
+    assert orchestrator.claim(None, task_id, celery_id)
