@@ -10,7 +10,7 @@ from sqlalchemy_continuum import version_class, versioning_manager
 
 from invenio_wtflow import Workflow, current_wtflow
 from invenio_wtflow.engine import dispatch, orchestrator, versioning
-from invenio_wtflow.models import TaskDependency, TaskRun, WorkflowRun
+from invenio_wtflow.models import TaskDependency, TaskRun, WorkflowRun, utcnow
 from invenio_wtflow.tasks import _claim
 
 from .example_tasks import add, echo
@@ -185,3 +185,19 @@ def test_a_new_run_is_one_statement_with_its_first_versions(
     )
     assert {v[0][2] for v in versions} == {first.transaction_id}
     assert [v[0][:2] for v in versions] == [(t.status, t.celery_id) for t in tasks]
+
+
+def test_a_new_run_keeps_its_times_whatever_the_sessions_time_zone(postgresql, app, db):
+    """Times inserted from the JSON document are UTC, not read in ``TimeZone``."""
+    from sqlalchemy import text
+
+    db.session.execute(text("SET LOCAL TIME ZONE 'America/New_York'"))
+    before = utcnow()
+    with count_statements(db) as statements:
+        wf = Workflow.create("add-chain")  # one statement (see above)
+    assert len([s for s in statements if "SAVEPOINT" not in s]) == 1
+    db.session.expire_all()
+    run = db.session.get(WorkflowRun, wf.id)
+    assert before <= run.created <= utcnow()
+    [task] = TaskRun.query.filter_by(workflow_id=wf.id, position=0)
+    assert before <= task.created <= utcnow()

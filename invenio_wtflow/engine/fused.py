@@ -370,9 +370,14 @@ def _document(rows):
 
 
 def _json_value(value):
-    """Ids as text; times as UTC without a zone, as the time columns store them."""
+    """Ids as text; times in UTC with their offset.
+
+    A time without a zone is UTC (as ``UTCDateTime`` binds it); written
+    with ``+00:00``, PostgreSQL does not read it in the session's
+    ``TimeZone``.
+    """
     if isinstance(value, datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(timezone.utc).replace(tzinfo=None)
-        return value.isoformat()
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc).isoformat()
     return str(value)
