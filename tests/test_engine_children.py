@@ -8,13 +8,14 @@ import threading
 import pytest
 from invenio_db import db as _db
 from sqlalchemy import event
+from sqlalchemy_continuum import version_class
 
 from invenio_wtflow import Workflow, current_wtflow
 from invenio_wtflow.api import Task
 from invenio_wtflow.engine import children, orchestrator
 from invenio_wtflow.engine.check import check_workflow
 from invenio_wtflow.errors import InvalidStateError, SpawnConflictError
-from invenio_wtflow.models import TaskRun, WorkflowRun
+from invenio_wtflow.models import TaskDependency, TaskRun, WorkflowRun
 
 from .test_engine_orchestrator import count_statements
 
@@ -506,19 +507,60 @@ def spawn_many_now(spawner, name, items):
     )
 
 
-def test_spawn_many_costs_two_statements_per_child(app, db, broker):
+def test_spawn_many_costs_the_same_statements_for_ten_children_or_forty(
+    app, db, broker
+):
     spawner = claimed_spawner(broker)
 
     def cost(first, last):
-        items = [({"video_id": i, "quality": "q"}, None) for i in range(first, last)]
+        items = [({"video_id": i}, None) for i in range(first, last)]
         with count_statements(db) as statements:
-            spawned = spawn_many_now(spawner, "transcode-one", items)
+            spawned = spawn_many_now(spawner, "encode-video", items)
         assert all(created for _, created in spawned)
         return len([s for s in statements if "SAVEPOINT" not in s])
 
-    # One lock, one lookup of the existing children and one count, whatever
-    # the number; then the run and its task, inserted, per child.
-    assert cost(10, 30) - cost(0, 10) == 2 * 10
+    # One lock, one lookup of the existing children and one count, then the
+    # runs, their tasks and their edges, inserted together; then the versions.
+    assert cost(10, 50) == cost(0, 10)
+
+
+def test_children_spawned_together_are_whole_and_versioned(app, db, broker):
+    spawner = claimed_spawner(broker)
+    spawned = spawn_many_now(
+        spawner, "encode-video", [({"video_id": i}, None) for i in range(3)]
+    )
+    run_versions, task_versions = version_class(WorkflowRun), version_class(TaskRun)
+    for index, (child_id, _) in enumerate(spawned):
+        child = Workflow.get(child_id)
+        assert child.model.spawn_index == index
+        assert child.data == {"video_id": index}
+        assert [t.status for t in child.tasks] == [
+            "queued",
+            "queued",
+            "pending",
+            "pending",
+        ]
+        assert (
+            len(
+                TaskDependency.query.join(TaskRun, TaskRun.id == TaskDependency.task_id)
+                .filter(TaskRun.workflow_id == child_id)
+                .all()
+            )
+            == 3
+        )
+        assert run_versions.query.filter_by(id=child_id).one().operation_type == 0
+        assert task_versions.query.filter_by(workflow_id=child_id).count() == 4
+        consistent(child)
+    assert len(broker.messages) == 1 + 2 * 3  # the spawner's, two tasks a child
+
+
+def test_runs_that_may_collide_are_not_inserted_together(app, db):
+    graph = current_wtflow.get_workflow_class("encode-video").compile()
+    with pytest.raises(ValueError, match="cannot collide"):
+        orchestrator.create(
+            None, "encode-video", graph, {}, key="k", inserts=orchestrator.Inserts()
+        )
+    assert WorkflowRun.query.count() == 0
 
 
 def test_spawn_many_reuses_children_and_names_one_child_once(app, db, broker):

@@ -96,7 +96,8 @@ def spawn_many(uow, task_id, celery_id, retries, name, graph, items, lease=None)
     """Create and start child runs of a running task, under one lock (or reuse them).
 
     One transaction and one root lock for all of them; the existing children
-    are found by one query. A child of a definition with ``max_runs`` is
+    are found by one query and the new ones inserted together (one
+    ``executemany`` per table, see :class:`~invenio_wtflow.engine.orchestrator.Inserts`). A child of a definition with ``max_runs`` is
     created ``pending`` and waits for a slot (admitted after the commit).
     Spawning renews the task's lease. An identity given twice names one child.
 
@@ -121,7 +122,7 @@ def spawn_many(uow, task_id, celery_id, retries, name, graph, items, lease=None)
     index = db.session.execute(
         select(func.count()).where(WorkflowRun.parent_task_id == task.id)
     ).scalar_one()
-    spawned, reused = [], set()
+    spawned, reused, inserts, waiting = [], set(), orchestrator.Inserts(), []
     for (data, key), (spawn_key, digest) in zip(items, identities):
         child = known.get(spawn_key)
         if child is not None:
@@ -149,14 +150,18 @@ def spawn_many(uow, task_id, celery_id, retries, name, graph, items, lease=None)
             },
             start=limit is None,
             checked=True,
+            inserts=inserts,
         )
         index += 1
         known[spawn_key] = child
         reused.add(spawn_key)
         if limit is not None:
-            # The key's lock comes before any root lock: admit after the commit.
-            concurrency.wait_for_slot(uow, child, limit[0], admit_after=True)
+            waiting.append(child)
         spawned.append((child.id, True))
+    inserts.execute()
+    for child in waiting:
+        # The key's lock comes before any root lock: admit after the commit.
+        concurrency.wait_for_slot(uow, child, limit[0], admit_after=True)
     return spawned
 
 
