@@ -101,6 +101,50 @@ def test_a_finishing_child_does_not_read_the_list_of_joined_children(app, db, br
     assert Task.get(spawner.id).result == ["1@a", "1@b", "1@c"]
 
 
+def test_children_finish_side_by_side_and_the_last_completes_the_join(
+    app, db, broker, monkeypatch
+):
+    """On PostgreSQL only the last child takes the root lock (``succeed``)."""
+    exclusive, succeed = [], orchestrator.succeed
+
+    def spy(uow, task_id, *args, **kwargs):
+        exclusive.append(task_id)
+        return succeed(uow, task_id, *args, **kwargs)
+
+    monkeypatch.setattr(orchestrator, "succeed", spy)
+    wf = Workflow.create(
+        "transcode-all", data={"video_id": 1, "qualities": ["a", "b", "c"]}
+    ).start()
+    broker.deliver(lambda m: m.name.endswith("transcode_all"))
+    exclusive.clear()
+    spawner = Workflow.get(wf.id).tasks[0]
+    kids = child_runs(wf)
+    for done, child in enumerate(kids[:2], start=1):
+        broker.deliver(lambda m: m.task_run_id == str(child.tasks[0].id))
+        assert Workflow.get(child.id).status == "success"
+        assert Task.get(spawner.id).model.remaining == 3 - done
+        assert Task.get(spawner.id).message == (
+            f"Waiting for child workflows: {done} of 3 finished."
+        )
+    on_postgresql = db.engine.dialect.name == "postgresql"
+    assert exclusive == (
+        [] if on_postgresql else [str(k.tasks[0].id) for k in kids[:2]]
+    )
+    broker.deliver(lambda m: m.task_run_id == str(kids[2].tasks[0].id))
+    assert exclusive[-1] == str(kids[2].tasks[0].id)
+    assert Task.get(spawner.id).result == ["1@a", "1@b", "1@c"]
+    broker.deliver_all()
+    assert Workflow.get(wf.id).result == {
+        "count": 3,
+        "results": ["1@a", "1@b", "1@c"],
+    }
+    run_versions = version_class(WorkflowRun)
+    for child in kids:
+        versions = run_versions.query.filter_by(id=child.id).all()
+        assert versions[-1].status == "success"
+    consistent(wf, *kids)
+
+
 def test_a_join_of_finished_children_completes_at_once(app, db):
     wf = Workflow.create("transcode-all", data={"video_id": 1, "qualities": []}).start()
     assert wf.status == "success"

@@ -258,9 +258,7 @@ def child_changed(uow, child):
         _fail_join(uow, orchestrator.lock_workflow(child.parent_id), task, child)
         return
     if row.remaining > 1:
-        done = total - row.remaining + 1
-        show = total <= 100 or done * 100 // total != (done - 1) * 100 // total
-        _count(row.id, total, row.remaining - 1, show)
+        _count_finished(row)
         return
     task = orchestrator._lock_tasks(TaskRun.id == row.id)[0]
     task.remaining = 0
@@ -271,6 +269,33 @@ def child_changed(uow, child):
         task.remaining = len(unfinished)
         return
     _complete_join(uow, orchestrator.lock_workflow(child.parent_id), task, runs)
+
+
+def count_finished(child):
+    """Count a child that succeeded on its joining task, unless it is the last.
+
+    For a success recorded without the root lock (see
+    :func:`~invenio_wtflow.engine.orchestrator.finish_child_shared`): the
+    joining task's row lock orders the children's counts.
+
+    :param child: the child run, with its ``id`` and ``parent_task_id``.
+    :returns: ``False`` when the child is the last one its task joins: the
+        join must be completed under the root lock.
+    """
+    row = _lock_joining(child)
+    if row.status != TaskStatus.WAITING.value or not row.member:
+        return True
+    if row.remaining <= 1:
+        return False
+    _count_finished(row)
+    return True
+
+
+def _count_finished(row):
+    """Take one finished child off a joining task's counter (not the last)."""
+    done = row.total - row.remaining + 1
+    show = row.total <= 100 or done * 100 // row.total != (done - 1) * 100 // row.total
+    _count(row.id, row.total, row.remaining - 1, show)
 
 
 @dataclass(frozen=True)
@@ -348,7 +373,9 @@ def _count(task_id, total, remaining, show):
     values = {"remaining": remaining, "updated": utcnow()}
     if show:
         values.update(_progress(total, remaining))
-    db.session.execute(statements.join_counter(show), {"task_id": task_id, **values})
+    prepared.execute(
+        db.session, statements.join_counter(show), {"task_id": task_id, **values}
+    )
     loaded = db.session.identity_map.get(identity_key(TaskRun, task_id))
     if loaded is not None:
         for key, value in values.items():

@@ -40,6 +40,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.exc import StaleDataError
+from sqlalchemy.orm.util import identity_key
 
 from ..errors import InvalidStateError, TaskNotFoundError, WorkflowNotFoundError
 from ..models import (
@@ -142,7 +143,7 @@ def lock_workflow(workflow_id=None, task_id=None, shared=False, root_id=None):
     :param shared: take ``FOR KEY SHARE`` locks instead: they keep out every
         holder of ``FOR UPDATE`` (graph changes, status changes) but not each
         other (see :func:`succeed_shared`); the run is returned as a row of
-        its ``id``, ``status`` and ``name``, not loaded.
+        its ``id``, ``status``, ``name`` and ``parent_task_id``, not loaded.
     :param root_id: the id of the run's root, when known (with
         ``workflow_id``): the statement then looks up both by key.
     :raises WorkflowNotFoundError: when there is no such run.
@@ -331,8 +332,10 @@ def _store_status(workflow, status, message):
     Not an ORM flush: that would make Continuum build its transaction and
     version objects in Python, the largest cost of a run that finishes. The
     loaded object is given the stored values, as if it had been flushed.
+
+    :param workflow: the run, loaded or as a row of its ``id`` (and more).
     """
-    now = utcnow()
+    workflow_id, now = workflow.id, utcnow()
     values = {
         "status": status.value,
         "message": message,
@@ -342,19 +345,23 @@ def _store_status(workflow, status, message):
     if status.is_terminal:
         values["slot_requested_at"] = None
     notify = status.is_terminal and waiting.notifies(db.session)
-    db.session.execute(
+    prepared.execute(
+        db.session,
         statements.set_run_status(status.is_terminal, notify),
         {
-            "workflow_id": workflow.id,
+            "workflow_id": workflow_id,
             "status": status.value,
             "message": message,
             "now": now,
             **({"channel": waiting.CHANNEL} if notify else {}),
         },
     )
-    for key, value in values.items():
-        set_committed_value(workflow, key, value)
-    versioning.changed(db.session, WorkflowRun, [workflow.id])
+    if not isinstance(workflow, WorkflowRun):
+        workflow = db.session.identity_map.get(identity_key(WorkflowRun, workflow_id))
+    if workflow is not None:
+        for key, value in values.items():
+            set_committed_value(workflow, key, value)
+    versioning.changed(db.session, WorkflowRun, [workflow_id])
 
 
 def _workflow_class(workflow):
@@ -764,9 +771,10 @@ def record_success(task_id, celery_id, result, retries=0, dependants=None, runs=
 
     A task with exactly one dependant is first tried with
     :func:`succeed_shared`, which concurrent successes of the same run do not
-    wait for; when that cannot prove the run's status unchanged, the
-    transaction is rolled back and :func:`succeed` records the success under
-    the root lock.
+    wait for, and the last task of a child run with
+    :func:`finish_child_shared`, which the other children of its tree do not
+    wait for; when that cannot prove what it needs, the transaction is
+    rolled back and :func:`succeed` records the success under the root lock.
 
     :param dependants: the number of tasks that depend on this one, as the
         claim returned it (``None``: unknown).
@@ -774,9 +782,14 @@ def record_success(task_id, celery_id, result, retries=0, dependants=None, runs=
         returned them (``None``: looked up).
     :returns: whether the report was applied (``False`` for a stale one).
     """
+    shared = None
     if dependants == 1:
+        shared = succeed_shared
+    elif dependants == 0 and runs is not None and str(runs[0]) != str(runs[1]):
+        shared = finish_child_shared
+    if shared is not None:
         try:
-            return atomic(succeed_shared, task_id, celery_id, result, retries, runs)
+            return atomic(shared, task_id, celery_id, result, retries, runs)
         except _RootLockNeeded:
             pass
     return atomic(succeed, task_id, celery_id, result, retries, runs)
@@ -831,6 +844,51 @@ def succeed_shared(uow, task_id, celery_id, result, retries=0, runs=None):
             raise _RootLockNeeded()  # a node the orchestrator runs
         _queue_ready(uow, released)
     elif _has_waiting_task(released[0], workflow.id):
+        raise _RootLockNeeded()
+    return True
+
+
+def finish_child_shared(uow, task_id, celery_id, result, retries, runs):
+    """Record the success that finishes a child run, without the root lock.
+
+    The root and the child run are locked ``FOR KEY SHARE``, as in
+    :func:`succeed_shared`: what changes a graph or stops a tree holds the
+    root ``FOR UPDATE`` and excludes this, but the children of one tree
+    finish side by side, meeting only on their joining task's row, whose
+    counter they decrement (an atomic counter, as a group's members do on
+    their join's). It applies when, under the default status rule, with no
+    ``max_runs`` for the child's definition:
+
+    - the child run is ``running`` and this task was its last unfinished
+      one (no dependant, every other task ``success``): the run succeeds;
+    - and its joining task has other children still to finish (or joins
+      none yet).
+
+    Otherwise ``_RootLockNeeded`` is raised for the caller to roll back and
+    use :func:`succeed`: the last child completes the join under the root
+    lock. The rows are locked in :func:`succeed`'s order: root, run, task,
+    then the joining task.
+
+    :param runs: ``(root_id, workflow_id)`` of the child run.
+    :returns: whether the report was applied (``False`` for a stale one).
+    """
+    if not fused.available(db.session):
+        raise _RootLockNeeded()  # SQLite serialises writers anyway
+    run = _lock_runs_of(task_id, runs, shared=True)
+    if (
+        run.status != WorkflowStatus.RUNNING.value
+        or run.parent_task_id is None
+        or not _derives_default_status(run)
+        or concurrency.limit_of(run.name) is not None
+    ):
+        raise _RootLockNeeded()
+    outcome = _succeed_and_release(task_id, celery_id, result, retries)
+    if outcome is None:
+        return False
+    if outcome.released or default_status(outcome.counts) != WorkflowStatus.SUCCESS:
+        raise _RootLockNeeded()
+    _store_status(run, WorkflowStatus.SUCCESS, None)
+    if not children.count_finished(run):
         raise _RootLockNeeded()
     return True
 

@@ -288,7 +288,7 @@ def lock_runs(by_task, shared=False):
 
     Parameter: ``task_id`` (a task of the run) when ``by_task``, else
     ``workflow_id``. Returns the ORM objects, or with ``shared`` the ``id``,
-    ``status`` and ``name`` of each run only, locked ``FOR KEY SHARE``
+    ``status``, ``name`` and ``parent_task_id`` of each run only, locked ``FOR KEY SHARE``
     (these locks do not exclude each other) instead of ``FOR UPDATE``.
     """
     if by_task:
@@ -318,7 +318,9 @@ def lock_run_and_root(shared=False):
 def _locked_runs(target, root_id, shared):
     """Select and lock runs ``target`` and ``root_id``, the root first."""
     if shared:
-        statement = select(_RUNS.c.id, _RUNS.c.status, _RUNS.c.name)
+        statement = select(
+            _RUNS.c.id, _RUNS.c.status, _RUNS.c.name, _RUNS.c.parent_task_id
+        )
     else:
         statement = select(WorkflowRun).execution_options(populate_existing=True)
     return (

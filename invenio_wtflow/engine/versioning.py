@@ -24,10 +24,12 @@ statement: the row is inserted by a data-modifying ``WITH`` clause.
 from functools import lru_cache
 
 from flask import current_app
-from sqlalchemy import BigInteger, Sequence, bindparam, event, text
+from sqlalchemy import BigInteger, Sequence, String, bindparam, event, text
 from sqlalchemy.orm import Session, make_transient_to_detached, scoped_session
 from sqlalchemy_continuum import version_class
 from sqlalchemy_continuum.operation import Operation
+
+from . import prepared
 
 _CHANGED = "wtflow_changed_rows"
 """Key, in ``Session.info``, of the rows to version at the commit."""
@@ -231,7 +233,9 @@ def _first_copy_statement(groups, transactions, columns, dialect):
     every execution to find its compiled form. Returns the transaction's id.
 
     :param groups: ``(model, operation)`` pairs; the ids of the rows of
-        each are the expanding parameter ``ids_<index>``.
+        each are the parameter ``ids_<index>``, an array literal (one
+        parameter whatever their number: the statement is prepared once,
+        see :mod:`~invenio_wtflow.engine.prepared`).
     :param transactions: Continuum's transaction table.
     :param columns: the names of the transaction's values (``tx_<name>``
         parameters).
@@ -242,10 +246,11 @@ def _first_copy_statement(groups, transactions, columns, dialect):
         table = model.__table__
         key = table.primary_key.columns[0]
         source = quote(table.name)
-        where = f"{source}.{quote(key.name)} IN :ids_{index}"
+        array = f"{key.type.compile(dialect=dialect)}[]"
+        where = f"{source}.{quote(key.name)} = ANY(CAST(:ids_{index} AS {array}))"
         copy = version_copy(model, operation, dialect, source, where)
         copies.append(f"wtflow_versions_{index} AS ({copy})")
-        ids.append(bindparam(f"ids_{index}", expanding=True, type_=key.type))
+        ids.append(bindparam(f"ids_{index}", type_=String()))
     sql = (
         f"WITH {transaction_cte(transactions, columns, dialect)}, "
         f"{', '.join(copies)} SELECT id FROM wtflow_transaction"
@@ -263,20 +268,16 @@ def _copy_first(session, groups):
     :returns: the transaction's id.
     """
     transactions, values = transaction_values(session)
-    first = [(model, op, sorted(ids, key=str)) for model, op, ids in groups]
     statement = _first_copy_statement(
-        tuple((model, op) for model, op, _ in first),
+        tuple((model, op) for model, op, _ in groups),
         transactions,
         tuple(sorted(values)),
         session.get_bind().dialect,
     )
     params = {f"tx_{name}": value for name, value in values.items()}
-    for index, (_, _, ids) in enumerate(first):
-        params[f"ids_{index}"] = ids[:_CHUNK]
-    tx_id = session.execute(statement, params).scalar_one()
-    for model, operation, ids in first:
-        _copy(session, model, ids[_CHUNK:], operation, tx_id)
-    return tx_id
+    for index, (_, _, ids) in enumerate(groups):
+        params[f"ids_{index}"] = "{" + ",".join(sorted(map(str, ids))) + "}"
+    return prepared.execute(session, statement, params).one()[0]
 
 
 def _copy(session, model, ids, operation, tx_id):
