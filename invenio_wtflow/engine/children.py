@@ -96,9 +96,11 @@ def spawn_many(uow, task_id, celery_id, retries, name, graph, items, lease=None)
     """Create and start child runs of a running task, under one lock (or reuse them).
 
     One transaction and one root lock for all of them; the existing children
-    are found by one query and the new ones inserted together (one
-    ``executemany`` per table, see :class:`~invenio_wtflow.engine.orchestrator.Inserts`). A child of a definition with ``max_runs`` is
-    created ``pending`` and waits for a slot (admitted after the commit).
+    are found by one query and the new ones inserted together, one
+    ``executemany`` per table (see
+    :class:`~invenio_wtflow.engine.orchestrator.Inserts`). A child of a
+    definition with ``max_runs`` is created ``pending`` and waits for a slot
+    (admitted after the commit).
     Spawning renews the task's lease. An identity given twice names one child.
 
     :param task_id: the spawning task run's id.
@@ -258,7 +260,7 @@ def child_changed(uow, child):
         _fail_join(uow, orchestrator.lock_workflow(child.parent_id), task, child)
         return
     if row.remaining > 1:
-        _count_finished(row)
+        _take_one_off(row)
         return
     task = orchestrator._lock_tasks(TaskRun.id == row.id)[0]
     task.remaining = 0
@@ -287,11 +289,11 @@ def count_finished(child):
         return True
     if row.remaining <= 1:
         return False
-    _count_finished(row)
+    _take_one_off(row)
     return True
 
 
-def _count_finished(row):
+def _take_one_off(row):
     """Take one finished child off a joining task's counter (not the last)."""
     done = row.total - row.remaining + 1
     show = row.total <= 100 or done * 100 // row.total != (done - 1) * 100 // row.total

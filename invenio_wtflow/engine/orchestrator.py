@@ -390,7 +390,7 @@ class Inserts:
         self.runs, self.tasks, self.edges = [], [], []
 
     def execute(self):
-        """Insert the rows gathered so far (versioned at the commit), and forget them."""
+        """Insert the rows gathered so far, versioned at the commit; forget them."""
         versioning.insert(db.session, WorkflowRun, self.runs)
         versioning.insert(db.session, TaskRun, self.tasks)
         if self.edges:
@@ -785,7 +785,12 @@ def record_success(task_id, celery_id, result, retries=0, dependants=None, runs=
     shared = None
     if dependants == 1:
         shared = succeed_shared
-    elif dependants == 0 and runs is not None and str(runs[0]) != str(runs[1]):
+    elif (
+        dependants == 0
+        and runs is not None
+        and str(runs[0]) != str(runs[1])  # a child run
+        and fused.available(db.session)
+    ):
         shared = finish_child_shared
     if shared is not None:
         try:
@@ -873,7 +878,7 @@ def finish_child_shared(uow, task_id, celery_id, result, retries, runs):
     :returns: whether the report was applied (``False`` for a stale one).
     """
     if not fused.available(db.session):
-        raise _RootLockNeeded()  # SQLite serialises writers anyway
+        raise _RootLockNeeded()  # the run's tasks are counted on PostgreSQL only
     run = _lock_runs_of(task_id, runs, shared=True)
     if (
         run.status != WorkflowStatus.RUNNING.value

@@ -288,8 +288,9 @@ def lock_runs(by_task, shared=False):
 
     Parameter: ``task_id`` (a task of the run) when ``by_task``, else
     ``workflow_id``. Returns the ORM objects, or with ``shared`` the ``id``,
-    ``status``, ``name`` and ``parent_task_id`` of each run only, locked ``FOR KEY SHARE``
-    (these locks do not exclude each other) instead of ``FOR UPDATE``.
+    ``status``, ``name`` and ``parent_task_id`` of each run only, locked
+    ``FOR KEY SHARE`` (these locks do not exclude each other) instead of
+    ``FOR UPDATE``.
     """
     if by_task:
         target = (
