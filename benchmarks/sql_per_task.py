@@ -40,6 +40,7 @@ SHAPES = (
     ("one-task workflow (x20)", "bench-one", 20, 1),
     ("chain of 200", "bench-chain-200", 1, 200),
     ("group of 1000 + join", "bench-fan-in-1000", 1, 1001),
+    ("1000 spawned children + spawner + after", "bench-spawn-many-1000", 1, 1002),
 )
 
 HOT_PATH = (
