@@ -9,7 +9,7 @@ import pytest
 from celery import current_app as current_celery_app
 from invenio_db import db as _db
 
-from invenio_wtflow.engine import dispatch
+from invenio_wtflow.engine import dispatch, orchestrator
 
 from .app import create_test_app
 from .example_tasks import FARM, FARM_HOOKS
@@ -126,3 +126,16 @@ def farm():
     yield FARM
     FARM.clear()
     FARM_HOOKS.clear()
+
+
+@pytest.fixture()
+def exclusive_calls(monkeypatch):
+    """The successes recorded under the root lock (``orchestrator.succeed``)."""
+    calls, succeed = [], orchestrator.succeed
+
+    def spy(uow, task_id, *args, **kwargs):
+        calls.append(task_id)
+        return succeed(uow, task_id, *args, **kwargs)
+
+    monkeypatch.setattr(orchestrator, "succeed", spy)
+    return calls

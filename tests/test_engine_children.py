@@ -14,9 +14,11 @@ from invenio_wtflow import Workflow, current_wtflow
 from invenio_wtflow.api import Task
 from invenio_wtflow.engine import children, orchestrator
 from invenio_wtflow.engine.check import check_workflow
+from invenio_wtflow.engine.status import default_status
 from invenio_wtflow.errors import InvalidStateError, SpawnConflictError
 from invenio_wtflow.models import TaskDependency, TaskRun, WorkflowRun
 
+from .example_tasks import transcode_one
 from .test_engine_orchestrator import count_statements
 
 
@@ -102,21 +104,14 @@ def test_a_finishing_child_does_not_read_the_list_of_joined_children(app, db, br
 
 
 def test_children_finish_side_by_side_and_the_last_completes_the_join(
-    app, db, broker, monkeypatch
+    app, db, broker, exclusive_calls
 ):
     """On PostgreSQL only the last child takes the root lock (``succeed``)."""
-    exclusive, succeed = [], orchestrator.succeed
-
-    def spy(uow, task_id, *args, **kwargs):
-        exclusive.append(task_id)
-        return succeed(uow, task_id, *args, **kwargs)
-
-    monkeypatch.setattr(orchestrator, "succeed", spy)
     wf = Workflow.create(
         "transcode-all", data={"video_id": 1, "qualities": ["a", "b", "c"]}
     ).start()
     broker.deliver(lambda m: m.name.endswith("transcode_all"))
-    exclusive.clear()
+    exclusive_calls.clear()
     spawner = Workflow.get(wf.id).tasks[0]
     kids = child_runs(wf)
     for done, child in enumerate(kids[:2], start=1):
@@ -127,11 +122,11 @@ def test_children_finish_side_by_side_and_the_last_completes_the_join(
             f"Waiting for child workflows: {done} of 3 finished."
         )
     on_postgresql = db.engine.dialect.name == "postgresql"
-    assert exclusive == (
+    assert exclusive_calls == (
         [] if on_postgresql else [str(k.tasks[0].id) for k in kids[:2]]
     )
     broker.deliver(lambda m: m.task_run_id == str(kids[2].tasks[0].id))
-    assert exclusive[-1] == str(kids[2].tasks[0].id)
+    assert exclusive_calls[-1] == str(kids[2].tasks[0].id)
     assert Task.get(spawner.id).result == ["1@a", "1@b", "1@c"]
     broker.deliver_all()
     assert Workflow.get(wf.id).result == {
@@ -142,6 +137,35 @@ def test_children_finish_side_by_side_and_the_last_completes_the_join(
     for child in kids:
         versions = run_versions.query.filter_by(id=child.id).all()
         assert versions[-1].status == "success"
+    consistent(wf, *kids)
+
+
+def test_children_with_their_own_status_rule_finish_under_the_root_lock(
+    app, db, broker, exclusive_calls
+):
+    class Strict(Workflow):
+        definition = transcode_one
+
+        def compute_status(self, counts):
+            """A bad quality fails the run, even transcoded."""
+            status = default_status(counts)
+            if status.value == "success" and self.data.get("quality") == "bad":
+                return "failure"
+            return status
+
+    current_wtflow.register("strict-transcode", Strict)
+    items = [{"video_id": 1, "quality": q} for q in ("good", "bad", "fine")]
+    wf = Workflow.create(
+        "spawn-each", data={"definition": "strict-transcode", "items": items}
+    ).start()
+    broker.deliver(lambda m: m.name.endswith("spawn_each"))
+    exclusive_calls.clear()
+    kids = child_runs(wf)
+    broker.deliver(lambda m: m.task_run_id == str(kids[1].tasks[0].id))
+    # The rule, not the default one, decides the finished child's status.
+    assert exclusive_calls == [str(kids[1].tasks[0].id)]
+    assert Workflow.get(kids[1].id).status == "failure"
+    assert Workflow.get(wf.id).status == "failure"
     consistent(wf, *kids)
 
 
@@ -578,20 +602,11 @@ def test_children_spawned_together_are_whole_and_versioned(app, db, broker):
         child = Workflow.get(child_id)
         assert child.model.spawn_index == index
         assert child.data == {"video_id": index}
-        assert [t.status for t in child.tasks] == [
-            "queued",
-            "queued",
-            "pending",
-            "pending",
-        ]
-        assert (
-            len(
-                TaskDependency.query.join(TaskRun, TaskRun.id == TaskDependency.task_id)
-                .filter(TaskRun.workflow_id == child_id)
-                .all()
-            )
-            == 3
-        )
+        assert [t.status for t in child.tasks] == ["queued"] * 2 + ["pending"] * 2
+        edges = TaskDependency.query.join(
+            TaskRun, TaskRun.id == TaskDependency.task_id
+        ).filter(TaskRun.workflow_id == child_id)
+        assert edges.count() == 3
         assert run_versions.query.filter_by(id=child_id).one().operation_type == 0
         assert task_versions.query.filter_by(workflow_id=child_id).count() == 4
         consistent(child)

@@ -108,19 +108,6 @@ def test_statements_per_task_do_not_grow_with_the_workflow(app, clean, monkeypat
     assert shared == ([3, 3] if db.engine.dialect.name == "postgresql" else [9, 9])
 
 
-@pytest.fixture()
-def exclusive_calls(monkeypatch):
-    """The successes recorded under the root lock (``orchestrator.succeed``)."""
-    calls, succeed = [], orchestrator.succeed
-
-    def spy(uow, task_id, *args, **kwargs):
-        calls.append(task_id)
-        return succeed(uow, task_id, *args, **kwargs)
-
-    monkeypatch.setattr(orchestrator, "succeed", spy)
-    return calls
-
-
 def claimed_members(monkeypatch, name, definition):
     """A started run of ``definition`` whose first tasks are all claimed."""
     current_wtflow.register(name, definition)
