@@ -6,7 +6,10 @@
 A child run is an ordinary run whose row names its ``parent_id``, the
 ``parent_task_id`` that spawned it and the ``root_id`` of the tree; every
 change of any run in a tree takes the lock on the root first, so spawning,
-joining, finishing and stopping are serialised per tree.
+joining, failing and stopping are serialised per tree. A child that succeeds
+and is not the last its task joins holds the root ``FOR KEY SHARE`` only
+(see :func:`~invenio_wtflow.engine.orchestrator.finish_child_shared`): such
+children finish side by side, ordered by the joining task's row lock.
 
 A child's identity within its parent task is its ``spawn_key``: the caller's
 key, or a hash of the definition name and the canonical JSON of its data. A
@@ -16,8 +19,9 @@ duplicate) returns the existing child.
 
 A task joins children by going ``waiting``; its ``remaining`` column counts
 the joined children that have not finished. Each child that finishes
-decrements it in the transaction that finishes the child; the one that brings
-it to zero completes the join, exactly once, under the root lock.
+decrements it in the transaction that finishes the child, under the task's
+row lock; the one that brings it to zero completes the join, exactly once,
+under the root lock.
 
 Reuse rule, for a retried or restarted parent task: spawning an identity that
 exists returns that child. A child that succeeded keeps its result and is not
@@ -243,7 +247,8 @@ def child_changed(uow, child):
     """Tell the task joining ``child`` that it finished or runs again.
 
     Called under the root lock by the transaction that changes the child's
-    status between finished and unfinished. The counter is not versioned;
+    status between finished and unfinished (a child that succeeds without
+    it is counted by :func:`count_finished`). The counter is not versioned;
     the task's message and progress are, at most once per percent. The task
     is read and counted with Core statements; only the last child (or a
     failed one) loads it to complete (or fail) the join.

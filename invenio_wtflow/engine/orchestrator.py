@@ -19,7 +19,10 @@ queues exactly those that reach zero.
 A success that provably leaves its run ``running`` (see
 :func:`succeed_shared`) holds the root ``FOR KEY SHARE`` instead: graph and
 status changes still exclude it, but the members of a wide group finish
-side by side, meeting only on their join's counter row.
+side by side, meeting only on their join's counter row. So does the success
+that finishes a child run which is not the last its task joins (see
+:func:`finish_child_shared`): the only status change made without the root
+lock, ``running -> success`` of a run whose tasks have all succeeded.
 
 None of these functions commits: they take an
 :class:`invenio_db.uow.UnitOfWork` (:func:`atomic` gives them an
@@ -814,7 +817,11 @@ def succeed_shared(uow, task_id, celery_id, result, retries=0, runs=None):
 
     The root and the run are locked ``FOR KEY SHARE``: every transaction that
     changes a graph or a run's status holds ``FOR UPDATE`` on the root, so
-    none runs concurrently, and other shared successes do not wait. The run's
+    none runs concurrently, and other shared successes do not wait. (The
+    one exception, :func:`finish_child_shared`, turns a child run
+    ``success`` only when every task of that run has succeeded, which no
+    task of the run recorded here can coexist with: this task's dependant
+    is still ``pending``.) The run's
     stored status is exact after the commit when, under the default rule:
 
     - the run is ``running`` (so no task has failed: a failure takes the root
