@@ -313,6 +313,48 @@ def test_a_join_of_1000_children_fires_exactly_once(
     assert consistent_tree(wf.id) == SPAWN_WIDTH + 1
 
 
+@pytest.mark.parametrize("batch", range(3))
+def test_a_stop_excludes_children_finishing_side_by_side(
+    worker, clean, tmp_path, batch
+):
+    """Stop a tree while its children finish under the root's share lock.
+
+    The stop holds the root ``FOR UPDATE``: no child succeeds after it, and
+    the join never fires.
+    """
+    data = {"width": 400, "marker_dir": str(tmp_path), "at_once": True}
+    wf = Workflow.create("spawn-wide", data=data).start()
+    deadline = time.monotonic() + 120
+    while True:
+        _db.session.rollback()
+        done = WorkflowRun.query.filter_by(parent_id=wf.id, status="success").count()
+        if done >= 50:
+            break
+        assert time.monotonic() < deadline, "the children never finished"
+        time.sleep(0.05)
+    Workflow.get(wf.id).stop()
+    (wf,) = wait([wf.id])
+    assert wf.status == "cancelled"
+    spawner, after = wf.tasks
+    assert (spawner.status, after.status) == ("cancelled", "cancelled")
+    assert not (tmp_path / "after").exists()
+    time.sleep(2)  # nothing a revoked attempt reports late changes that
+    _db.session.rollback()
+    kids = WorkflowRun.query.filter_by(parent_id=wf.id).all()
+    assert len(kids) == 400
+    stopped_at = spawner.model.finished_at
+    for kid in kids:
+        (task,) = kid.tasks
+        assert (kid.status, task.status) in {
+            ("success", "success"),
+            ("cancelled", "cancelled"),
+        }, kid.id
+        if kid.status == "success":
+            assert kid.finished_at <= stopped_at, kid.id
+    assert 50 <= sum(k.status == "success" for k in kids) < 400
+    assert consistent_tree(wf.id) == 401
+
+
 def test_a_retried_parent_gets_its_finished_children_back(worker, clean, tmp_path):
     wf = Workflow.create(
         "spawn-then-retry",

@@ -526,13 +526,11 @@ def create(
     if at_once:
         fused.create(db.session, row, rows, edges)
         return workflow, True
-    if inserts is not None:
-        inserts.tasks.extend(rows)
-        inserts.edges.extend(edges)
-        return workflow, True
-    versioning.insert(db.session, TaskRun, rows)
-    if edges:
-        db.session.execute(TaskDependency.__table__.insert(), edges)
+    pending = Inserts() if inserts is None else inserts
+    pending.tasks.extend(rows)
+    pending.edges.extend(edges)
+    if inserts is None:
+        pending.execute()
     return workflow, True
 
 
