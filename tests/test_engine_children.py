@@ -4,6 +4,7 @@
 """Child workflows: spawn, join, reuse on retry and restart, stop, sub-workflows."""
 
 import threading
+from contextlib import contextmanager
 
 import pytest
 from invenio_db import db as _db
@@ -299,6 +300,133 @@ def test_stopping_the_parent_stops_every_descendant(app, db, broker):
     assert [k.status for k in child_runs(wf)] == ["cancelled", "cancelled"]
     assert Workflow.get(wf.id).status == "cancelled"
     consistent(wf, *kids)
+
+
+@contextmanager
+def count_flushes():
+    """List the session's flushes (each flush looks at the whole session)."""
+    flushes = []
+
+    def record(session, context, instances):
+        flushes.append(len(session.dirty))  # objects to write, for a failure
+
+    event.listen(_db.session, "before_flush", record)
+    try:
+        yield flushes
+    finally:
+        event.remove(_db.session, "before_flush", record)
+
+
+def stopped_wide_tree(db, broker, tmp_path, width):
+    """Stop a tree whose task joins ``width`` queued children.
+
+    :returns: the run, and the statements and session flushes of the stop.
+    """
+    data = {"width": width, "marker_dir": str(tmp_path), "at_once": True}
+    wf = Workflow.create("spawn-wide", data=data).start()
+    broker.deliver(lambda m: m.name.endswith("spawn_wide"))
+    assert len(child_runs(wf)) == width
+    with count_flushes() as flushes, count_statements(db) as statements:
+        Workflow.get(wf.id).stop()
+    return Workflow.get(wf.id), statements, flushes
+
+
+def test_stopping_a_tree_flushes_once_however_many_children(app, db, broker, tmp_path):
+    narrow, narrow_statements, narrow_flushes = stopped_wide_tree(
+        db, broker, tmp_path, 5
+    )
+    wide, wide_statements, wide_flushes = stopped_wide_tree(db, broker, tmp_path, 20)
+    # A flush per child made a stop quadratic (each flush looks at the whole
+    # session): 54 s for 800 children. Now one flush cancels every task.
+    assert len(narrow_flushes) == len(wide_flushes) == 1
+    # Beyond that, each child costs only its status.
+    assert len(wide_statements) - len(narrow_statements) == 20 - 5
+    for wf in (narrow, wide):
+        assert (wf.status, wf.message) == ("cancelled", "Stopped.")
+        assert [t.status for t in wf.tasks] == ["cancelled", "cancelled"]
+        assert {t.message for t in wf.tasks} == {"Cancelled: the workflow was stopped."}
+        for kid in child_runs(wf):
+            (task,) = kid.tasks
+            assert (kid.status, task.status) == ("cancelled", "cancelled")
+            assert task.message == "Cancelled: a parent workflow was stopped."
+        consistent(wf, *child_runs(wf))
+    broker.deliver_all()  # the revoked attempts, delivered late, change nothing
+    assert all(k.status == "cancelled" for k in child_runs(wide))
+    assert not (tmp_path / "child-0").exists()
+
+
+def test_spawning_stopped_children_again_flushes_once_however_many(
+    app, db, broker, tmp_path
+):
+    def respawned(width):
+        """Stop, restart and finish a wide tree; the new spawn's flushes."""
+        marks_dir = tmp_path / str(width)
+        marks_dir.mkdir()
+        wf, _, _ = stopped_wide_tree(db, broker, marks_dir, width)
+        Workflow.get(wf.id).restart()
+        with count_flushes() as flushes:
+            assert broker.deliver(lambda m: m.name.endswith("spawn_wide")) == 1
+        kids = child_runs(wf)
+        assert len(kids) == width
+        for kid in kids:  # the same runs, reset and queued again
+            (task,) = kid.tasks
+            assert (kid.status, task.status, task.attempt) == ("running", "queued", 2)
+        consistent(wf, *kids)
+        broker.deliver_all()  # the revoked first attempts change nothing
+        wf = Workflow.get(wf.id)
+        assert wf.status == "success"
+        assert wf.tasks[0].result == list(range(width))
+        ran = [marks(marks_dir, f"child-{i}") for i in range(width)]
+        assert ran == [1] * width
+        return flushes
+
+    # Restarting each child alone flushed the session once per child; now
+    # the claim, the spawn (one flush resets the children, one queues them),
+    # the join and the versions.
+    assert len(respawned(5)) == len(respawned(20)) == 5
+
+
+def test_each_level_of_a_stopped_tree_records_why(app, db, broker):
+    inner = {"video_id": 1, "qualities": ["a", "b"]}
+    data = {"definition": "transcode-all", "items": [inner]}
+    wf = Workflow.create("spawn-each", data=data).start()
+    broker.deliver(lambda m: m.name.endswith("spawn_each"))  # spawns C
+    broker.deliver(lambda m: m.name.endswith("transcode_all"))  # C spawns G1, G2
+    (child,) = child_runs(wf)
+    grandchildren = child_runs(child)
+    assert [g.status for g in grandchildren] == ["running", "running"]
+
+    wf.tasks[0].stop()
+    tasks = Workflow.get(child.id).tasks  # transcode_all, then count_results
+    assert [t.status for t in tasks] == ["cancelled", "cancelled"]
+    assert {t.message for t in tasks} == {"Cancelled: its parent task was cancelled."}
+    for grandchild in child_runs(child):
+        (task,) = grandchild.tasks
+        assert (grandchild.status, task.status) == ("cancelled", "cancelled")
+        assert task.message == "Cancelled: a parent workflow was stopped."
+    assert Workflow.get(wf.id).status == "cancelled"
+    consistent(wf, child, *grandchildren)
+
+
+def test_limited_children_spawned_again_wait_for_their_slots(app, db, broker):
+    items = [{"video_id": i} for i in range(3)]
+    wf = Workflow.create(
+        "spawn-each", data={"definition": "one-at-a-time", "items": items}
+    ).start()
+    broker.deliver(lambda m: m.name.endswith("spawn_each"))
+    Workflow.get(wf.id).stop()
+    assert {k.status for k in child_runs(wf)} == {"cancelled"}
+
+    Workflow.get(wf.id).restart()
+    broker.deliver(lambda m: m.name.endswith("spawn_each"))
+    kids = child_runs(wf)
+    assert sorted(k.status for k in kids) == ["pending", "pending", "running"]
+    assert all(k.model.slot_requested_at for k in kids if k.status == "pending")
+    broker.deliver_all()
+    wf = Workflow.get(wf.id)
+    assert wf.status == "success"
+    assert wf.tasks[0].result == [0, 1, 2]
+    consistent(wf, *child_runs(wf))
 
 
 def test_stopping_a_joining_task_stops_its_children(app, db, broker):

@@ -319,14 +319,12 @@ def test_a_stop_excludes_children_finishing_side_by_side(
 ):
     """Stop a tree while its children finish under the root's share lock.
 
-    100 children: with 400, the stop itself (each live child stopped one by
-    one, each with its own query and session flush) ran for more than ten
-    minutes in a full CI run, though in seconds when run alone.
-
     The stop holds the root ``FOR UPDATE``: no child succeeds after it, and
-    the join never fires.
+    the join never fires. (With 400 children, this stop once ran for more
+    than ten minutes: it stopped the children one by one, a session flush
+    each; see ``test_stopping_a_tree_flushes_once_however_many_children``.)
     """
-    data = {"width": 100, "marker_dir": str(tmp_path), "at_once": True}
+    data = {"width": 400, "marker_dir": str(tmp_path), "at_once": True}
     wf = Workflow.create("spawn-wide", data=data).start()
     deadline = time.monotonic() + 120
     while True:
@@ -345,7 +343,7 @@ def test_a_stop_excludes_children_finishing_side_by_side(
     time.sleep(2)  # nothing a revoked attempt reports late changes that
     _db.session.rollback()
     kids = WorkflowRun.query.filter_by(parent_id=wf.id).all()
-    assert len(kids) == 100
+    assert len(kids) == 400
     stopped_at = spawner.model.finished_at
     for kid in kids:
         (task,) = kid.tasks
@@ -355,8 +353,8 @@ def test_a_stop_excludes_children_finishing_side_by_side(
         }, kid.id
         if kid.status == "success":
             assert kid.finished_at <= stopped_at, kid.id
-    assert 20 <= sum(k.status == "success" for k in kids) < 100
-    assert consistent_tree(wf.id) == 101
+    assert 20 <= sum(k.status == "success" for k in kids) < 400
+    assert consistent_tree(wf.id) == 401
 
 
 def test_a_retried_parent_gets_its_finished_children_back(worker, clean, tmp_path):

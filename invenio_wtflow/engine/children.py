@@ -100,9 +100,10 @@ def spawn_many(uow, task_id, celery_id, retries, name, graph, items, lease=None)
     """Create and start child runs of a running task, under one lock (or reuse them).
 
     One transaction and one root lock for all of them; the existing children
-    are found by one query and the new ones inserted together, one
-    ``executemany`` per table (see
-    :class:`~invenio_wtflow.engine.orchestrator.Inserts`). A child of a
+    are found by one query, those that failed or were cancelled run again
+    together (see :func:`~invenio_wtflow.engine.orchestrator.reset_runs`),
+    and the new ones are inserted together, one ``executemany`` per table
+    (see :class:`~invenio_wtflow.engine.orchestrator.Inserts`). A child of a
     definition with ``max_runs`` is created ``pending`` and waits for a slot
     (admitted after the commit).
     Spawning renews the task's lease. An identity given twice names one child.
@@ -128,13 +129,12 @@ def spawn_many(uow, task_id, celery_id, retries, name, graph, items, lease=None)
     index = db.session.execute(
         select(func.count()).where(WorkflowRun.parent_task_id == task.id)
     ).scalar_one()
-    spawned, reused, inserts, waiting = [], set(), orchestrator.Inserts(), []
+    spawned, reused, inserts, waiting = [], {}, orchestrator.Inserts(), []
     for (data, key), (spawn_key, digest) in zip(items, identities):
         child = known.get(spawn_key)
         if child is not None:
             if spawn_key not in reused:
-                reused.add(spawn_key)
-                _reuse(uow, child, name, digest, key)
+                reused[spawn_key] = _reusable(child, name, digest, key)
             elif child.spawn_digest != digest:
                 _conflict(child, key)
             spawned.append((child.id, False))
@@ -160,11 +160,19 @@ def spawn_many(uow, task_id, celery_id, retries, name, graph, items, lease=None)
         )
         index += 1
         known[spawn_key] = child
-        reused.add(spawn_key)
+        reused[spawn_key] = None
         if limit is not None:
             waiting.append(child)
         spawned.append((child.id, True))
     inserts.execute()
+    again = [child for child in reused.values() if child is not None]
+    for start in range(0, len(again), _CHUNK):
+        chunk = again[start : start + _CHUNK]
+        orchestrator.reset_runs(uow, chunk)
+        if limit is None:
+            orchestrator.start_runs(uow, chunk)
+        else:
+            waiting.extend(chunk)
     for child in waiting:
         # The key's lock comes before any root lock: admit after the commit.
         concurrency.wait_for_slot(uow, child, limit[0], admit_after=True)
@@ -172,7 +180,8 @@ def spawn_many(uow, task_id, celery_id, retries, name, graph, items, lease=None)
 
 
 _CHUNK = 500
-"""Spawn keys looked up per query (SQLite limits a statement's parameters)."""
+"""Spawn keys looked up, or children run again, per query (SQLite limits a
+statement's parameters)."""
 
 
 def _spawned(task_id, spawn_keys):
@@ -194,20 +203,17 @@ def _conflict(child, key):
     )
 
 
-def _reuse(uow, child, name, digest, key):
-    """Return an existing child, restarting it when it failed or was cancelled."""
+def _reusable(child, name, digest, key):
+    """Check an existing child; return it when it must run again, else ``None``.
+
+    A child that failed or was cancelled runs again; a pending child waits
+    for a slot; a running or successful one is kept.
+    """
     if child.name != name or child.spawn_digest != digest:
         _conflict(child, key)
     if child.status in (WorkflowStatus.FAILURE.value, WorkflowStatus.CANCELLED.value):
-        orchestrator.reset_run(uow, child)
-        limit = concurrency.limit_of(child.name)
-        if limit is None:
-            orchestrator.start_locked(uow, child)
-        else:
-            # The key's lock comes before any root lock: admit after the commit.
-            concurrency.wait_for_slot(uow, child, limit[0], admit_after=True)
-    # A pending child waits for a slot; a running or successful one is kept.
-    return child
+        return child
+    return None
 
 
 def join(uow, task_id, celery_id, retries, spec):
@@ -468,16 +474,20 @@ def _live(criteria):
 def stop_children(uow, task_ids, reason):
     """Stop the child runs spawned by the given tasks that still have work.
 
+    The runs below them are stopped with them, all in one batch (see
+    :func:`~invenio_wtflow.engine.orchestrator.stop_runs`).
+
     :param task_ids: ids of the parent task runs.
     :param reason: message recorded on the cancelled tasks of each child.
     """
-    for run in _live([WorkflowRun.parent_task_id.in_(list(task_ids))]):
-        orchestrator.stop_run(uow, run, reason)
+    runs = _live([WorkflowRun.parent_task_id.in_(list(task_ids))])
+    if runs:
+        orchestrator.stop_runs(uow, runs, reason)
 
 
-def descendants(workflow_id):
-    """Return the ids of every run below a run, level by level."""
-    found, frontier = [], [workflow_id]
+def descendants(run_ids):
+    """Return the ids of every run below the given runs, level by level."""
+    found, frontier = [], list(run_ids)
     while frontier:
         frontier = list(
             db.session.execute(
@@ -488,17 +498,19 @@ def descendants(workflow_id):
     return found
 
 
-def stop_descendants(uow, workflow_id):
-    """Stop every run below a run that still has work, however deep."""
-    below = descendants(workflow_id)
-    if below:
-        for run in _live([WorkflowRun.id.in_(below)]):
-            orchestrator.stop_run(uow, run, "Cancelled: a parent workflow was stopped.")
+def live_below(run_ids):
+    """Lock and return every run below the given runs that still has work.
+
+    However deep, ordered by primary key; a run below a finished one is
+    included.
+    """
+    below = descendants(run_ids)
+    return _live([WorkflowRun.id.in_(below)]) if below else []
 
 
 def has_active(workflow_id):
     """Whether any run below a run still has unfinished tasks."""
-    below = descendants(workflow_id)
+    below = descendants([workflow_id])
     return (
         bool(below)
         and db.session.execute(

@@ -38,7 +38,7 @@ from datetime import timedelta
 from flask import current_app
 from invenio_db import db
 from invenio_db.uow import UnitOfWork
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
@@ -265,6 +265,16 @@ def _cancel(uow, tasks, reason):
 
     The child workflows an active task spawned are stopped with it.
     """
+    active = _cancel_tasks(uow, tasks, reason)
+    if active:
+        children.stop_children(uow, active, "Cancelled: its parent task was cancelled.")
+
+
+def _cancel_tasks(uow, tasks, reason):
+    """Cancel non-terminal tasks, revoking their attempts after commit.
+
+    :returns: the ids of those that were active (their children still run).
+    """
     now = utcnow()
     op = dispatcher(uow)
     active = []
@@ -278,11 +288,10 @@ def _cancel(uow, tasks, reason):
         task.status = CANCELLED.value
         task.message = reason
         task.finished_at = now
-    if active:
-        children.stop_children(uow, active, "Cancelled: its parent task was cancelled.")
+    return active
 
 
-def refresh_status(uow, workflow, message=None, counts=None):
+def refresh_status(uow, workflow, message=None, counts=None, tell_parent=True):
     """Recompute and store a workflow's status from its tasks' statuses.
 
     The rule is :func:`~invenio_wtflow.engine.status.default_status`, or the
@@ -295,6 +304,7 @@ def refresh_status(uow, workflow, message=None, counts=None):
     :param message: reason to record when the status changes.
     :param counts: the run's tasks by status, when the caller counted them
         with its last change (see :func:`~invenio_wtflow.engine.fused.succeed`).
+    :param tell_parent: see :func:`set_status`.
     """
     if counts is None:
         db.session.flush()
@@ -305,17 +315,36 @@ def refresh_status(uow, workflow, message=None, counts=None):
         )
     status = WorkflowStatus(status_rule(workflow)(counts))
     if status.value != workflow.status:
-        set_status(uow, workflow, status, message)
+        set_status(uow, workflow, status, message, tell_parent)
     return status
 
 
-def set_status(uow, workflow, status, message=None):
+def refresh_statuses(uow, runs, message=None, tell_parent=True):
+    """:func:`refresh_status` of many locked runs: one flush, one count for all.
+
+    :param runs: the locked runs.
+    :param message: reason to record on each run whose status changes.
+    :param tell_parent: see :func:`set_status`.
+    """
+    db.session.flush()
+    counts = defaultdict(dict)
+    for workflow_id, status, count in db.session.execute(
+        statements.status_counts_of_runs(), {"ids": [run.id for run in runs]}
+    ):
+        counts[workflow_id][status] = count
+    for run in runs:
+        refresh_status(uow, run, message, counts[run.id], tell_parent)
+
+
+def set_status(uow, workflow, status, message=None, tell_parent=True):
     """Store a run's status; a child tells its parent task when it settles.
 
     :param uow: the unit of work.
     :param workflow: the locked :class:`~invenio_wtflow.models.WorkflowRun`.
     :param status: the new :class:`~invenio_wtflow.models.WorkflowStatus`.
     :param message: reason for the change.
+    :param tell_parent: ``False`` when the caller knows the child's parent
+        task has finished (it would ignore the news).
     """
     was_terminal = WorkflowStatus(workflow.status).is_terminal
     _store_status(workflow, status, message)
@@ -325,7 +354,11 @@ def set_status(uow, workflow, status, message=None):
             concurrency.admission(uow).keys.add(
                 (workflow.name, workflow.concurrency_key)
             )
-    if workflow.parent_task_id is not None and was_terminal != status.is_terminal:
+    if (
+        tell_parent
+        and workflow.parent_task_id is not None
+        and was_terminal != status.is_terminal
+    ):
         children.child_changed(uow, workflow)
 
 
@@ -642,11 +675,24 @@ def start(uow, workflow_id, data=None):
 
 def start_locked(uow, workflow):
     """Queue the tasks with no upstream of a locked, pending run."""
-    workflow.slot_requested_at = None
-    workflow.message = None
-    workflow.started_at = utcnow()
-    _queue(uow, _lock_tasks(TaskRun.workflow_id == workflow.id, TaskRun.remaining == 0))
-    refresh_status(uow, workflow)
+    start_runs(uow, [workflow])
+
+
+def start_runs(uow, runs):
+    """Queue the tasks with no upstream of locked, pending runs, in one batch.
+
+    One query locks the tasks of every run and one flush queues them; they
+    are published run by run, in the order given.
+    """
+    now, order = utcnow(), {}
+    for run in runs:
+        run.slot_requested_at = None
+        run.message = None
+        run.started_at = now
+        order[run.id] = len(order)
+    tasks = _lock_tasks(TaskRun.workflow_id.in_(list(order)), TaskRun.remaining == 0)
+    _queue(uow, sorted(tasks, key=lambda t: (order[t.workflow_id], t.position)))
+    refresh_statuses(uow, runs)
 
 
 def claim(uow, task_id, celery_id, retries=0, lease=None):
@@ -1193,18 +1239,44 @@ def stop(uow, workflow_id):
 
 
 def stop_run(uow, workflow, reason, message=None):
-    """Cancel a locked run's unfinished tasks and stop its running children.
+    """Cancel a locked run's unfinished tasks and stop every run below it.
 
     :param reason: message recorded on each cancelled task.
     :param message: message recorded on the run (default: ``reason``).
     """
+    stop_runs(uow, [workflow], reason, message)
+
+
+_UNDER_STOP = "Cancelled: a parent workflow was stopped."
+"""What the tasks of the runs below a stopped run record."""
+
+
+def stop_runs(uow, runs, reason, message=None):
+    """Cancel the unfinished tasks of locked runs and of every live run below them.
+
+    One batch, however many runs: one query per level of the tree finds the
+    runs below, one locks those with work left (by primary key), one their
+    unfinished tasks, one flush writes the cancellations and a grouped query
+    counts the tasks of the runs below, then of the given runs. Each run's
+    status is still its own ``UPDATE``. The runs below settle first, and do
+    not tell their parent tasks: each has finished, cancelled here or
+    before.
+
+    :param runs: the locked runs to stop.
+    :param reason: message recorded on the cancelled tasks of ``runs``.
+    :param message: message recorded on ``runs`` (default: ``reason``).
+    """
+    given = {run.id: run for run in runs}
+    below = [r for r in children.live_below(list(given)) if r.id not in given]
     tasks = _lock_tasks(
-        TaskRun.workflow_id == workflow.id,
+        TaskRun.workflow_id.in_([run.id for run in [*below, *runs]]),
         TaskRun.status.notin_([s.value for s in TERMINAL_TASK_STATUSES]),
     )
-    _cancel(uow, tasks, reason)
-    children.stop_descendants(uow, workflow.id)
-    refresh_status(uow, workflow, message or reason)
+    _cancel_tasks(uow, [t for t in tasks if t.workflow_id in given], reason)
+    _cancel_tasks(uow, [t for t in tasks if t.workflow_id not in given], _UNDER_STOP)
+    if below:
+        refresh_statuses(uow, below, _UNDER_STOP, tell_parent=False)
+    refresh_statuses(uow, runs, message or reason)
 
 
 def stop_task(uow, task_id):
@@ -1249,12 +1321,32 @@ def restart(uow, workflow_id, data=None):
 
 def reset_run(uow, workflow):
     """Cancel a locked run's attempts and put every task back to ``pending``."""
-    _, dependencies = edges(workflow.id)
-    tasks = _lock_tasks(TaskRun.workflow_id == workflow.id)
+    reset_runs(uow, [workflow])
+
+
+def reset_runs(uow, runs):
+    """Cancel runs' attempts and put each of their tasks back to ``pending``.
+
+    One batch however many runs (a task spawning a thousand stopped children
+    again): one query counts the tasks' upstream edges, one locks the tasks.
+
+    :param runs: runs of one tree, whose root the caller has locked.
+    """
+    ids = [run.id for run in runs]
+    upstream = dict(
+        db.session.execute(
+            select(TaskDependency.task_id, func.count())
+            .join(TaskRun, TaskRun.id == TaskDependency.task_id)
+            .where(TaskRun.workflow_id.in_(ids))
+            .group_by(TaskDependency.task_id)
+        ).all()
+    )
+    tasks = _lock_tasks(TaskRun.workflow_id.in_(ids))
     _cancel(uow, tasks, "Cancelled: the workflow was restarted.")
     for task in tasks:
-        _reset(task, len(dependencies.get(task.id, ())))
-    set_status(uow, workflow, WorkflowStatus.PENDING)
+        _reset(task, upstream.get(task.id, 0))
+    for run in runs:
+        set_status(uow, run, WorkflowStatus.PENDING)
 
 
 def _check_parent_task(workflow):

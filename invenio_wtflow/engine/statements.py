@@ -272,6 +272,16 @@ def status_counts():
 
 
 @cache
+def status_counts_of_runs():
+    """``(workflow_id, status, count)`` of the tasks of the runs ``ids``."""
+    return (
+        select(_TASKS.c.workflow_id, _TASKS.c.status, func.count())
+        .where(_TASKS.c.workflow_id.in_(bindparam("ids", expanding=True)))
+        .group_by(_TASKS.c.workflow_id, _TASKS.c.status)
+    )
+
+
+@cache
 def waiting_in_run():
     """Whether run ``workflow_id`` has a task ``waiting``."""
     return select(
