@@ -12,6 +12,7 @@ from datetime import timedelta
 
 import pytest
 from invenio_db import db as _db
+from sqlalchemy import text
 
 from invenio_wtflow import Workflow
 from invenio_wtflow.api import Task
@@ -242,6 +243,57 @@ def test_the_sweeper_publishes_a_lost_pass_again(app, db, broker):
     broker.deliver_all()
     assert Workflow.get(wf.id).status == "success"
     consistent(wf)
+
+
+@pytest.mark.skipif(
+    not os.environ.get("SQLALCHEMY_DATABASE_URI", "").startswith("postgresql"),
+    reason="row locks are PostgreSQL's; SQLite serialises writers",
+)
+def test_the_sweeper_takes_no_root_while_it_holds_tasks(app, clean, broker):
+    wf = Workflow.create("regression", data={"architectures": ["x86"]}).start()
+    broker.deliver(is_pass)
+    assert nodes(wf)["x86"].status == "queued"
+    root = root_row(wf)
+    long_ago = utcnow() - timedelta(hours=1)
+    root.orchestration_queued_at = long_ago
+    _db.session.get(TaskRun, nodes(wf)["x86"].id).queued_at = long_ago
+    _db.session.commit()
+    task_id, root_id = nodes(wf)["x86"].id, root.id
+    swept = queue.Queue()
+
+    def sweep():
+        with app.app_context():
+            try:
+                swept.put(dispatch.requeue_stale())
+            except Exception as exc:  # pragma: no cover - the failure reported
+                swept.put(exc)
+
+    with _db.engine.connect() as stop:  # holds the root, then wants the task
+        stop.execute(
+            text("SELECT id FROM wtflow_workflow WHERE id = :id FOR UPDATE"),
+            {"id": root_id},
+        )
+        sweeper = threading.Thread(target=sweep)
+        sweeper.start()
+        deadline = time.monotonic() + 10
+        while not stop.execute(text(WAITING_FOR_A_LOCK)).scalar():
+            assert time.monotonic() < deadline, "the sweeper never reached the root"
+            time.sleep(0.02)
+        # Before, the sweeper held the task while it waited for the root:
+        # PostgreSQL found a deadlock here and aborted one of the two.
+        stop.execute(text("SET LOCAL lock_timeout = '5s'"))
+        stop.execute(
+            text("SELECT id FROM wtflow_task WHERE id = :id FOR UPDATE"),
+            {"id": task_id},
+        )
+        stop.rollback()
+    sweeper.join(10)
+    assert swept.get(timeout=1) == 2  # the task's attempt and the pass
+
+
+WAITING_FOR_A_LOCK = "SELECT count(*) FROM pg_locks WHERE NOT granted"
+"""Whether a transaction waits for a lock (``pg_locks`` is read live, not
+from the transaction's snapshot of statistics as ``pg_stat_activity`` is)."""
 
 
 def test_a_pass_waits_for_its_tree_to_go_quiet(app, db, broker, monkeypatch):

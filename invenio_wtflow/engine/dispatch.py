@@ -273,6 +273,9 @@ def requeue_stale(older_than=None):
         )
         if touched:
             messages.append(Message.for_task(task))
+    # Commit before any root row is touched: the lock order is root first
+    # (a stop holding a root may be waiting for these task rows).
+    db.session.commit()
     messages += _stale_orchestrations(now, deadline)
     db.session.commit()
     recovered = _recover_expired_leases(now)
