@@ -100,6 +100,18 @@ def spawn_join(spawner, join, width):
     return chain(spawner.si(width), join.s())
 
 
+PARKED = "bench-parked"
+"""A queue no worker consumes: tasks routed to it stay ``queued`` (B8)."""
+
+
+def spawn_parked(width):
+    """A spawner joining ``width`` children whose only task no worker takes (B8).
+
+    The children stay ``queued``, as in a backlog, until the tree is stopped.
+    """
+    return chain(wf_spawn_many.si(width, child="bench-parked"), wf_join.s())
+
+
 class _Lazy:
     """Class attribute built on first access (workers never build big canvases)."""
 
@@ -132,6 +144,9 @@ SpawnMany8 = _definition("SpawnMany8", lambda: spawn_join(wf_spawn_many, wf_join
 SpawnMany1000 = _definition(
     "SpawnMany1000", lambda: spawn_join(wf_spawn_many, wf_join, 1000)
 )
+Parked = _definition("Parked", lambda: wf_noop.si().set(queue=PARKED))
+StopTree100 = _definition("StopTree100", lambda: spawn_parked(100))
+StopTree1000 = _definition("StopTree1000", lambda: spawn_parked(1000))
 
 WORKFLOWS = {
     name: {"definition": f"benchmarks.bench_tasks:{cls.__name__}"}
@@ -148,6 +163,9 @@ WORKFLOWS = {
         "bench-spawn-1000": Spawn1000,
         "bench-spawn-many-8": SpawnMany8,
         "bench-spawn-many-1000": SpawnMany1000,
+        "bench-parked": Parked,
+        "bench-stop-tree-100": StopTree100,
+        "bench-stop-tree-1000": StopTree1000,
     }.items()
 }
 """Definitions registered (``WTFLOW_WORKFLOWS``) in the benchmark app and worker."""

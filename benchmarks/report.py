@@ -15,7 +15,20 @@ from sqlalchemy.engine import make_url
 
 from .common import CONCURRENCY, DB_URI, PAIRS, ROOT, machine, worker_url
 
-ORDER = ("B1", "B2", "B3", "B3-polled", "B4", "B5", "B6", "B6-loop", "B7", "SQL")
+ORDER = (
+    "B1",
+    "B2",
+    "B3",
+    "B3-polled",
+    "B4",
+    "B5",
+    "B6",
+    "B6-loop",
+    "B7",
+    "B8",
+    "B8-respawn",
+    "SQL",
+)
 
 
 def git():
