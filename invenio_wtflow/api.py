@@ -560,6 +560,7 @@ class Workflow:
         :returns: the run, read again.
         :raises WaitTimeoutError: when the run is still unfinished at
             ``timeout``.
+        :raises WorkflowNotFoundError: when the run no longer exists.
         :raises ValueError: when ``interval`` is not positive or
             ``timeout`` is negative.
         """
@@ -572,9 +573,14 @@ class Workflow:
                 f"timeout must be None or a number of seconds >= 0, not {timeout!r}."
             )
         db.session.commit()
-        if not WorkflowStatus(self.model.status).is_terminal:
+        status = db.session.execute(
+            select(WorkflowRun.status).where(WorkflowRun.id == self.id)
+        ).scalar()
+        if status is None:
+            raise WorkflowNotFoundError(self.id)
+        db.session.commit()  # a new transaction will see the finished run
+        if not WorkflowStatus(status).is_terminal:
             waiting.wait(db.engine, self.id, timeout=timeout, interval=interval)
-            db.session.commit()  # a new transaction sees the finished run
         return self
 
     @property

@@ -162,7 +162,50 @@ def test_the_transaction_that_finishes_a_run_notifies_it(app, clean, broker, lis
     broker.deliver(lambda m: m is broker.messages[0])  # the run goes on
     assert heard(listener) == []
     broker.deliver_all()
-    assert heard(listener) == [str(wf.id)]
+    assert heard(listener) == [f"{wf.id} success"]
+
+
+def notify_later(app, payload, delay=0.3):
+    """Send ``payload`` on the channel after ``delay`` seconds, in another thread."""
+
+    def send():
+        time.sleep(delay)
+        with app.app_context(), _db.engine.connect() as connection:
+            connection.execute(
+                sa.text("SELECT pg_notify(:channel, :payload)"),
+                {"channel": waiting.CHANNEL, "payload": payload},
+            )
+            connection.commit()
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    return thread
+
+
+def test_the_notified_status_ends_the_wait_without_reading_it_again(
+    app, clean, broker, driver_engine
+):
+    wf = Workflow.create("add-chain", start=True)  # it stays running
+    thread = notify_later(app, f"{wf.id} success")
+    try:
+        status = waiting.wait(driver_engine, wf.id, timeout=20, interval=30)
+    finally:
+        thread.join()
+    assert status == "success"  # what the finishing transaction said
+
+
+@pytest.mark.parametrize("payload", ["{id}", "{id} running", "{other} success"])
+def test_other_notifications_are_read_again_or_ignored(
+    app, clean, broker, driver_engine, payload
+):
+    wf = Workflow.create("add-chain", start=True)  # it stays running
+    other = "00000000-0000-0000-0000-000000000000"
+    thread = notify_later(app, payload.format(id=wf.id, other=other), 0.1)
+    try:
+        with pytest.raises(WaitTimeoutError, match="is still running"):
+            waiting.wait(driver_engine, wf.id, timeout=1, interval=30)
+    finally:
+        thread.join()
 
 
 def test_a_rolled_back_finish_notifies_nothing(app, clean, broker, listener):

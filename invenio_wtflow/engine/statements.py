@@ -20,6 +20,7 @@ from sqlalchemy import (
     cast,
     exists,
     func,
+    literal_column,
     null,
     or_,
     select,
@@ -132,8 +133,8 @@ def set_run_status(finished, notify=False):
     Parameters: ``workflow_id``, ``status``, ``message``, ``now`` (also the
     new ``finished_at`` when ``finished``). A finished run gives up its
     request for a concurrency slot. With ``notify`` (PostgreSQL), the
-    statement also sends the run's id on ``channel`` (see
-    :func:`.waiting.notifies`).
+    statement also sends the run's id and new status on ``channel``, as
+    ``"<id> <status>"`` (see :func:`.waiting.notifies`).
     """
     values = {
         "status": bindparam("status"),
@@ -149,7 +150,8 @@ def set_run_status(finished, notify=False):
         .values(**values)
     )
     if notify:
-        payload = cast(_RUNS.c.id, Text)
+        payload = cast(_RUNS.c.id, Text).concat(literal_column("' '", Text))
+        payload = payload.concat(_RUNS.c.status)
         statement = statement.returning(func.pg_notify(bindparam("channel"), payload))
     return statement
 

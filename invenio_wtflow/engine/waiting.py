@@ -4,12 +4,13 @@
 """Wait for a run to finish: PostgreSQL ``NOTIFY`` when it can, polling otherwise.
 
 The transaction that stores a run's finished status sends a notification on
-:data:`CHANNEL` with the run's id (PostgreSQL delivers it at the commit, and
-not at all on a rollback). :func:`wait` listens on its own connection, then
-reads the status, so a run that finishes between the two is not missed; it
-reads the status again on each notification for the run and at every
-``interval`` in any case. It hears notifications through psycopg 3 or
-psycopg2; other databases and drivers are polled every ``interval``.
+:data:`CHANNEL` with the run's id and that status (PostgreSQL delivers it at
+the commit, and not at all on a rollback). :func:`wait` listens on its own
+connection, then reads the status, so a run that finishes between the two is
+not missed; a notification for the run then ends the wait with the status it
+carries, and the status is read again at every ``interval`` in any case. It
+hears notifications through psycopg 3 or psycopg2; other databases and
+drivers are polled every ``interval``.
 """
 
 import select
@@ -22,7 +23,7 @@ from ..errors import WaitTimeoutError, WorkflowNotFoundError
 from ..models import WorkflowRun, WorkflowStatus
 
 CHANNEL = "wtflow_run_finished"
-"""The notification channel; the payload is the finished run's id."""
+"""The notification channel; the payload is ``"<run id> <status>"``."""
 
 _STATUS = "SELECT status FROM wtflow_workflow WHERE id = %s"
 
@@ -105,13 +106,12 @@ def _listen(conn, receive, workflow_id, deadline, interval):
     cursor = conn.cursor()
     try:
         cursor.execute(f"LISTEN {CHANNEL}")
-        while True:
-            cursor.execute(_STATUS, (str(workflow_id),))
-            status = _checked(cursor.fetchone(), workflow_id)
-            if status in FINISHED:
-                return status
+        status = _read(cursor, workflow_id)
+        while status not in FINISHED:
             pause = _pause(deadline, interval, workflow_id, status)
-            _sleep_until_told(conn, receive, str(workflow_id), pause)
+            told = _sleep_until_told(conn, receive, str(workflow_id), pause)
+            status = told if told in FINISHED else _read(cursor, workflow_id)
+        return status
     finally:
         if not conn.closed:  # a broken connection would hide the first error
             cursor.execute(f"UNLISTEN {CHANNEL}")
@@ -120,12 +120,25 @@ def _listen(conn, receive, workflow_id, deadline, interval):
         cursor.close()
 
 
-def _sleep_until_told(conn, receive, payload, seconds):
-    """Sleep until the run is notified or ``seconds`` have passed."""
+def _read(cursor, workflow_id):
+    """Read the run's status on the listening connection."""
+    cursor.execute(_STATUS, (str(workflow_id),))
+    return _checked(cursor.fetchone(), workflow_id)
+
+
+def _sleep_until_told(conn, receive, run_id, seconds):
+    """Sleep until the run is notified or ``seconds`` have passed.
+
+    :returns: the status the notification carried (``None`` if it carried
+        none, or if nothing was heard for the run).
+    """
     end = time.monotonic() + seconds
     while (left := end - time.monotonic()) > 0:
-        if payload in receive(conn, left):
-            return
+        for payload in receive(conn, left):
+            notified, _, status = payload.partition(" ")
+            if notified == run_id:
+                return status or None
+    return None
 
 
 def _poll(engine, workflow_id, deadline, interval):
