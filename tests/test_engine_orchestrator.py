@@ -20,7 +20,7 @@ from invenio_wtflow import Workflow, current_wtflow
 from invenio_wtflow.api import Task
 from invenio_wtflow.engine import dispatch, orchestrator
 from invenio_wtflow.engine.status import default_status
-from invenio_wtflow.models import TaskRun, utcnow
+from invenio_wtflow.models import TaskRun, WorkflowRun, utcnow
 from invenio_wtflow.tasks import requeue_stale
 
 from .example_tasks import add, tsum
@@ -188,6 +188,42 @@ def test_an_own_status_rule_is_applied_under_the_root_lock(
     assert orchestrator.record_success(first[0], first[1], 2, 0, first[2])
     assert exclusive_calls == [first[0]]
     assert Workflow.get(wf.id).status == "waiting"
+
+
+@pytest.mark.parametrize("own_rule", [False, True])
+def test_a_root_run_finishes_from_its_locked_row(app, db, monkeypatch, own_rule):
+    """The run-finishing success reads a root run as a row, unless a rule needs it."""
+    ruled = []
+
+    class OwnRule(Workflow):
+        definition = add.si(1, 1)
+
+        def compute_status(self, counts):
+            ruled.append(type(self.model))
+            return default_status(counts)
+
+    wf, ((task_id, celery_id, _),) = claimed_members(
+        monkeypatch, f"one-{own_rule}", OwnRule if own_rule else add.si(1, 1)
+    )
+    ruled.clear()
+    loads = []
+
+    def on_load(target, context):
+        loads.append(target.id)
+
+    _db.session.expunge_all()
+    event.listen(WorkflowRun, "load", on_load)
+    try:
+        uow = orchestrator.EngineUnitOfWork(_db.session)
+        assert orchestrator.succeed(uow, task_id, celery_id, 2)
+    finally:
+        event.remove(WorkflowRun, "load", on_load)
+    assert loads == ([wf.id] if own_rule else [])
+    uow.commit()
+    wf = Workflow.get(wf.id)
+    assert (wf.status, wf.result) == ("success", 2)
+    assert [v["status"] for v in wf.history()] == ["running", "success"]
+    assert ruled == ([WorkflowRun] if own_rule else [])
 
 
 @pytest.mark.skipif(

@@ -135,7 +135,9 @@ def atomic(func_, *args, **kwargs):
 #
 # Locks and queries
 #
-def lock_workflow(workflow_id=None, task_id=None, shared=False, root_id=None):
+def lock_workflow(
+    workflow_id=None, task_id=None, shared=False, root_id=None, as_row=False
+):
     """Lock the root of a workflow's tree, then the workflow, and return it.
 
     One ``SELECT ... FOR UPDATE`` finds and locks both rows, the root first
@@ -145,22 +147,26 @@ def lock_workflow(workflow_id=None, task_id=None, shared=False, root_id=None):
     :param task_id: or the id of one of its tasks.
     :param shared: take ``FOR KEY SHARE`` locks instead: they keep out every
         holder of ``FOR UPDATE`` (graph changes, status changes) but not each
-        other (see :func:`succeed_shared`); the run is returned as a row of
-        its ``id``, ``status``, ``name`` and ``parent_task_id``, not loaded.
+        other (see :func:`succeed_shared`); implies ``as_row``.
     :param root_id: the id of the run's root, when known (with
         ``workflow_id``): the statement then looks up both by key.
+    :param as_row: return the run as a row of its ``id``, ``status``,
+        ``name``, ``parent_task_id`` and ``concurrency_key``, not loaded
+        through the ORM (a prepared statement).
     :raises WorkflowNotFoundError: when there is no such run.
     :raises TaskNotFoundError: when there is no such task.
     """
+    as_row = as_row or shared
     if task_id is not None:
-        statement, params = statements.lock_runs(True, shared), {"task_id": task_id}
+        statement = statements.lock_runs(True, shared, as_row)
+        params = {"task_id": task_id}
     elif root_id is not None:
-        statement = statements.lock_run_and_root(shared)
+        statement = statements.lock_run_and_root(shared, as_row)
         params = {"workflow_id": workflow_id, "root_id": root_id}
     else:
-        statement = statements.lock_runs(False, shared)
+        statement = statements.lock_runs(False, shared, as_row)
         params = {"workflow_id": workflow_id}
-    if shared:
+    if as_row:
         rows = prepared.execute(db.session, statement, params).all()
     else:
         rows = db.session.execute(statement, params).scalars().all()
@@ -958,14 +964,14 @@ def _has_waiting_task(released, workflow_id):
     ).scalar()
 
 
-def _lock_runs_of(task_id, runs, shared=False):
+def _lock_runs_of(task_id, runs, shared=False, as_row=False):
     """Lock a task's root and run (see :func:`lock_workflow`) by key when known.
 
     :param runs: ``(root_id, workflow_id)``, or ``None``.
     """
     if runs is None:
-        return lock_workflow(task_id=task_id, shared=shared)
-    return lock_workflow(runs[1], root_id=runs[0], shared=shared)
+        return lock_workflow(task_id=task_id, shared=shared, as_row=as_row)
+    return lock_workflow(runs[1], root_id=runs[0], shared=shared, as_row=as_row)
 
 
 def _succeed_and_release(task_id, celery_id, result, retries, alone=False):
@@ -1018,11 +1024,17 @@ def succeed(uow, task_id, celery_id, result, retries=0, runs=None):
     statement, see :func:`~invenio_wtflow.engine.fused.succeed`), versioned at the commit
     (see :mod:`~invenio_wtflow.engine.versioning`).
 
+    The run is locked as a row, not loaded through the ORM, when its
+    status follows the default rule and it is a root (it tells no joining
+    task); otherwise it is loaded once locked.
+
     :param retries: the Celery retry count of the execution reporting.
     :param runs: ``(root_id, workflow_id)`` of the task's run, if known.
     :returns: whether the report was applied (``False`` for a stale one).
     """
-    workflow = _lock_runs_of(task_id, runs)
+    workflow = _lock_runs_of(task_id, runs, as_row=True)
+    if workflow.parent_task_id is not None or not _derives_default_status(workflow):
+        workflow = db.session.get(WorkflowRun, workflow.id, populate_existing=True)
     outcome = _succeed_and_release(task_id, celery_id, result, retries)
     if outcome is None:
         return False

@@ -295,12 +295,13 @@ def waiting_in_run():
 
 
 @cache
-def lock_runs(by_task, shared=False):
+def lock_runs(by_task, shared=False, rows=False):
     """Lock a run and the root of its tree, root first (see ``lock_workflow``).
 
     Parameter: ``task_id`` (a task of the run) when ``by_task``, else
-    ``workflow_id``. Returns the ORM objects, or with ``shared`` the ``id``,
-    ``status``, ``name`` and ``parent_task_id`` of each run only, locked
+    ``workflow_id``. Returns the ORM objects, or with ``rows`` the ``id``,
+    ``status``, ``name``, ``parent_task_id`` and ``concurrency_key`` of each
+    run only; with ``shared`` (which implies ``rows``) they are locked
     ``FOR KEY SHARE`` (these locks do not exclude each other) instead of
     ``FOR UPDATE``.
     """
@@ -314,25 +315,30 @@ def lock_runs(by_task, shared=False):
         target = bindparam("workflow_id", type_=_RUNS.c.id.type)
     run = _RUNS.alias()
     root_id = select(run.c.root_id).where(run.c.id == target).scalar_subquery()
-    return _locked_runs(target, root_id, shared)
+    return _locked_runs(target, root_id, shared, rows)
 
 
 @cache
-def lock_run_and_root(shared=False):
+def lock_run_and_root(shared=False, rows=False):
     """:func:`lock_runs` of run ``workflow_id`` whose root, ``root_id``, is known.
 
     Its plan is a lookup of two keys, where :func:`lock_runs` finds the root
     first.
     """
     target = bindparam("workflow_id", type_=_RUNS.c.id.type)
-    return _locked_runs(target, bindparam("root_id", type_=_RUNS.c.id.type), shared)
+    root_id = bindparam("root_id", type_=_RUNS.c.id.type)
+    return _locked_runs(target, root_id, shared, rows)
 
 
-def _locked_runs(target, root_id, shared):
+def _locked_runs(target, root_id, shared, rows):
     """Select and lock runs ``target`` and ``root_id``, the root first."""
-    if shared:
+    if shared or rows:
         statement = select(
-            _RUNS.c.id, _RUNS.c.status, _RUNS.c.name, _RUNS.c.parent_task_id
+            _RUNS.c.id,
+            _RUNS.c.status,
+            _RUNS.c.name,
+            _RUNS.c.parent_task_id,
+            _RUNS.c.concurrency_key,
         )
     else:
         statement = select(WorkflowRun).execution_options(populate_existing=True)
