@@ -552,7 +552,9 @@ class Workflow:
         (``LISTEN``/``NOTIFY``); other databases are polled. The session's
         transaction is committed first: the run's tasks finish in other
         transactions, which an open one may not see (SQLite reads from a
-        snapshot until its transaction ends).
+        snapshot until its transaction ends). It returns once the run has
+        finished since the call began (a run restarted meanwhile may be
+        running again).
 
         :param timeout: seconds to wait at most (``None``: no limit).
         :param interval: seconds between two reads of the status when

@@ -306,7 +306,8 @@ def refresh_status(uow, workflow, message=None, counts=None, tell_parent=True):
     joining it.
 
     :param uow: the unit of work.
-    :param workflow: the locked :class:`~invenio_wtflow.models.WorkflowRun`.
+    :param workflow: the locked :class:`~invenio_wtflow.models.WorkflowRun`
+        (or its row, when its definition follows the default rule).
     :param message: reason to record when the status changes.
     :param counts: the run's tasks by status, when the caller counted them
         with its last change (see :func:`~invenio_wtflow.engine.fused.succeed`).
@@ -346,7 +347,8 @@ def set_status(uow, workflow, status, message=None, tell_parent=True):
     """Store a run's status; a child tells its parent task when it settles.
 
     :param uow: the unit of work.
-    :param workflow: the locked :class:`~invenio_wtflow.models.WorkflowRun`.
+    :param workflow: the locked :class:`~invenio_wtflow.models.WorkflowRun`
+        (or its row, when its definition follows the default rule).
     :param status: the new :class:`~invenio_wtflow.models.WorkflowStatus`.
     :param message: reason for the change.
     :param tell_parent: ``False`` when the caller knows the child's parent
@@ -413,9 +415,14 @@ def _workflow_class(workflow):
 
 
 def status_rule(workflow):
-    """Return the status rule of a run's definition (or the default rule)."""
+    """Return the status rule of a run's definition (or the default rule).
+
+    Only a definition with its own ``compute_status`` is given the run,
+    which must then be loaded (not a row, see :func:`lock_workflow`).
+    """
     cls = _workflow_class(workflow)
-    if cls is None:
+    rule = getattr(cls, "compute_status", None)
+    if cls is None or getattr(rule, "is_default_rule", False):
         return default_status
     return cls(workflow).compute_status
 

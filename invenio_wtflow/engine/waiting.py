@@ -34,7 +34,7 @@ def notifies(session):
     """Whether the session's database wakes waiters (PostgreSQL).
 
     The transaction that stores a run's finished status sends the run's id
-    on :data:`CHANNEL` then, with the ``UPDATE`` itself (see
+    and that status on :data:`CHANNEL` then, with the ``UPDATE`` itself (see
     :func:`~invenio_wtflow.engine.statements.set_run_status`). Other
     databases are polled.
     """
@@ -45,6 +45,8 @@ def wait(engine, workflow_id, timeout=None, interval=1.0):
     """Block until run ``workflow_id`` is finished; return its status.
 
     Uses connections of its own, so it sees what other transactions commit.
+    Returns the status the run finished with since the call began (a run
+    restarted meanwhile may be running again).
 
     :param engine: the SQLAlchemy engine of the database.
     :param workflow_id: the run's id.
@@ -100,7 +102,12 @@ def _received_psycopg2(conn, seconds):
 
 
 def _listen(conn, receive, workflow_id, deadline, interval):
-    """Wait on ``LISTEN``, re-reading the status when the run is notified."""
+    """Wait on ``LISTEN`` until a read or a notification says the run finished.
+
+    A notification heard after ``LISTEN`` ends the wait even when a read
+    between the two saw the run unfinished (it finished, then was restarted):
+    it finished since the wait began.
+    """
     autocommit = conn.autocommit
     conn.autocommit = True
     cursor = conn.cursor()
