@@ -421,10 +421,15 @@ def status_rule(workflow):
     which must then be loaded (not a row, see :func:`lock_workflow`).
     """
     cls = _workflow_class(workflow)
-    rule = getattr(cls, "compute_status", None)
-    if cls is None or getattr(rule, "is_default_rule", False):
+    if _has_default_rule(cls):
         return default_status
     return cls(workflow).compute_status
+
+
+def _has_default_rule(cls):
+    """Whether a definition class (or none) keeps the default status rule."""
+    rule = getattr(cls, "compute_status", None)
+    return cls is None or getattr(rule, "is_default_rule", False)
 
 
 class Inserts:
@@ -863,10 +868,7 @@ def record_success(task_id, celery_id, result, retries=0, dependants=None, runs=
 def _derives_default_status(workflow):
     """Whether a run's status follows the default rule and its graph never grows."""
     cls = _workflow_class(workflow)
-    if cls is None:
-        return True
-    rule = getattr(cls, "compute_status", None)
-    return getattr(rule, "is_default_rule", False) and not dynamic.populates(cls)
+    return _has_default_rule(cls) and not dynamic.populates(cls)
 
 
 def succeed_shared(uow, task_id, celery_id, result, retries=0, runs=None):
