@@ -16,6 +16,7 @@ from invenio_db import db
 from sqlalchemy import bindparam, case, func
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import null, select, text
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy_continuum import version_class
 from werkzeug.routing import BuildError
 
@@ -559,7 +560,9 @@ class Workflow:
         :param timeout: seconds to wait at most (``None``: no limit).
         :param interval: seconds between two reads of the status when
             nothing is heard (the polling period off PostgreSQL).
-        :returns: the run, read again.
+        :returns: the run: its :attr:`status` is the finished status the
+            wait saw (no further read); other attributes are read again
+            when next used.
         :raises WaitTimeoutError: when the run is still unfinished at
             ``timeout``.
         :raises WorkflowNotFoundError: when the run no longer exists.
@@ -582,7 +585,10 @@ class Workflow:
             raise WorkflowNotFoundError(self.id)
         db.session.commit()  # a new transaction will see the finished run
         if not WorkflowStatus(status).is_terminal:
-            waiting.wait(db.engine, self.id, timeout=timeout, interval=interval)
+            status = waiting.wait(
+                db.engine, self.id, timeout=timeout, interval=interval
+            )
+        set_committed_value(self.model, "status", status)
         return self
 
     @property

@@ -15,6 +15,8 @@ from invenio_wtflow import Workflow
 from invenio_wtflow.engine import orchestrator, waiting
 from invenio_wtflow.errors import WaitTimeoutError, WorkflowNotFoundError
 
+from .test_engine_orchestrator import count_statements
+
 
 def test_a_finished_run_is_returned_at_once(app, db):
     wf = Workflow.create("add-chain", start=True)  # eager: finished already
@@ -53,6 +55,28 @@ def test_wait_returns_when_another_transaction_finishes_the_run(app, clean, brok
         thread.join()
     assert time.monotonic() - start < 10
     assert (wf.status, wf.result) == ("success", 60)
+
+
+def test_the_status_the_wait_saw_is_read_without_a_statement(app, clean, broker):
+    wf = Workflow.create("add-chain", start=True)
+    thread = finish_later(app, broker, 0.2)
+    interval = 30 if _db.engine.dialect.name == "postgresql" else 0.05
+    try:
+        wf.wait(timeout=20, interval=interval)
+    finally:
+        thread.join()
+    with count_statements(_db) as statements:
+        assert wf.status == "success"
+    assert statements == []
+    assert wf.result == 60  # the rest of the run is read again
+
+
+def test_an_already_finished_status_is_read_without_a_statement(app, db):
+    wf = Workflow.create("add-chain", start=True)  # eager: finished already
+    wf.wait(timeout=0)
+    with count_statements(db) as statements:
+        assert wf.status == "success"
+    assert statements == []
 
 
 def test_wait_gives_up_at_its_timeout_and_changes_nothing(app, clean, broker):
