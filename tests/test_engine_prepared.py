@@ -61,6 +61,29 @@ def test_a_connection_prepares_a_statement_once(psycopg2, tasks, sent_sql, db):
     ] == ["running", "running"]
 
 
+def test_a_creation_is_prepared_once_per_connection(psycopg2, db, monkeypatch):
+    """The one statement that inserts a run, its tasks and versions."""
+    monkeypatch.setattr(dispatch, "_send", lambda message: None)
+    sent = []
+
+    def record(conn, cursor, statement, *args):
+        sent.append(statement.split(None, 1)[0])
+
+    event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        runs = [Workflow.create("add-chain", start=True) for _ in "ab"]
+    finally:
+        event.remove(db.engine, "before_cursor_execute", record)
+    assert [s for s in sent if s in ("PREPARE", "EXECUTE", "WITH")] == [
+        "PREPARE",
+        "EXECUTE",
+        "EXECUTE",
+    ]
+    for run in runs:
+        assert [t.status for t in run.tasks] == ["queued", "pending", "pending"]
+        assert [v.status for v in run.model.versions] == ["running"]
+
+
 def test_a_new_connection_prepares_again(psycopg2_clean, app, clean, monkeypatch):
     """Real connections from the pool (``clean``), closed between the claims."""
     monkeypatch.setattr(dispatch, "_send", lambda message: None)

@@ -361,7 +361,7 @@ def create(session, run, tasks, edges):
         "edges": _document(edges),
         **{f"tx_{name}": value for name, value in values.items()},
     }
-    session.execute(statement, params)
+    prepared.execute(session, statement, params)
 
 
 def _document(rows):
