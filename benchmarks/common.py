@@ -73,6 +73,11 @@ Set in the environment, it applies to the worker and the caller alike.
 The package itself does all three since 2026-11-23 (``subquery`` versioning,
 ``EngineUnitOfWork``, attempts published with ``ignore_result``): on it, the
 experiments change nothing; they are kept to measure older trees.
+``async-claim`` (2026-12-05): the claim's transaction commits without
+waiting for PostgreSQL to flush its WAL (``SET LOCAL synchronous_commit TO
+off``, at the cost of one more round trip): a database crash could forget a
+claim, never a later outcome. The package does not do it (see
+benchmarks/README.md).
 """
 
 WTFLOW_TABLES = (
@@ -125,6 +130,18 @@ def apply_experiments():
                 return self
 
         orchestrator.UnitOfWork = TopLevelUnitOfWork
+    if "async-claim" in EXPERIMENTS:
+        from sqlalchemy import text
+
+        from invenio_wtflow.engine import fused
+
+        claim = fused.claim
+
+        def claim_without_waiting_for_the_flush(session, params):
+            session.execute(text("SET LOCAL synchronous_commit TO off"))
+            return claim(session, params)
+
+        fused.claim = claim_without_waiting_for_the_flush
 
 
 def create_app(**config):
