@@ -61,6 +61,52 @@ def plain_join(results):
     return len(results)
 
 
+FLOOR_TABLE = "wtflow_bench_floor"
+"""B3's floor: one row per run, with the statuses a one-task run goes through."""
+
+FLOOR_CHANNEL = "wtflow_bench_floor"
+"""B3's floor: the ``NOTIFY`` channel of a finished run."""
+
+_floor = {}
+
+
+def floor_connection():
+    """This process's own psycopg2 connection (autocommit) to the bench database."""
+    if "connection" not in _floor:
+        import psycopg2
+        from invenio_db import db
+
+        url = db.engine.url.set(drivername="postgresql")
+        connection = psycopg2.connect(url.render_as_string(hide_password=False))
+        connection.autocommit = True
+        _floor["connection"] = connection
+    return _floor["connection"]
+
+
+@shared_task(ignore_result=True)
+def floor_one(run_id):
+    """Claim, then record the success of, one floor run (B3's floor).
+
+    The least a durable one-task run costs on this worker: two committed
+    conditional updates of one row, one round trip each (autocommit; the
+    success, its ``NOTIFY`` and the commit travel as one message), no
+    versions, no ORM. See :mod:`benchmarks.b3_floor`.
+    """
+    with floor_connection().cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {FLOOR_TABLE} SET status = 'running', started_at = now() "
+            "WHERE id = %s AND status = 'queued'",
+            (run_id,),
+        )
+        cursor.execute(
+            f"UPDATE {FLOOR_TABLE} SET status = 'success', "
+            "finished_at = clock_timestamp() "
+            "WHERE id = %(id)s AND status = 'running'; "
+            f"NOTIFY {FLOOR_CHANNEL}, %(id)s",
+            {"id": run_id},
+        )
+
+
 @shared_task(ignore_result=True)
 def database_driver(path):
     """Write the driver of the worker's database connections in ``path``.
