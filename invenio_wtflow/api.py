@@ -550,7 +550,9 @@ class Workflow:
         Like ``AsyncResult.get()`` for a canvas, without raising the run's
         error: read :attr:`status` and :attr:`result` after it. On
         PostgreSQL the run's last transaction wakes the waiter
-        (``LISTEN``/``NOTIFY``); other databases are polled. The session's
+        (``LISTEN``/``NOTIFY``), whose own connection reads the status
+        (the session only finds a run no other transaction can see yet,
+        finished); other databases are polled. The session's
         transaction is committed first: the run's tasks finish in other
         transactions, which an open one may not see (SQLite reads from a
         snapshot until its transaction ends). It returns once the run has
@@ -578,18 +580,39 @@ class Workflow:
                 f"timeout must be None or a number of seconds >= 0, not {timeout!r}."
             )
         db.session.commit()
+        listening = waiting.notifies(db.session)
+        # Polled, the first read is the session's; listening, the listener's.
+        status = None if listening else self._committed_status()
+        if status is None or not WorkflowStatus(status).is_terminal:
+            try:
+                status = waiting.wait(
+                    db.engine, self.id, timeout=timeout, interval=interval
+                )
+            except WorkflowNotFoundError:
+                if not listening:
+                    raise
+                # A run only this session's outer transaction holds (as in
+                # pytest-invenio's ``db`` fixture) is found there, finished.
+                status = self._committed_status()
+                if not WorkflowStatus(status).is_terminal:
+                    raise
+        set_committed_value(self.model, "status", status)
+        return self
+
+    def _committed_status(self):
+        """Read the run's status through the session, then end its transaction.
+
+        A new transaction then sees the run finish.
+
+        :raises WorkflowNotFoundError: when the session sees no such run.
+        """
         status = db.session.execute(
             select(WorkflowRun.status).where(WorkflowRun.id == self.id)
         ).scalar()
         if status is None:
             raise WorkflowNotFoundError(self.id)
-        db.session.commit()  # a new transaction will see the finished run
-        if not WorkflowStatus(status).is_terminal:
-            status = waiting.wait(
-                db.engine, self.id, timeout=timeout, interval=interval
-            )
-        set_committed_value(self.model, "status", status)
-        return self
+        db.session.commit()
+        return status
 
     @property
     def result(self):

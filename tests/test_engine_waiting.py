@@ -71,6 +71,26 @@ def test_the_status_the_wait_saw_is_read_without_a_statement(app, clean, broker)
     assert wf.result == 60  # the rest of the run is read again
 
 
+def test_a_listening_wait_sends_nothing_through_the_session(app, clean, broker):
+    postgresql_only()
+    wf = Workflow.create("add-chain", start=True)
+    waiter, sent = threading.get_ident(), []
+
+    def record(conn, cursor, statement, *args):
+        if threading.get_ident() == waiter:
+            sent.append(statement)
+
+    thread = finish_later(app, broker, 0.3)
+    sa.event.listen(_db.engine, "before_cursor_execute", record)
+    try:
+        wf.wait(timeout=20, interval=30)
+    finally:
+        sa.event.remove(_db.engine, "before_cursor_execute", record)
+        thread.join()
+    assert sent == []  # the listening connection reads the status itself
+    assert wf.status == "success"
+
+
 def test_an_already_finished_status_is_read_without_a_statement(app, db):
     wf = Workflow.create("add-chain", start=True)  # eager: finished already
     wf.wait(timeout=0)
