@@ -3,17 +3,28 @@
 
 """PostgreSQL's one-statement transitions: the claim and the success."""
 
+import itertools
+
 import pytest
-from celery import chain
+import sqlalchemy as sa
+from celery import chain, group
 from invenio_db import db as _db
 from sqlalchemy_continuum import version_class, versioning_manager
 
 from invenio_wtflow import Workflow, current_wtflow
 from invenio_wtflow.engine import dispatch, orchestrator, versioning
-from invenio_wtflow.models import TaskDependency, TaskRun, WorkflowRun, utcnow
+from invenio_wtflow.engine.status import default_status, default_status_sql
+from invenio_wtflow.models import (
+    TaskDependency,
+    TaskRun,
+    TaskStatus,
+    WorkflowRun,
+    utcnow,
+)
 from invenio_wtflow.tasks import _claim
 
 from .example_tasks import add, echo
+from .test_engine_dynamic import ORCHESTRATE, is_pass, nodes
 from .test_engine_orchestrator import count_statements
 
 
@@ -120,7 +131,7 @@ def test_a_stale_claim_or_success_writes_nothing(postgresql, started, db):
     assert [v[0] for v in task_versions(db, first.id)] == ["queued"]
 
 
-def test_the_success_that_finishes_a_run_counts_its_tasks_with_itself(
+def test_the_success_that_finishes_a_run_is_one_statement_under_the_root_lock(
     postgresql, app, db, monkeypatch
 ):
     monkeypatch.setattr(dispatch, "_send", lambda message: None)
@@ -131,12 +142,101 @@ def test_the_success_that_finishes_a_run_counts_its_tasks_with_itself(
     orchestrator.atomic(orchestrator.claim, task_id, celery_id)
     with count_statements(db) as statements:
         assert orchestrator.atomic(orchestrator.succeed, task_id, celery_id, 1)
-    # The root's lock, the success with the count, the run's status (and
-    # its notification), the versions: no count of its own.
+    # The root's lock, then the success with the run's status, its
+    # notification and every version.
     statements = [s for s in statements if "SAVEPOINT" not in s]
-    assert len(statements) == 4
-    assert not [s for s in statements if s.startswith("SELECT wtflow_task.status")]
-    assert Workflow.get(wf.id).status == "success"
+    assert len(statements) == 2
+    wf = Workflow.get(wf.id)
+    assert (wf.status, wf.result) == ("success", 1)
+    assert wf.model.finished_at is not None
+    runs = [(h["status"], h["transaction_id"]) for h in wf.history()]
+    tasks = task_versions(db, task_id)
+    assert [status for status, _ in runs] == ["pending", "running", "success"]
+    assert [status for status, _, _ in tasks] == [
+        "pending",
+        "queued",
+        "running",
+        "success",
+    ]
+    # One transaction holds both last versions.
+    assert runs[-1][1] == tasks[-1][2]
+
+
+def test_a_success_under_the_root_lock_queues_and_versions_its_dependants(
+    postgresql, app, db, monkeypatch
+):
+    sent = []
+    monkeypatch.setattr(dispatch, "_send", lambda m: sent.append(m) or True)
+    current_wtflow.register(
+        "fork-after-one", chain(add.si(1, 1), group(add.s(1), add.s(2)))
+    )
+    wf = Workflow.create("fork-after-one", start=True)
+    first = wf.tasks[0].model
+    task_id, celery_id = first.id, first.celery_id
+    orchestrator.atomic(orchestrator.claim, task_id, celery_id)
+    sent.clear()
+    with count_statements(db) as statements:
+        assert orchestrator.atomic(orchestrator.succeed, task_id, celery_id, 2)
+    assert len([s for s in statements if "SAVEPOINT" not in s]) == 2
+    wf = Workflow.get(wf.id)
+    ready = [t.model for t in wf.tasks[1:]]
+    assert [t.status for t in ready] == ["queued", "queued"]
+    assert [(m.task_run_id, m.celery_id) for m in sent] == [
+        (str(t.id), t.celery_id) for t in ready
+    ]
+    # The run stays running: its status is not written again.
+    assert [h["status"] for h in wf.history()] == ["running"]
+    success = task_versions(db, task_id)[-1]
+    for task in ready:
+        assert task_versions(db, task.id)[-1] == ("queued", task.celery_id, success[2])
+
+
+def test_the_status_rule_in_sql_is_the_default_rule(postgresql, db):
+    combinations = [
+        counts
+        for counts in itertools.product(range(3), repeat=len(TaskStatus))
+        if any(counts)
+    ]
+    rows = ", ".join(
+        f"({index}, '{status.value}')"
+        for index, counts in enumerate(combinations)
+        for status, count in zip(TaskStatus, counts)
+        for _ in range(count)
+    )
+    derived = dict(
+        db.session.execute(
+            sa.text(
+                f"SELECT combination, {default_status_sql('status')} "
+                f"FROM (VALUES {rows}) AS tasks (combination, status) "
+                "GROUP BY combination"
+            )
+        ).all()
+    )
+    for index, counts in enumerate(combinations):
+        expected = default_status(
+            {status.value: count for status, count in zip(TaskStatus, counts)}
+        )
+        assert derived[index] == expected.value, counts
+
+
+def test_a_node_the_success_makes_ready_is_left_to_the_orchestrator(
+    postgresql, app, db, broker
+):
+    """A run keeps its nodes when its name is registered again without populate()."""
+    wf = Workflow.create("regression", data={"architectures": ["x86"]}).start()
+    broker.deliver(is_pass)  # populate: the build, and the callback after it
+    current_wtflow.register("regression", add.si(1, 1))
+    try:
+        broker.deliver(lambda m: not is_pass(m))  # the build
+        by = nodes(wf)
+        assert (by["x86"].status, by["compare"].status) == ("success", "queued")
+        assert [m.name for m in broker.messages] == [ORCHESTRATE]
+        assert Workflow.get(wf.id).status == "running"
+        compare = task_versions(db, by["compare"].id)
+        assert compare[-1][0] == "queued"
+        assert compare[-1][2] == task_versions(db, by["x86"].id)[-1][2]
+    finally:
+        current_wtflow.register("regression", "tests.example_tasks:RegressionAnalysis")
 
 
 def test_a_claim_leaves_no_unit_of_work_of_continuum_behind(app, clean, monkeypatch):

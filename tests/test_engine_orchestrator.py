@@ -89,11 +89,11 @@ def test_statements_per_task_do_not_grow_with_the_workflow(app, clean, monkeypat
     assert small == large
     if db.engine.dialect.name == "postgresql":
         # claim: one statement (the conditional update, Continuum's
-        # transaction and the version); success: lock the root, one
+        # transaction and the version); success: lock the root, then one
         # statement for the conditional update, the join's counter (and its
-        # update to ``queued``) and the status count, then Continuum's
-        # transaction and the versions.
-        assert small == [4, 4]
+        # update to ``queued``), the run's status derived from its tasks,
+        # Continuum's transaction and the versions.
+        assert small == [3, 3]
     else:
         # claim: the update, Continuum's transaction and the version;
         # success: lock, update, counter, status count, transaction,

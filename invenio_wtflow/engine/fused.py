@@ -17,6 +17,9 @@ changed rows into their version tables:
   dependant, with the dependants that reach zero (tasks, not orchestrator
   nodes) ``queued`` under a Celery id the database draws
   (``gen_random_uuid()``, PostgreSQL 13 or later);
+- :func:`finish`: what :func:`succeed` does, and the run's new status
+  derived from its tasks (the default rule, in SQL), its ``NOTIFY`` and
+  every version: the success of a locked root run in one statement;
 - :func:`create`: a new run, its tasks and their edges, inserted from JSON
   documents, with their first versions.
 
@@ -37,8 +40,9 @@ from sqlalchemy import String, bindparam, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy_continuum.operation import Operation
 
-from ..models import TaskDependency, TaskRun, TaskStatus, WorkflowRun
+from ..models import TaskDependency, TaskRun, TaskStatus, WorkflowRun, WorkflowStatus
 from . import prepared, versioning
+from .status import default_status_sql
 
 _TASKS = TaskRun.__table__
 _RUNS = WorkflowRun.__table__
@@ -157,9 +161,13 @@ def claim(session, params):
     return prepared.execute(session, statement, {**params, **tx}).one_or_none()
 
 
-@lru_cache(maxsize=None)
-def _success_statement(versioned, transactions=None, columns=(), dialect=None):
-    """The success and the release of its dependants (see :func:`succeed`)."""
+def _success_clauses():
+    """``WITH done AS (...), released AS (...)``: a success and its dependants.
+
+    ``done`` is the task's conditional ``running -> success``; ``released``
+    the counter of each pending dependant, the ready ones (tasks, not the
+    orchestrator's nodes) ``queued`` under a Celery id the database draws.
+    """
     ready = "wtflow_task.remaining = 1 AND wtflow_task.kind IS NULL"
 
     def when_ready(value, column):
@@ -181,7 +189,7 @@ def _success_statement(versioned, transactions=None, columns=(), dialect=None):
             ("updated", ":now"),
         )
     )
-    sql = (
+    return (
         f"WITH done AS (UPDATE wtflow_task SET status = '{SUCCESS}', "
         "lease_expires_at = NULL, result = :output, progress = 1.0, "
         "finished_at = :now, updated = :now "
@@ -195,6 +203,28 @@ def _success_statement(versioned, transactions=None, columns=(), dialect=None):
         f"AND wtflow_task.status = '{PENDING}' "
         f"RETURNING {_returned('wtflow_task', ['remaining', 'kind'])})"
     )
+
+
+_RELEASED_COLUMNS = (
+    "released.id, released.remaining, released.kind, released.name, "
+    "released.status, released.celery_id, "
+    "CASE WHEN released.remaining = 0 THEN released.signature END AS signature"
+)
+"""What the caller reads of each released dependant."""
+
+_SUCCESS_PARAMETERS = (
+    ("task_id", "id"),
+    ("attempt_id", "celery_id"),
+    ("delivery_retries", "retries"),
+    ("output", "result"),
+    ("now", "updated"),
+)
+
+
+@lru_cache(maxsize=None)
+def _success_statement(versioned, transactions=None, columns=(), dialect=None):
+    """The success and the release of its dependants (see :func:`succeed`)."""
+    sql = _success_clauses()
     if versioned:
         copies = [("done", None), ("released", f"released.status = '{QUEUED}'")]
         sql = _versioned(sql, copies, transactions, columns, dialect, "done")
@@ -218,20 +248,11 @@ def _success_statement(versioned, transactions=None, columns=(), dialect=None):
         waiting = "NULL"
     sql += (
         " SELECT done.id AS done_id, done.kind AS done_kind, "
-        f"{counts} AS counts, released.id, "
-        "released.remaining, released.kind, released.name, released.status, "
-        f"released.celery_id, {waiting} AS waiting, "
-        "CASE WHEN released.remaining = 0 THEN released.signature END AS signature "
+        f"{counts} AS counts, {waiting} AS waiting, {_RELEASED_COLUMNS} "
         "FROM done LEFT JOIN released ON true"
     )
     statement = text(sql).bindparams(
-        *_task_parameters(
-            ("task_id", "id"),
-            ("attempt_id", "celery_id"),
-            ("delivery_retries", "retries"),
-            ("output", "result"),
-            ("now", "updated"),
-        ),
+        *_task_parameters(*_SUCCESS_PARAMETERS),
         *(
             versioning.transaction_parameters(transactions, columns)
             if versioned
@@ -300,6 +321,129 @@ class Success(NamedTuple):
 
     counts: dict = None
     """The run's tasks by status after the change, when counted."""
+
+
+_FINISHED = ", ".join(f"'{s.value}'" for s in WorkflowStatus if s.is_terminal)
+
+_NODE_READY = (
+    "EXISTS (SELECT FROM released "
+    "WHERE released.remaining = 0 AND released.kind IS NOT NULL)"
+)
+"""Whether the success made a node of the orchestrator's ready (see :func:`finish`)."""
+
+
+@lru_cache(maxsize=None)
+def _finish_statement(transactions, columns, dialect):
+    """A success, its dependants, the run's new status and every version (see :func:`finish`)."""
+    quote = dialect.identifier_preparer.quote
+    run_columns = ", ".join(
+        f"wtflow_workflow.{quote(c)}" for c in versioning.copied_columns(WorkflowRun)
+    )
+    sql = _success_clauses() + (
+        # The run's tasks as the success leaves them (the statement's own
+        # reads see the rows as they were before it).
+        ", settled AS (SELECT CASE WHEN wtflow_task.id = done.id "
+        f"THEN '{SUCCESS}' WHEN released.status = '{QUEUED}' THEN '{QUEUED}' "
+        "ELSE wtflow_task.status END AS status "
+        "FROM wtflow_task JOIN done ON wtflow_task.workflow_id = done.workflow_id "
+        "LEFT JOIN released ON released.id = wtflow_task.id), "
+        f"derived AS (SELECT {default_status_sql('settled.status')} AS status "
+        "FROM settled), "
+        "run AS (UPDATE wtflow_workflow SET status = derived.status, message = NULL, "
+        f"finished_at = CASE WHEN derived.status IN ({_FINISHED}) THEN :now END, "
+        f"slot_requested_at = CASE WHEN derived.status IN ({_FINISHED}) "
+        "THEN NULL ELSE wtflow_workflow.slot_requested_at END, updated = :now "
+        "FROM derived, done WHERE wtflow_workflow.id = done.workflow_id "
+        f"AND wtflow_workflow.status <> derived.status AND NOT {_NODE_READY} "
+        f"RETURNING {run_columns}), "
+        "notified AS (SELECT pg_notify(:channel, run.id::text || ' ' || run.status) "
+        f"FROM run WHERE run.status IN ({_FINISHED}))"
+    )
+    when = f"EXISTS (SELECT FROM done) AND NOT {_NODE_READY}"
+    copies = [
+        versioning.version_copy(TaskRun, Operation.UPDATE, dialect, "done"),
+        versioning.version_copy(
+            TaskRun,
+            Operation.UPDATE,
+            dialect,
+            "released",
+            f"released.status = '{QUEUED}'",
+        ),
+        versioning.version_copy(WorkflowRun, Operation.UPDATE, dialect, "run"),
+    ]
+    sql += (
+        f", {versioning.transaction_cte(transactions, columns, dialect, when)}, "
+        + ", ".join(f"wtflow_versions_{i} AS ({c})" for i, c in enumerate(copies))
+        + " SELECT done.id AS done_id, done.kind AS done_kind, "
+        "derived.status AS run_status, EXISTS (SELECT FROM run) AS run_changed, "
+        "(SELECT count(*) FROM notified) AS notified, "
+        f"EXISTS (SELECT FROM wtflow_transaction) AS versioned, {_RELEASED_COLUMNS} "
+        "FROM done CROSS JOIN derived LEFT JOIN released ON true"
+    )
+    statement = text(sql).bindparams(
+        *_task_parameters(*_SUCCESS_PARAMETERS),
+        bindparam("channel", type_=String()),
+        *versioning.transaction_parameters(transactions, columns),
+    )
+    return statement.columns(
+        done_id=_TASKS.c.id.type,
+        id=_TASKS.c.id.type,
+        signature=_TASKS.c.signature.type,
+    )
+
+
+def finish(session, params):
+    """Record a success and all it implies for a root run, in one statement.
+
+    For a root run locked by the caller whose status follows the default
+    rule (:func:`~invenio_wtflow.engine.status.default_status_sql`) and
+    whose definition neither grows its graph nor limits concurrent runs:
+    the success and its dependants' counters (as :func:`succeed`), the
+    run's new status (with its ``NOTIFY`` when it finishes, see
+    :mod:`~invenio_wtflow.engine.waiting`), Continuum's transaction row and
+    the versions of every row it changed. When the success makes a node of
+    the orchestrator's ready, the run and the versions are left to the
+    caller (``versioned`` is false): the node is queued in Python.
+
+    :param params: the parameters of :func:`succeed`, and ``channel``.
+    :returns: a :class:`Finish`, or ``None`` for a stale report.
+    """
+    transactions, values = versioning.transaction_values(session)
+    statement = _finish_statement(
+        transactions, tuple(sorted(values)), session.get_bind().dialect
+    )
+    tx = {f"tx_{name}": value for name, value in values.items()}
+    rows = prepared.execute(session, statement, {**params, **tx}).all()
+    if not rows:
+        return None
+    first = rows[0]
+    return Finish(
+        Done(first.done_id, first.done_kind),
+        [row for row in rows if row.id is not None],
+        WorkflowStatus(first.run_status),
+        first.run_changed,
+        first.versioned,
+    )
+
+
+class Finish(NamedTuple):
+    """What :func:`finish` changed."""
+
+    task: Done
+    """The task that succeeded."""
+
+    released: list
+    """Its pending dependants, as :attr:`Success.released`."""
+
+    status: WorkflowStatus
+    """The run's status, as the success leaves it."""
+
+    changed: bool
+    """Whether the statement stored that status (it was another)."""
+
+    versioned: bool
+    """Whether the statement wrote the run and the versions; ``False`` when a
+    node of the orchestrator's became ready (the caller queues it)."""
 
 
 @lru_cache(maxsize=None)

@@ -380,14 +380,7 @@ def _store_status(workflow, status, message):
     :param workflow: the run, loaded or as a row of its ``id`` (and more).
     """
     workflow_id, now = workflow.id, utcnow()
-    values = {
-        "status": status.value,
-        "message": message,
-        "finished_at": now if status.is_terminal else None,
-        "updated": now,
-    }
-    if status.is_terminal:
-        values["slot_requested_at"] = None
+    values = _status_values(status, message, now)
     notify = status.is_terminal and waiting.notifies(db.session)
     prepared.execute(
         db.session,
@@ -400,12 +393,34 @@ def _store_status(workflow, status, message):
             **({"channel": waiting.CHANNEL} if notify else {}),
         },
     )
+    _show_status(workflow, values)
+    versioning.changed(db.session, WorkflowRun, [workflow_id])
+
+
+def _status_values(status, message, now):
+    """The columns a run's new ``status`` sets (see :func:`_store_status`)."""
+    values = {
+        "status": status.value,
+        "message": message,
+        "finished_at": now if status.is_terminal else None,
+        "updated": now,
+    }
+    if status.is_terminal:
+        values["slot_requested_at"] = None
+    return values
+
+
+def _show_status(workflow, values):
+    """Give a run the stored status ``values``, if the session holds it loaded.
+
+    :param workflow: the run, loaded, or its row or id.
+    """
     if not isinstance(workflow, WorkflowRun):
+        workflow_id = getattr(workflow, "id", workflow)
         workflow = db.session.identity_map.get(identity_key(WorkflowRun, workflow_id))
     if workflow is not None:
         for key, value in values.items():
             set_committed_value(workflow, key, value)
-    versioning.changed(db.session, WorkflowRun, [workflow_id])
 
 
 def _workflow_class(workflow):
@@ -1035,7 +1050,9 @@ def succeed(uow, task_id, celery_id, result, retries=0, runs=None):
 
     The run is locked as a row, not loaded through the ORM, when its
     status follows the default rule and it is a root (it tells no joining
-    task); otherwise it is loaded once locked.
+    task); otherwise it is loaded once locked. On PostgreSQL such a run,
+    unless its definition limits concurrent runs, then takes one statement
+    more (see :func:`_finish`).
 
     :param retries: the Celery retry count of the execution reporting.
     :param runs: ``(root_id, workflow_id)`` of the task's run, if known.
@@ -1044,10 +1061,47 @@ def succeed(uow, task_id, celery_id, result, retries=0, runs=None):
     workflow = _lock_runs_of(task_id, runs, as_row=True)
     if workflow.parent_task_id is not None or not _derives_default_status(workflow):
         workflow = db.session.get(WorkflowRun, workflow.id, populate_existing=True)
+    elif fused.available(db.session) and concurrency.limit_of(workflow.name) is None:
+        return _finish(uow, workflow, task_id, celery_id, result, retries)
     outcome = _succeed_and_release(task_id, celery_id, result, retries)
     if outcome is None:
         return False
     _released(uow, workflow, *outcome)
+    return True
+
+
+def _finish(uow, workflow, task_id, celery_id, result, retries):
+    """:func:`succeed` of a locked root run, in one statement (PostgreSQL).
+
+    The statement (see :func:`~invenio_wtflow.engine.fused.finish`) also
+    derives and stores the run's status and versions every change; what is
+    left here is publishing the dependants it queued. A node of the
+    orchestrator's that it made ready is queued as :func:`succeed` would.
+
+    :param workflow: the root run, locked, as a row.
+    """
+    params = {
+        "task_id": task_id,
+        "attempt_id": celery_id,
+        "delivery_retries": retries,
+        "output": result,
+        "now": utcnow(),
+        "channel": waiting.CHANNEL,
+    }
+    outcome = fused.finish(db.session, params)
+    if outcome is None:
+        logger.info(
+            "Ignoring stale report of attempt %s for task %s.", celery_id, task_id
+        )
+        return False
+    if not outcome.versioned:
+        queued = [row.id for row in outcome.released if row.status == QUEUED.value]
+        versioning.changed(db.session, TaskRun, [outcome.task.id, *queued])
+        _released(uow, workflow, outcome.task, outcome.released)
+        return True
+    _queue_ready(uow, [row for row in outcome.released if row.remaining == 0])
+    if outcome.changed:
+        _show_status(workflow, _status_values(outcome.status, None, params["now"]))
     return True
 
 

@@ -48,3 +48,34 @@ def default_status(counts):
     if count.get(TaskStatus.PENDING) == total:
         return WorkflowStatus.PENDING
     return WorkflowStatus.RUNNING
+
+
+def default_status_sql(column):
+    """:func:`default_status` in SQL: an aggregate over a column of task statuses.
+
+    The rule's SQL twin, for a statement that derives a run's status from
+    its tasks' rows (see :func:`~invenio_wtflow.engine.fused.finish`); the
+    tests hold the two to the same answers.
+
+    :param column: the SQL expression of a task's status, one row per task
+        (at least one row).
+    """
+
+    def any_(*statuses):
+        values = ", ".join(f"'{status.value}'" for status in statuses)
+        return f"bool_or({column} IN ({values}))"
+
+    def all_(status):
+        return f"bool_and({column} = '{status.value}')"
+
+    return (
+        f"CASE WHEN {any_(TaskStatus.FAILURE)} THEN '{WorkflowStatus.FAILURE.value}' "
+        f"WHEN {any_(TaskStatus.QUEUED, TaskStatus.RUNNING)} "
+        f"THEN '{WorkflowStatus.RUNNING.value}' "
+        f"WHEN {any_(TaskStatus.WAITING)} THEN '{WorkflowStatus.WAITING.value}' "
+        f"WHEN {all_(TaskStatus.SUCCESS)} THEN '{WorkflowStatus.SUCCESS.value}' "
+        f"WHEN {any_(TaskStatus.CANCELLED)} AND NOT {any_(TaskStatus.PENDING)} "
+        f"THEN '{WorkflowStatus.CANCELLED.value}' "
+        f"WHEN {all_(TaskStatus.PENDING)} THEN '{WorkflowStatus.PENDING.value}' "
+        f"ELSE '{WorkflowStatus.RUNNING.value}' END"
+    )
