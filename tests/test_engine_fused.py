@@ -239,6 +239,38 @@ def test_a_node_the_success_makes_ready_is_left_to_the_orchestrator(
         current_wtflow.register("regression", "tests.example_tasks:RegressionAnalysis")
 
 
+def test_a_claim_and_a_run_created_alone_commit_as_they_end(app, clean, monkeypatch):
+    """Each is one statement sent in autocommit mode: no ``BEGIN``, no ``COMMIT``."""
+    if _db.engine.dialect.name != "postgresql":
+        pytest.skip("one-statement transitions are PostgreSQL's")
+    monkeypatch.setattr(dispatch, "_send", lambda message: None)
+    modes = []
+
+    def record(conn, cursor, statement, *args):
+        if not statement.startswith("PREPARE "):
+            modes.append(cursor.connection.autocommit)
+
+    sa.event.listen(_db.engine, "before_cursor_execute", record)
+    try:
+        wf = Workflow.create("add-chain", start=True)
+        created = modes[:]
+        task_id = wf.tasks[0].id
+        celery_id = _db.session.get(TaskRun, task_id).celery_id
+        _db.session.commit()
+        del modes[:]
+        assert orchestrator.atomic(orchestrator.claim, task_id, celery_id)
+        claimed = modes[:]
+    finally:
+        sa.event.remove(_db.engine, "before_cursor_execute", record)
+    assert (created, claimed) == ([True], [True])
+    statuses = [v[0] for v in task_versions(_db, task_id)]
+    assert statuses == ["queued", "running"]
+    # The connection goes back to the pool as it came: in transactions.
+    _db.session.execute(sa.text("SELECT 1"))
+    assert _db.session.connection().connection.dbapi_connection.autocommit is False
+    _db.session.rollback()
+
+
 def test_a_claim_leaves_no_unit_of_work_of_continuum_behind(app, clean, monkeypatch):
     """Continuum forgets a unit of work at the commit of the session it was
     made for; one made for the scoped session would stay, with its

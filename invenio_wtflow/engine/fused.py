@@ -36,8 +36,9 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from typing import NamedTuple
 
-from sqlalchemy import String, bindparam, text
+from sqlalchemy import Engine, String, bindparam, text
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import scoped_session
 from sqlalchemy_continuum.operation import Operation
 
 from ..models import TaskDependency, TaskRun, TaskStatus, WorkflowRun, WorkflowStatus
@@ -55,6 +56,22 @@ WAITING = TaskStatus.WAITING.value
 def available(session):
     """Whether the session's database runs these statements (PostgreSQL)."""
     return session.get_bind().dialect.name == "postgresql"
+
+
+def alone(session):
+    """Send the coming transaction's one statement in autocommit mode.
+
+    A statement that is a whole transaction (:func:`claim`, or :func:`create`
+    of a run on its own) then commits as it ends, as durably, in one round
+    trip: no ``BEGIN`` and no ``COMMIT`` of its own on the wire. Only where
+    the session is about to begin a transaction on its engine: call it
+    before the session is used; a session bound to a connection (an outer
+    transaction, as in pytest-invenio's ``db`` fixture) keeps its own.
+    """
+    if isinstance(session, scoped_session):
+        session = session()
+    if not session.in_transaction() and isinstance(session.get_bind(), Engine):
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
 
 
 def _returned(name, extra=()):

@@ -542,7 +542,7 @@ def create(
         and fused.available(db.session)
     )
     if at_once:
-        pass  # inserted with its tasks, below
+        fused.alone(db.session)  # inserted with its tasks, below, in one statement
     elif inserts is not None:
         inserts.runs.append(row)
     elif checked or (key is None and parent is None):
@@ -740,7 +740,8 @@ def claim(uow, task_id, celery_id, retries=0, lease=None):
     One conditional ``UPDATE ... RETURNING``, versioned at the commit (see
     :mod:`~invenio_wtflow.engine.versioning`); on PostgreSQL, one statement
     that versions it too and reads what the attempt's call needs (see
-    :func:`~invenio_wtflow.engine.fused.claim`).
+    :func:`~invenio_wtflow.engine.fused.claim`), committed as it ends when
+    it begins its transaction (see :func:`~invenio_wtflow.engine.fused.alone`).
 
     :returns: a row with the task's ``id``, ``workflow_id``, ``position``,
         ``name``, ``signature`` and number of ``dependants``, and the
@@ -755,6 +756,7 @@ def claim(uow, task_id, celery_id, retries=0, lease=None):
         "lease_end": _lease_end(lease, now),
     }
     if fused.available(db.session):
+        fused.alone(db.session)
         return fused.claim(db.session, params)
     row = db.session.execute(statements.claim(), params).one_or_none()
     if row is not None:
