@@ -54,6 +54,7 @@ class Execution:
     args: tuple
     kwargs: dict
     dependants: int = 0
+    workflow_name: str = None
 
 
 def _task_run_id(request):
@@ -185,6 +186,7 @@ class WorkflowTask(AppContextTask):
             retries,
             execution.dependants,
             (execution.root_id, execution.workflow_id),
+            execution.workflow_name,
         )
         return result
 
@@ -452,6 +454,7 @@ def _claim(uow, task_run_id, celery_id, retries, func, lease=None):
         args=tuple(args),
         kwargs=kwargs,
         dependants=task.dependants,
+        workflow_name=getattr(task, "run_name", None),
     )
 
 

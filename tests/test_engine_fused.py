@@ -12,7 +12,7 @@ from invenio_db import db as _db
 from sqlalchemy_continuum import version_class, versioning_manager
 
 from invenio_wtflow import Workflow, current_wtflow
-from invenio_wtflow.engine import dispatch, orchestrator, versioning
+from invenio_wtflow.engine import dispatch, orchestrator, prepared, versioning
 from invenio_wtflow.engine.status import default_status, default_status_sql
 from invenio_wtflow.models import (
     TaskDependency,
@@ -269,6 +269,54 @@ def test_a_claim_and_a_run_created_alone_commit_as_they_end(app, clean, monkeypa
     _db.session.execute(sa.text("SELECT 1"))
     assert _db.session.connection().connection.dbapi_connection.autocommit is False
     _db.session.rollback()
+
+
+def test_a_root_runs_success_is_one_message_that_commits_as_it_ends(
+    app, clean, monkeypatch
+):
+    if not prepared.enabled(_db.session):
+        pytest.skip("two prepared statements in one message: psycopg2's")
+    monkeypatch.setattr(dispatch, "_send", lambda message: None)
+    wf = Workflow.create("transcode-one", data={"video_id": 1, "quality": "hd"})
+    wf.start()
+    task_id = wf.tasks[0].id
+    celery_id = _db.session.get(TaskRun, task_id).celery_id
+    _db.session.commit()
+    row = orchestrator.atomic(orchestrator.claim, task_id, celery_id)
+    runs = (str(row.root_id), str(row.workflow_id))
+    transactions = versioning_manager.transaction_cls
+    before = _db.session.query(transactions).count()
+    _db.session.commit()
+    sent = []
+
+    def record(conn, cursor, statement, *args):
+        if not statement.startswith("PREPARE "):
+            sent.append((statement, cursor.connection.autocommit))
+
+    sa.event.listen(_db.engine, "before_cursor_execute", record)
+    try:
+        # A stale report changes nothing (its message, then succeed's look).
+        assert not orchestrator.record_success(
+            task_id, "other", 1, 0, 0, runs, row.run_name
+        )
+        assert _db.session.query(transactions).count() == before
+        _db.session.commit()
+        del sent[:]
+        assert orchestrator.record_success(
+            task_id, celery_id, 1, 0, row.dependants, runs, row.run_name
+        )
+    finally:
+        sa.event.remove(_db.engine, "before_cursor_execute", record)
+    ((statement, autocommit),) = sent
+    assert statement.count("EXECUTE ") == 2 and autocommit  # lock; success
+    wf = Workflow.get(wf.id)
+    assert (wf.status, wf.result) == ("success", 1)
+    runs = [(h["status"], h["transaction_id"]) for h in wf.history()]
+    tasks = task_versions(_db, task_id)
+    assert [status for status, _ in runs] == ["pending", "running", "success"]
+    assert [status for status, _, _ in tasks][-2:] == ["running", "success"]
+    assert runs[-1][1] == tasks[-1][2]
+    assert _db.session.query(transactions).count() == before + 1
 
 
 def test_a_claim_leaves_no_unit_of_work_of_continuum_behind(app, clean, monkeypatch):

@@ -126,7 +126,8 @@ def _claim_statement(transactions, columns, dialect):
         "claimed",
     )
     sql += (
-        " SELECT claimed.id, claimed.workflow_id, run.root_id, claimed.position, "
+        " SELECT claimed.id, claimed.workflow_id, run.root_id, run.name AS run_name, "
+        "claimed.position, "
         "claimed.name, claimed.signature, "
         "(SELECT count(*) FROM wtflow_task_dependency "
         "WHERE depends_on_id = claimed.id) AS dependants, "
@@ -166,9 +167,10 @@ def claim(session, params):
 
     :param params: the parameters of :func:`~invenio_wtflow.engine.statements.claim`.
     :returns: the row of :func:`~invenio_wtflow.engine.statements.claim`, with
-        ``data`` (the run's data, for a bare task) and ``upstream`` (the
-        results of the upstream tasks by position, for a task with an
-        input) read too; ``None`` when the delivery claims nothing.
+        ``run_name`` (the run's definition name), ``data`` (the run's data,
+        for a bare task) and ``upstream`` (the results of the upstream
+        tasks by position, for a task with an input) read too; ``None``
+        when the delivery claims nothing.
     """
     transactions, values = versioning.transaction_values(session)
     statement = _claim_statement(
@@ -178,12 +180,14 @@ def claim(session, params):
     return prepared.execute(session, statement, {**params, **tx}).one_or_none()
 
 
-def _success_clauses():
+def _success_clauses(condition=None):
     """``WITH done AS (...), released AS (...)``: a success and its dependants.
 
     ``done`` is the task's conditional ``running -> success``; ``released``
     the counter of each pending dependant, the ready ones (tasks, not the
     orchestrator's nodes) ``queued`` under a Celery id the database draws.
+
+    :param condition: SQL the success also requires.
     """
     ready = "wtflow_task.remaining = 1 AND wtflow_task.kind IS NULL"
 
@@ -212,6 +216,7 @@ def _success_clauses():
         "finished_at = :now, updated = :now "
         "WHERE id = :task_id AND celery_id = :attempt_id "
         f"AND status = '{RUNNING}' AND retries = :delivery_retries "
+        f"{f'AND {condition} ' if condition else ''}"
         f"RETURNING {_returned('wtflow_task', ['kind'])}), "
         f"released AS (UPDATE wtflow_task SET remaining = wtflow_task.remaining - 1, "
         f"{queued} FROM wtflow_task_dependency, done "
@@ -342,11 +347,13 @@ class Success(NamedTuple):
 
 _FINISHED = ", ".join(f"'{s.value}'" for s in WorkflowStatus if s.is_terminal)
 
-_NODE_READY = (
-    "EXISTS (SELECT FROM released "
-    "WHERE released.remaining = 0 AND released.kind IS NOT NULL)"
+_READIES_NO_NODE = (
+    "NOT EXISTS (SELECT FROM wtflow_task_dependency JOIN wtflow_task AS node "
+    "ON node.id = wtflow_task_dependency.task_id "
+    "WHERE wtflow_task_dependency.depends_on_id = :task_id "
+    f"AND node.kind IS NOT NULL AND node.status = '{PENDING}' AND node.remaining = 1)"
 )
-"""Whether the success made a node of the orchestrator's ready (see :func:`finish`)."""
+"""The success makes no node of the orchestrator's ready (see :func:`finish`)."""
 
 
 @lru_cache(maxsize=None)
@@ -356,7 +363,7 @@ def _finish_statement(transactions, columns, dialect):
     run_columns = ", ".join(
         f"wtflow_workflow.{quote(c)}" for c in versioning.copied_columns(WorkflowRun)
     )
-    sql = _success_clauses() + (
+    sql = _success_clauses(_READIES_NO_NODE) + (
         # The run's tasks as the success leaves them (the statement's own
         # reads see the rows as they were before it).
         ", settled AS (SELECT CASE WHEN wtflow_task.id = done.id "
@@ -371,30 +378,26 @@ def _finish_statement(transactions, columns, dialect):
         f"slot_requested_at = CASE WHEN derived.status IN ({_FINISHED}) "
         "THEN NULL ELSE wtflow_workflow.slot_requested_at END, updated = :now "
         "FROM derived, done WHERE wtflow_workflow.id = done.workflow_id "
-        f"AND wtflow_workflow.status <> derived.status AND NOT {_NODE_READY} "
+        "AND wtflow_workflow.status <> derived.status "
         f"RETURNING {run_columns}), "
         "notified AS (SELECT pg_notify(:channel, run.id::text || ' ' || run.status) "
         f"FROM run WHERE run.status IN ({_FINISHED}))"
     )
-    when = f"EXISTS (SELECT FROM done) AND NOT {_NODE_READY}"
     copies = [
-        versioning.version_copy(TaskRun, Operation.UPDATE, dialect, "done"),
-        versioning.version_copy(
-            TaskRun,
-            Operation.UPDATE,
-            dialect,
-            "released",
-            f"released.status = '{QUEUED}'",
-        ),
-        versioning.version_copy(WorkflowRun, Operation.UPDATE, dialect, "run"),
+        ("done", TaskRun, None),
+        ("released", TaskRun, f"released.status = '{QUEUED}'"),
+        ("run", WorkflowRun, None),
     ]
     sql += (
-        f", {versioning.transaction_cte(transactions, columns, dialect, when)}, "
-        + ", ".join(f"wtflow_versions_{i} AS ({c})" for i, c in enumerate(copies))
+        f", {versioning.transaction_cte(transactions, columns, dialect, 'EXISTS (SELECT FROM done)')}, "
+        + ", ".join(
+            f"wtflow_versions_{i} AS "
+            f"({versioning.version_copy(model, Operation.UPDATE, dialect, name, where)})"
+            for i, (name, model, where) in enumerate(copies)
+        )
         + " SELECT done.id AS done_id, done.kind AS done_kind, "
         "derived.status AS run_status, EXISTS (SELECT FROM run) AS run_changed, "
-        "(SELECT count(*) FROM notified) AS notified, "
-        f"EXISTS (SELECT FROM wtflow_transaction) AS versioned, {_RELEASED_COLUMNS} "
+        f"(SELECT count(*) FROM notified) AS notified, {_RELEASED_COLUMNS} "
         "FROM done CROSS JOIN derived LEFT JOIN released ON true"
     )
     statement = text(sql).bindparams(
@@ -409,28 +412,32 @@ def _finish_statement(transactions, columns, dialect):
     )
 
 
-def finish(session, params):
-    """Record a success and all it implies for a root run, in one statement.
+def finish(session, params, lock=None):
+    """Record a success and all it implies for a locked root run, in one statement.
 
-    For a root run locked by the caller whose status follows the default
-    rule (:func:`~invenio_wtflow.engine.status.default_status_sql`) and
-    whose definition neither grows its graph nor limits concurrent runs:
-    the success and its dependants' counters (as :func:`succeed`), the
-    run's new status (with its ``NOTIFY`` when it finishes, see
+    For a root run whose status follows the default rule
+    (:func:`~invenio_wtflow.engine.status.default_status_sql`) and whose
+    definition neither grows its graph nor limits concurrent runs: the
+    success and its dependants' counters (as :func:`succeed`), the run's new
+    status (with its ``NOTIFY`` when it finishes, see
     :mod:`~invenio_wtflow.engine.waiting`), Continuum's transaction row and
-    the versions of every row it changed. When the success makes a node of
-    the orchestrator's ready, the run and the versions are left to the
-    caller (``versioned`` is false): the node is queued in Python.
+    the versions of every row it changed. A success that would make a node
+    of the orchestrator's ready changes nothing here: the node is queued in
+    Python (see ``orchestrator.succeed``).
 
     :param params: the parameters of :func:`succeed`, and ``channel``.
-    :returns: a :class:`Finish`, or ``None`` for a stale report.
+    :param lock: ``(statement, params)`` that locks the run, sent in the
+        same message just before (see :func:`~invenio_wtflow.engine.prepared.execute`);
+        ``None`` when the caller holds the lock.
+    :returns: a :class:`Finish`, or ``None`` when nothing changed: a stale
+        report, or a node to make ready.
     """
     transactions, values = versioning.transaction_values(session)
     statement = _finish_statement(
         transactions, tuple(sorted(values)), session.get_bind().dialect
     )
     tx = {f"tx_{name}": value for name, value in values.items()}
-    rows = prepared.execute(session, statement, {**params, **tx}).all()
+    rows = prepared.execute(session, statement, {**params, **tx}, before=lock).all()
     if not rows:
         return None
     first = rows[0]
@@ -439,7 +446,6 @@ def finish(session, params):
         [row for row in rows if row.id is not None],
         WorkflowStatus(first.run_status),
         first.run_changed,
-        first.versioned,
     )
 
 
@@ -457,10 +463,6 @@ class Finish(NamedTuple):
 
     changed: bool
     """Whether the statement stored that status (it was another)."""
-
-    versioned: bool
-    """Whether the statement wrote the run and the versions; ``False`` when a
-    node of the orchestrator's became ready (the caller queues it)."""
 
 
 @lru_cache(maxsize=None)

@@ -425,8 +425,13 @@ def _show_status(workflow, values):
 
 def _workflow_class(workflow):
     """The definition class registered under a run's name, if any."""
+    return _class_named(workflow.name)
+
+
+def _class_named(name):
+    """The definition class registered under ``name``, if any."""
     ext = current_app.extensions.get("invenio-wtflow")
-    return ext.workflow_class(workflow.name) if ext else None
+    return ext.workflow_class(name) if ext else None
 
 
 def status_rule(workflow):
@@ -745,7 +750,8 @@ def claim(uow, task_id, celery_id, retries=0, lease=None):
 
     :returns: a row with the task's ``id``, ``workflow_id``, ``position``,
         ``name``, ``signature`` and number of ``dependants``, and the
-        ``data`` and ``upstream`` results read with it (or ``None``).
+        ``data`` and ``upstream`` results read with it (on PostgreSQL, with
+        the run's ``run_name`` too), or ``None``.
     """
     now = utcnow()
     params = {
@@ -848,7 +854,9 @@ class _RootLockNeeded(Exception):
     """The success may change the run's status: record it under the root lock."""
 
 
-def record_success(task_id, celery_id, result, retries=0, dependants=None, runs=None):
+def record_success(
+    task_id, celery_id, result, retries=0, dependants=None, runs=None, name=None
+):
     """Record a successful attempt in its own transaction, and commit it.
 
     A task with exactly one dependant is first tried with
@@ -856,12 +864,15 @@ def record_success(task_id, celery_id, result, retries=0, dependants=None, runs=
     wait for, and the last task of a child run with
     :func:`finish_child_shared`, which the other children of its tree do not
     wait for; when that cannot prove what it needs, the transaction is
-    rolled back and :func:`succeed` records the success under the root lock.
+    rolled back and the success recorded under the root lock: by
+    :func:`succeed_alone` in one round trip where it can, else by
+    :func:`succeed`.
 
     :param dependants: the number of tasks that depend on this one, as the
         claim returned it (``None``: unknown).
     :param runs: ``(root_id, workflow_id)`` of the task's run, as the claim
         returned them (``None``: looked up).
+    :param name: the run's definition name, as the claim returned it.
     :returns: whether the report was applied (``False`` for a stale one).
     """
     shared = None
@@ -879,6 +890,14 @@ def record_success(task_id, celery_id, result, retries=0, dependants=None, runs=
             return atomic(shared, task_id, celery_id, result, retries, runs)
         except _RootLockNeeded:
             pass
+    if (
+        runs is not None
+        and str(runs[0]) == str(runs[1])  # a root run
+        and _finished_in_sql(name)
+        and prepared.enabled(db.session)
+        and atomic(succeed_alone, task_id, celery_id, result, retries, runs[0])
+    ):
+        return True
     return atomic(succeed, task_id, celery_id, result, retries, runs)
 
 
@@ -886,6 +905,46 @@ def _derives_default_status(workflow):
     """Whether a run's status follows the default rule and its graph never grows."""
     cls = _workflow_class(workflow)
     return _has_default_rule(cls) and not dynamic.populates(cls)
+
+
+def _finished_in_sql(name):
+    """Whether a root run of ``name`` records a success in one statement.
+
+    That is :func:`~invenio_wtflow.engine.fused.finish`, on PostgreSQL,
+    when the definition keeps the default status rule, grows no graph and
+    does not limit its concurrent runs.
+    """
+    if name is None or not fused.available(db.session):
+        return False
+    cls = _class_named(name)
+    return (
+        _has_default_rule(cls)
+        and not dynamic.populates(cls)
+        and concurrency.limit_of(name) is None
+    )
+
+
+def succeed_alone(uow, task_id, celery_id, result, retries, workflow_id):
+    """Record the success of a root run's task in one round trip.
+
+    The root's lock and :func:`~invenio_wtflow.engine.fused.finish` go in
+    one message, sent in autocommit mode: PostgreSQL runs both as one
+    transaction, and the second reads what was committed before the first
+    got the lock. For a root run whose successes
+    :func:`_finished_in_sql`, through prepared statements (one message
+    holds two of them).
+
+    :param workflow_id: the root run's id.
+    :returns: whether the success was recorded; ``False`` when the report is
+        stale or the success makes a node of the orchestrator's ready (the
+        message then changed nothing: :func:`succeed` finds out which).
+    """
+    fused.alone(db.session)
+    lock = (
+        statements.lock_run_and_root(False, True),
+        {"workflow_id": workflow_id, "root_id": workflow_id},
+    )
+    return _finish(uow, workflow_id, task_id, celery_id, result, retries, lock)
 
 
 def succeed_shared(uow, task_id, celery_id, result, retries=0, runs=None):
@@ -1052,9 +1111,8 @@ def succeed(uow, task_id, celery_id, result, retries=0, runs=None):
 
     The run is locked as a row, not loaded through the ORM, when its
     status follows the default rule and it is a root (it tells no joining
-    task); otherwise it is loaded once locked. On PostgreSQL such a run,
-    unless its definition limits concurrent runs, then takes one statement
-    more (see :func:`_finish`).
+    task); otherwise it is loaded once locked. When :func:`_finished_in_sql`,
+    one statement more records it all (see :func:`_finish`).
 
     :param retries: the Celery retry count of the execution reporting.
     :param runs: ``(root_id, workflow_id)`` of the task's run, if known.
@@ -1063,8 +1121,10 @@ def succeed(uow, task_id, celery_id, result, retries=0, runs=None):
     workflow = _lock_runs_of(task_id, runs, as_row=True)
     if workflow.parent_task_id is not None or not _derives_default_status(workflow):
         workflow = db.session.get(WorkflowRun, workflow.id, populate_existing=True)
-    elif fused.available(db.session) and concurrency.limit_of(workflow.name) is None:
-        return _finish(uow, workflow, task_id, celery_id, result, retries)
+    elif _finished_in_sql(workflow.name) and _finish(
+        uow, workflow.id, task_id, celery_id, result, retries
+    ):
+        return True
     outcome = _succeed_and_release(task_id, celery_id, result, retries)
     if outcome is None:
         return False
@@ -1072,38 +1132,34 @@ def succeed(uow, task_id, celery_id, result, retries=0, runs=None):
     return True
 
 
-def _finish(uow, workflow, task_id, celery_id, result, retries):
-    """:func:`succeed` of a locked root run, in one statement (PostgreSQL).
+def _finish(uow, workflow_id, task_id, celery_id, result, retries, lock=None):
+    """The success of a root run's task, in one statement (see :func:`_finished_in_sql`).
 
     The statement (see :func:`~invenio_wtflow.engine.fused.finish`) also
     derives and stores the run's status and versions every change; what is
-    left here is publishing the dependants it queued. A node of the
-    orchestrator's that it made ready is queued as :func:`succeed` would.
+    left here is publishing the dependants it queued.
 
-    :param workflow: the root run, locked, as a row.
+    :param lock: the statement that locks the run, and its parameters, to
+        send with it; ``None`` when the run is locked already.
+    :returns: whether the success was recorded (``False``: nothing changed,
+        see :func:`succeed_alone`).
     """
+    now = utcnow()
     params = {
         "task_id": task_id,
         "attempt_id": celery_id,
         "delivery_retries": retries,
         "output": result,
-        "now": utcnow(),
+        "now": now,
         "channel": waiting.CHANNEL,
     }
-    outcome = fused.finish(db.session, params)
+    outcome = fused.finish(db.session, params, lock=lock)
     if outcome is None:
-        logger.info(
-            "Ignoring stale report of attempt %s for task %s.", celery_id, task_id
-        )
         return False
-    if not outcome.versioned:
-        queued = [row.id for row in outcome.released if row.status == QUEUED.value]
-        versioning.changed(db.session, TaskRun, [outcome.task.id, *queued])
-        _released(uow, workflow, outcome.task, outcome.released)
-        return True
     _queue_ready(uow, [row for row in outcome.released if row.remaining == 0])
     if outcome.changed:
-        _show_status(workflow, _status_values(outcome.status, None, params["now"]))
+        run_id = uuid.UUID(str(workflow_id))
+        _show_status(run_id, _status_values(outcome.status, None, now))
     return True
 
 

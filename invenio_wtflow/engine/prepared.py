@@ -37,29 +37,51 @@ _PREPARED = "wtflow_prepared"
 _PARAMETER = re.compile(r"%\((\w+)\)s")
 
 
-def execute(session, statement, params):
+def enabled(session):
+    """Whether :func:`execute` prepares the session's statements (psycopg2)."""
+    return (
+        session.get_bind().dialect.driver == "psycopg2"
+        and current_app.config["WTFLOW_PREPARED_STATEMENTS"]
+    )
+
+
+def execute(session, statement, params, before=None):
     """Execute ``statement``, prepared on psycopg2 connections when enabled.
 
     :param session: the session whose connection runs it.
     :param statement: a statement without expanding parameters, whose rows
         come from its selected columns (text or Core, not ORM entities).
     :param params: its parameters.
+    :param before: ``(statement, params)`` of a statement to execute just
+        before, whose rows are not kept. Prepared, the two ``EXECUTE``
+        statements go in one message (one round trip; in autocommit mode, one transaction,
+        in which each still reads what was committed before it began).
     :returns: the result, as ``session.execute`` returns it; prepared, a
         :class:`Rows` with the same ``all``, ``one`` and ``one_or_none``.
     """
-    dialect = session.get_bind().dialect
-    if (
-        dialect.driver != "psycopg2"
-        or not current_app.config["WTFLOW_PREPARED_STATEMENTS"]
-    ):
+    if not enabled(session):
+        if before is not None:
+            session.execute(*before)
         return session.execute(statement, params)
+    dialect = session.get_bind().dialect
     plan = _prepared(statement, dialect)
+    plans = [plan] if before is None else [_prepared(before[0], dialect), plan]
     connection = session.connection()
     names = connection.info.setdefault(_PREPARED, set())
-    if plan.name not in names:
-        connection.exec_driver_sql(plan.prepare)
-        names.add(plan.name)
-    result = connection.exec_driver_sql(plan.run, plan.parameters(params))
+    for each in plans:
+        if each.name not in names:
+            connection.exec_driver_sql(each.prepare)
+            names.add(each.name)
+    sql, values = plan.run, plan.parameters(params)
+    if before is not None:
+        first = plans[0]
+        # The first statement's parameters get a prefix of their own.
+        sql = _PARAMETER.sub(r"%(before_\1)s", first.run) + "; " + sql
+        values.update(
+            (f"before_{key}", value)
+            for key, value in first.parameters(before[1]).items()
+        )
+    result = connection.exec_driver_sql(sql, values)
     if not result.returns_rows:
         return Rows([])
     cursor = result.cursor
