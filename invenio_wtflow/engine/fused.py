@@ -31,12 +31,13 @@ Other databases run the same transitions as separate statements.
 """
 
 import json
+import weakref
 from collections import Counter
 from datetime import datetime, timezone
 from functools import lru_cache
 from typing import NamedTuple
 
-from sqlalchemy import Engine, String, bindparam, text
+from sqlalchemy import Engine, String, bindparam, event, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import scoped_session
 from sqlalchemy_continuum.operation import Operation
@@ -67,11 +68,36 @@ def alone(session):
     the session is about to begin a transaction on its engine: call it
     before the session is used; a session bound to a connection (an outer
     transaction, as in pytest-invenio's ``db`` fixture) keeps its own.
+
+    The driver's connection is switched itself, not through SQLAlchemy's
+    ``isolation_level`` option: psycopg2 then sends ``SET
+    default_transaction_isolation`` both ways, two round trips more. It is
+    switched back as the pool takes it back.
     """
     if isinstance(session, scoped_session):
         session = session()
-    if not session.in_transaction() and isinstance(session.get_bind(), Engine):
-        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    engine = session.get_bind()
+    if session.in_transaction() or not isinstance(engine, Engine):
+        return
+    if engine not in _SWITCHING:
+        event.listen(engine, "reset", _back_to_transactions)
+        _SWITCHING.add(engine)
+    pooled = session.connection().connection
+    pooled.dbapi_connection.autocommit = True
+    pooled.info[_ALONE] = True
+
+
+_ALONE = "wtflow_alone"
+"""Key, in a pooled connection's ``info``, of a connection :func:`alone` switched."""
+
+_SWITCHING = weakref.WeakSet()
+"""The engines whose pool switches connections back (see :func:`alone`)."""
+
+
+def _back_to_transactions(dbapi_connection, record, reset_state):
+    """Switch a connection :func:`alone` used back as the pool takes it back."""
+    if record.info.pop(_ALONE, False) and not dbapi_connection.closed:
+        dbapi_connection.autocommit = False
 
 
 def _returned(name, extra=()):
