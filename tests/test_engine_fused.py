@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 import sqlalchemy as sa
-from celery import chain, group
+from celery import chain, chord, group
 from invenio_db import db as _db
 from sqlalchemy_continuum import version_class, versioning_manager
 
@@ -23,7 +23,7 @@ from invenio_wtflow.models import (
 )
 from invenio_wtflow.tasks import _claim
 
-from .example_tasks import add, echo
+from .example_tasks import add, echo, tsum
 from .test_engine_dynamic import ORCHESTRATE, is_pass, nodes
 from .test_engine_orchestrator import count_statements
 
@@ -317,6 +317,91 @@ def test_a_root_runs_success_is_one_message_that_commits_as_it_ends(
     assert [status for status, _, _ in tasks][-2:] == ["running", "success"]
     assert runs[-1][1] == tasks[-1][2]
     assert _db.session.query(transactions).count() == before + 1
+
+
+def claimed_in_clean_run(monkeypatch, name, definition):
+    """Start a run of ``definition`` for real; claim its first tasks.
+
+    :returns: the run and, per claimed task, ``(id, celery_id, claim row)``.
+    """
+    if not prepared.enabled(_db.session):
+        pytest.skip("two prepared statements in one message: psycopg2's")
+    monkeypatch.setattr(dispatch, "_send", lambda message: None)
+    current_wtflow.register(name, definition)
+    wf = Workflow.create(name, start=True)
+    queued = [(t.id, t.model.celery_id) for t in wf.tasks if t.model.status == "queued"]
+    _db.session.commit()
+    return wf, [
+        (
+            task_id,
+            celery_id,
+            orchestrator.atomic(orchestrator.claim, task_id, celery_id),
+        )
+        for task_id, celery_id in queued
+    ]
+
+
+def recorded_success(task_id, celery_id, row, result=1):
+    """``record_success`` as the worker calls it; the statements it sent."""
+    sent = []
+
+    def record(conn, cursor, statement, *args):
+        if not statement.startswith("PREPARE "):
+            sent.append((statement, cursor.connection.autocommit))
+
+    runs = (str(row.root_id), str(row.workflow_id))
+    sa.event.listen(_db.engine, "before_cursor_execute", record)
+    try:
+        applied = orchestrator.record_success(
+            task_id, celery_id, result, 0, row.dependants, runs, row.run_name
+        )
+    finally:
+        sa.event.remove(_db.engine, "before_cursor_execute", record)
+    return applied, sent
+
+
+def test_a_shared_success_is_one_message_that_commits_as_it_ends(
+    app, clean, monkeypatch
+):
+    wf, ((task_id, celery_id, row),) = claimed_in_clean_run(
+        monkeypatch, "chain-of-three", chain(add.si(1, 1), add.s(1), add.s(1))
+    )
+    applied, sent = recorded_success(task_id, celery_id, row, 2)
+    assert applied
+    ((statement, autocommit),) = sent
+    assert statement.count("EXECUTE ") == 2 and autocommit  # locks; success
+    wf = Workflow.get(wf.id)
+    first, second, third = (t.model for t in wf.tasks)
+    assert [t.status for t in (first, second, third)] == [
+        "success",
+        "queued",
+        "pending",
+    ]
+    assert wf.status == "running"
+    success = task_versions(_db, first.id)[-1]
+    assert task_versions(_db, second.id)[-1] == ("queued", second.celery_id, success[2])
+
+
+def test_a_shared_success_that_needs_the_root_lock_changes_nothing_first(
+    app, clean, monkeypatch
+):
+    wf, claimed = claimed_in_clean_run(
+        monkeypatch, "pair-then-sum", chord([add.si(1, 1), add.si(2, 2)], tsum.s())
+    )
+    (first_id, first_celery, first_row), (second_id, _, _) = claimed
+    # The other member waits (as a delegated task would): the run's status
+    # then changes with this success, which only the root lock may do.
+    _db.session.execute(
+        sa.text("UPDATE wtflow_task SET status = 'waiting' WHERE id = :id"),
+        {"id": second_id},
+    )
+    _db.session.commit()
+    applied, sent = recorded_success(first_id, first_celery, first_row, 2)
+    assert applied
+    assert sent[0][0].count("EXECUTE ") == 2 and len(sent) > 1
+    assert Workflow.get(wf.id).status == "waiting"
+    statuses = [v[0] for v in task_versions(_db, first_id)]
+    assert statuses == ["queued", "running", "success"]
 
 
 def test_a_claim_leaves_no_unit_of_work_of_continuum_behind(app, clean, monkeypatch):

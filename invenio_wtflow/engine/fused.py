@@ -269,10 +269,33 @@ _SUCCESS_PARAMETERS = (
 )
 
 
+_LEAVES_RUN_RUNNING = (
+    "EXISTS (SELECT FROM wtflow_workflow AS run "
+    "WHERE run.id = wtflow_task.workflow_id "
+    f"AND run.status = '{WorkflowStatus.RUNNING.value}') "
+    "AND (SELECT count(*) = 1 AND bool_and("
+    "(dependant.remaining = 1 AND dependant.kind IS NULL) OR "
+    "(dependant.remaining > 1 AND NOT EXISTS (SELECT FROM wtflow_task AS other "
+    "WHERE other.workflow_id = wtflow_task.workflow_id "
+    f"AND other.status = '{WAITING}'))) "
+    "FROM wtflow_task_dependency JOIN wtflow_task AS dependant "
+    "ON dependant.id = wtflow_task_dependency.task_id "
+    "WHERE wtflow_task_dependency.depends_on_id = :task_id "
+    f"AND dependant.status = '{PENDING}')"
+)
+"""What a success proves, under ``FOR KEY SHARE`` locks, to leave its run
+``running`` by the default rule (see ``orchestrator.succeed_shared``): the
+run is ``running``, and the task's one pending dependant is ready (a task,
+not a node of the orchestrator's) or waits with no task of the run
+``waiting``."""
+
+
 @lru_cache(maxsize=None)
-def _success_statement(versioned, transactions=None, columns=(), dialect=None):
+def _success_statement(
+    versioned, transactions=None, columns=(), dialect=None, guarded=False
+):
     """The success and the release of its dependants (see :func:`succeed`)."""
-    sql = _success_clauses()
+    sql = _success_clauses(_LEAVES_RUN_RUNNING if guarded else None)
     if versioned:
         copies = [("done", None), ("released", f"released.status = '{QUEUED}'")]
         sql = _versioned(sql, copies, transactions, columns, dialect, "done")
@@ -315,7 +338,7 @@ def _success_statement(versioned, transactions=None, columns=(), dialect=None):
     )
 
 
-def succeed(session, params, versioned):
+def succeed(session, params, versioned, lock=None):
     """Record a success and release its dependants; return what changed.
 
     :param params: the parameters of :func:`~invenio_wtflow.engine.statements.succeed`.
@@ -325,17 +348,28 @@ def succeed(session, params, versioned):
         for the commit (see :func:`~invenio_wtflow.engine.versioning.changed`),
         and the run's tasks are counted by status, as the statement leaves
         them.
-    :returns: a :class:`Success`, or ``None`` for a stale report.
+    :param lock: ``(statement, params)`` that locks the run and its root
+        ``FOR KEY SHARE``, sent in the same message just before (see
+        :func:`~invenio_wtflow.engine.prepared.execute`); with ``versioned``
+        only. The success then also requires what the caller would check
+        after it (see :data:`_LEAVES_RUN_RUNNING`), and changes nothing
+        without it.
+    :returns: a :class:`Success`, or ``None`` when nothing changed: a stale
+        report (or, with ``lock``, a success to record under the root lock).
     """
     if versioned:
         transactions, values = versioning.transaction_values(session)
         statement = _success_statement(
-            True, transactions, tuple(sorted(values)), session.get_bind().dialect
+            True,
+            transactions,
+            tuple(sorted(values)),
+            session.get_bind().dialect,
+            guarded=lock is not None,
         )
         params = {**params, **{f"tx_{k}": v for k, v in values.items()}}
     else:
         statement = _success_statement(False)
-    rows = prepared.execute(session, statement, params).all()
+    rows = prepared.execute(session, statement, params, before=lock).all()
     if not rows:
         return None
     task = Done(rows[0].done_id, rows[0].done_kind)

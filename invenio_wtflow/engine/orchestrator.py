@@ -866,7 +866,8 @@ def record_success(
     wait for; when that cannot prove what it needs, the transaction is
     rolled back and the success recorded under the root lock: by
     :func:`succeed_alone` in one round trip where it can, else by
-    :func:`succeed`.
+    :func:`succeed`. Where it can, :func:`succeed_shared_alone` records the
+    shared success in one round trip first.
 
     :param dependants: the number of tasks that depend on this one, as the
         claim returned it (``None``: unknown).
@@ -877,6 +878,12 @@ def record_success(
     """
     shared = None
     if dependants == 1:
+        if (
+            runs is not None
+            and _shared_in_one_message(name)
+            and atomic(succeed_shared_alone, task_id, celery_id, result, retries, runs)
+        ):
+            return True
         shared = succeed_shared
     elif (
         dependants == 0
@@ -992,6 +999,56 @@ def succeed_shared(uow, task_id, celery_id, result, retries=0, runs=None):
         _queue_ready(uow, released)
     elif _has_waiting_task(released[0], workflow.id):
         raise _RootLockNeeded()
+    return True
+
+
+def _shared_in_one_message(name):
+    """Whether :func:`succeed_shared_alone` may record a success in a run of ``name``.
+
+    On PostgreSQL through prepared statements, when the definition keeps
+    the default status rule and grows no graph.
+    """
+    if name is None or not fused.available(db.session):
+        return False
+    cls = _class_named(name)
+    return (
+        _has_default_rule(cls)
+        and not dynamic.populates(cls)
+        and prepared.enabled(db.session)
+    )
+
+
+def succeed_shared_alone(uow, task_id, celery_id, result, retries, runs):
+    """:func:`succeed_shared` in one round trip.
+
+    The ``FOR KEY SHARE`` locks and the success go in one message, sent in
+    autocommit mode (one transaction, the success reading what was
+    committed before the locks were granted), and the success itself
+    requires what :func:`succeed_shared` checks after it (see
+    :func:`~invenio_wtflow.engine.fused.succeed`): otherwise it changes
+    nothing.
+
+    :param runs: ``(root_id, workflow_id)`` of the task's run.
+    :returns: whether the success was recorded; ``False`` for a stale report
+        or a success that needs the root lock (the caller goes on as if this
+        had not been tried).
+    """
+    fused.alone(db.session)
+    lock = (
+        statements.lock_run_and_root(True, True),
+        {"workflow_id": runs[1], "root_id": runs[0]},
+    )
+    params = {
+        "task_id": task_id,
+        "attempt_id": celery_id,
+        "delivery_retries": retries,
+        "output": result,
+        "now": utcnow(),
+    }
+    outcome = fused.succeed(db.session, params, versioned=True, lock=lock)
+    if outcome is None:
+        return False
+    _queue_ready(uow, [row for row in outcome.released if row.remaining == 0])
     return True
 
 
