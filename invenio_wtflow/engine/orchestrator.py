@@ -878,13 +878,13 @@ def record_success(
     """
     shared = None
     if dependants == 1:
-        if (
-            runs is not None
-            and _shared_in_one_message(name)
-            and atomic(succeed_shared_alone, task_id, celery_id, result, retries, runs)
-        ):
-            return True
-        shared = succeed_shared
+        if runs is not None and _shared_in_one_message(name):
+            # It checks what succeed_shared would: if it recorded nothing, the
+            # report is stale or needs the root lock.
+            if atomic(succeed_shared_alone, task_id, celery_id, result, retries, runs):
+                return True
+        else:
+            shared = succeed_shared
     elif (
         dependants == 0
         and runs is not None
