@@ -45,7 +45,10 @@ SHAPES = (
 
 HOT_PATH = (
     ("whole task (WorkflowTask.__call__)", "invenio_wtflow/tasks.py", "__call__"),
-    ("claim: transaction body", "invenio_wtflow/tasks.py", "_claim"),
+    ("claim", "invenio_wtflow/engine/orchestrator.py", "claim"),
+    ("  arguments (tasks._execution)", "invenio_wtflow/tasks.py", "_execution"),
+    ("success in one message", "orchestrator.py", "succeed_alone"),
+    ("shared success in one message", "orchestrator.py", "succeed_shared_alone"),
     ("succeed: transaction body", "invenio_wtflow/engine/orchestrator.py", "succeed"),
     ("  lock_workflow (root lock)", "orchestrator.py", "lock_workflow"),
     ("  refresh_status", "orchestrator.py", "refresh_status"),

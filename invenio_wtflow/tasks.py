@@ -118,23 +118,39 @@ class WorkflowTask(AppContextTask):
     def _run_step(self, task_run_id):
         """Claim the attempt, run the body, record the outcome."""
         request = self.request
-        execution = orchestrator.atomic(
-            _claim,
+        retries = request.retries or 0
+        task = orchestrator.atomic(
+            orchestrator.claim,
             task_run_id,
             request.id,
-            request.retries or 0,
-            self.run,
+            retries,
             getattr(self, "lease", None),
         )
-        if execution is None:
+        if task is None:
             logger.info(
                 "Attempt %s of task run %s is not current; ignoring this delivery.",
                 request.id,
                 task_run_id,
             )
             return None
+        # The claim is committed (on PostgreSQL, as its statement ends): a
+        # transient error while the arguments are read retries the reads only.
+        try:
+            execution = orchestrator.atomic(
+                _execution, task, request.id, retries, self.run
+            )
+        except Exception as exc:
+            db.session.rollback()
+            orchestrator.atomic(
+                orchestrator.fail,
+                task_run_id,
+                request.id,
+                f"{type(exc).__name__}: {exc}",
+                traceback.format_exc(),
+                retries,
+            )
+            raise
         request.wtflow = execution
-        retries = request.retries or 0
         _task_stack.push(self)
         try:
             result = self.run(*execution.args, **execution.kwargs)
@@ -434,11 +450,12 @@ class _LazyData(Mapping):
         return len(self.data)
 
 
-def _claim(uow, task_run_id, celery_id, retries, func, lease=None):
-    """Claim an attempt and compute its arguments, in one transaction."""
-    task = orchestrator.claim(uow, task_run_id, celery_id, retries, lease)
-    if task is None:
-        return None
+def _execution(uow, task, celery_id, retries, func):
+    """Compute a claimed attempt's arguments (what its claim did not read).
+
+    :param task: the row :func:`~invenio_wtflow.engine.orchestrator.claim`
+        returned.
+    """
     signature = task.signature
     ref = signature.get("input")
     incoming = resolve(ref, orchestrator.inputs(task)) if ref is not None else None

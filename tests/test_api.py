@@ -414,6 +414,45 @@ def test_body_writes_survive_a_retried_success_transaction(app, db, monkeypatch)
     assert db.session.execute(db.text("SELECT name FROM marks")).all() == [("one",)]
 
 
+def test_a_transient_error_after_the_claim_retries_the_reads_only(
+    app, clean, broker, monkeypatch
+):
+    """On PostgreSQL the claim is committed as its statement ends: retrying it
+    would find the attempt claimed already and drop the delivery."""
+    from sqlalchemy.exc import OperationalError
+
+    from invenio_wtflow.engine import orchestrator
+
+    inputs, failures = orchestrator.inputs, []
+
+    def flaky_inputs(task):
+        if not failures:
+            failures.append(task.id)
+            raise OperationalError("SELECT", {}, Exception("connection dropped"))
+        return inputs(task)
+
+    monkeypatch.setattr(orchestrator, "inputs", flaky_inputs)
+    wf = Workflow.create("add-chain", start=True)
+    broker.deliver_all()
+    assert failures and Workflow.get(wf.id).status == "success"
+    assert Workflow.get(wf.id).result == 60
+
+
+def test_arguments_that_cannot_be_read_fail_the_task(app, clean, broker, monkeypatch):
+    from invenio_wtflow.engine import orchestrator
+
+    def broken_inputs(task):
+        raise ValueError("no such result")
+
+    monkeypatch.setattr(orchestrator, "inputs", broken_inputs)
+    wf = Workflow.create("add-chain", start=True)
+    broker.deliver_all()
+    wf = Workflow.get(wf.id)
+    assert wf.status == "failure"
+    failed = [t for t in wf.tasks if t.status == "failure"]
+    assert [t.error for t in failed] == ["ValueError: no such result"]
+
+
 def test_the_decorated_task_is_a_usable_celery_task(app, db):
     assert add.apply(args=(2, 2)).get() == 4
     assert add.s(1, 1).apply().get() == 2

@@ -9,7 +9,7 @@ from sqlalchemy import bindparam, event, or_, select, text
 from sqlalchemy.exc import MultipleResultsFound, NoResultFound
 
 from invenio_wtflow import Workflow
-from invenio_wtflow.engine import dispatch, orchestrator, prepared
+from invenio_wtflow.engine import dispatch, fused, orchestrator, prepared
 from invenio_wtflow.models import TaskRun, WorkflowRun
 
 
@@ -203,3 +203,38 @@ def test_prepared_statements_skip_the_sessions_textual_result(
 
     monkeypatch.setattr(type(db.session()), "execute", refuse)
     assert orchestrator.claim(None, task_id, celery_id)
+
+
+def test_two_statements_go_in_one_message(psycopg2_clean, clean):
+    first = select(bindparam("a", type_=WorkflowRun.name.type).label("a"))
+    second = select(bindparam("b", type_=WorkflowRun.name.type).label("b"))
+    sent = []
+
+    def record(conn, cursor, statement, *args):
+        if not statement.startswith("PREPARE "):
+            sent.append(statement)
+
+    event.listen(_db.engine, "before_cursor_execute", record)
+    try:
+        rows = prepared.execute(
+            _db.session, second, {"b": "y"}, before=(first, {"a": "x"})
+        )
+    finally:
+        event.remove(_db.engine, "before_cursor_execute", record)
+        _db.session.rollback()
+    assert [tuple(row) for row in rows] == [("y",)]
+    assert len(sent) == 1 and sent[0].count("EXECUTE ") == 2
+
+
+def test_two_statements_apart_are_refused_in_autocommit_mode(app, clean):
+    if _db.engine.dialect.name != "postgresql":
+        pytest.skip("autocommit messages are PostgreSQL's")
+    app.config["WTFLOW_PREPARED_STATEMENTS"] = False
+    try:
+        fused.alone(_db.session)
+        lock = (select(text("1")), {})
+        with pytest.raises(RuntimeError, match="would be two transactions"):
+            prepared.execute(_db.session, select(text("2")), {}, before=lock)
+    finally:
+        app.config["WTFLOW_PREPARED_STATEMENTS"] = True
+        _db.session.rollback()

@@ -62,12 +62,19 @@ def available(session):
 def alone(session):
     """Send the coming transaction's one statement in autocommit mode.
 
-    A statement that is a whole transaction (:func:`claim`, or :func:`create`
-    of a run on its own) then commits as it ends, as durably, in one round
-    trip: no ``BEGIN`` and no ``COMMIT`` of its own on the wire. Only where
-    the session is about to begin a transaction on its engine: call it
-    before the session is used; a session bound to a connection (an outer
-    transaction, as in pytest-invenio's ``db`` fixture) keeps its own.
+    A statement that is a whole transaction (:func:`claim`), or a message
+    that is (see :func:`~invenio_wtflow.engine.prepared.execute`), then
+    commits as it ends, as durably, in one round trip: no ``BEGIN`` and no
+    ``COMMIT`` of its own on the wire. Every later statement of the
+    session's transaction commits as it ends too: the caller sends nothing
+    that must be atomic with it. Only where the session is about to begin a
+    transaction on its engine: call it before the session is used; a
+    session bound to a connection (an outer transaction, as in
+    pytest-invenio's ``db`` fixture) keeps its own.
+
+    A run's creation is not sent so: if its connection broke before the
+    answer, the retried transaction could not tell whether the first had
+    inserted the run, and would insert a second.
 
     The driver's connection is switched itself, not through SQLAlchemy's
     ``isolation_level`` option: psycopg2 then sends ``SET
@@ -96,6 +103,8 @@ _SWITCHING = weakref.WeakSet()
 
 def _back_to_transactions(dbapi_connection, record, reset_state):
     """Switch a connection :func:`alone` used back as the pool takes it back."""
+    if record is None:  # a connection detached from the pool
+        return
     if record.info.pop(_ALONE, False) and not dbapi_connection.closed:
         dbapi_connection.autocommit = False
 
@@ -273,9 +282,8 @@ _LEAVES_RUN_RUNNING = (
     "EXISTS (SELECT FROM wtflow_workflow AS run "
     "WHERE run.id = wtflow_task.workflow_id "
     f"AND run.status = '{WorkflowStatus.RUNNING.value}') "
-    "AND (SELECT count(*) = 1 AND bool_and("
-    "(dependant.remaining = 1 AND dependant.kind IS NULL) OR "
-    "(dependant.remaining > 1 AND NOT EXISTS (SELECT FROM wtflow_task AS other "
+    "AND (SELECT count(*) = 1 AND bool_and(dependant.kind IS NULL AND ("
+    "dependant.remaining = 1 OR NOT EXISTS (SELECT FROM wtflow_task AS other "
     "WHERE other.workflow_id = wtflow_task.workflow_id "
     f"AND other.status = '{WAITING}'))) "
     "FROM wtflow_task_dependency JOIN wtflow_task AS dependant "
@@ -285,9 +293,10 @@ _LEAVES_RUN_RUNNING = (
 )
 """What a success proves, under ``FOR KEY SHARE`` locks, to leave its run
 ``running`` by the default rule (see ``orchestrator.succeed_shared``): the
-run is ``running``, and the task's one pending dependant is ready (a task,
-not a node of the orchestrator's) or waits with no task of the run
-``waiting``."""
+run is ``running``, and the task's one pending dependant is a task (not a
+node of the orchestrator's, whatever its counter: concurrent successes
+read it before each other's decrement) that becomes ready, or waits with
+no task of the run ``waiting``."""
 
 
 @lru_cache(maxsize=None)

@@ -547,7 +547,7 @@ def create(
         and fused.available(db.session)
     )
     if at_once:
-        fused.alone(db.session)  # inserted with its tasks, below, in one statement
+        pass  # inserted with its tasks, below
     elif inserts is not None:
         inserts.runs.append(row)
     elif checked or (key is None and parent is None):

@@ -61,6 +61,11 @@ def execute(session, statement, params, before=None):
     """
     if not enabled(session):
         if before is not None:
+            if session.connection().connection.dbapi_connection.autocommit:
+                raise RuntimeError(
+                    "Two statements sent apart in autocommit mode would be two "
+                    "transactions: prepared statements are needed."
+                )
             session.execute(*before)
         return session.execute(statement, params)
     dialect = session.get_bind().dialect
