@@ -24,8 +24,7 @@ the engine and with plain Celery in the same run:
 
 It prints p50 and p99 of each, and per pair the ratios floor/baseline
 (what durability costs at the least, whoever implements it), engine/floor
-(what the engine adds to that) and engine/baseline (B3's ratio). Not run by
-``run.sh``::
+(what the engine adds to that) and engine/baseline (B3's ratio)::
 
     python -m benchmarks.b3_floor
 """
@@ -173,6 +172,12 @@ def main():
         },
     }
     result["ratio_median"] = statistics.median(result["ratios"])
+    medians = result["extra"]["ratio_medians"]
+    result["notes"] = [
+        f"floor p50 {result['extra']['floor_p50_ms']['median']:.2f} ms: "
+        f"floor/baseline {medians['floor/baseline']:.2f}, "
+        f"engine/floor {medians['engine/floor']:.2f} (medians of the rounds)",
+    ]
     write_result(result)
 
 

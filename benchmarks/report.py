@@ -20,6 +20,7 @@ ORDER = (
     "B2",
     "B3",
     "B3-polled",
+    "B3-floor",
     "B4",
     "B5",
     "B6",

@@ -30,7 +30,7 @@ export WTFLOW_BENCH_B7_TASKS="${WTFLOW_BENCH_B7_TASKS:-2000}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore}"
 
-all=(b1_fan_in b2_chain b3_latency b4_read b5_create b6_spawn b7_memory b8_stop sql_per_task)
+all=(b1_fan_in b2_chain b3_latency b3_floor b4_read b5_create b6_spawn b7_memory b8_stop sql_per_task)
 if (($#)); then scenarios=("$@"); else scenarios=("${all[@]}"); fi
 
 export WTFLOW_BENCH_GIT_START="$(git rev-parse --short HEAD 2>/dev/null || true)"
