@@ -361,7 +361,7 @@ def succeed(session, params, versioned, lock=None):
         ``FOR KEY SHARE``, sent in the same message just before (see
         :func:`~invenio_wtflow.engine.prepared.execute`); with ``versioned``
         only. The success then also requires what the caller would check
-        after it (see :data:`_LEAVES_RUN_RUNNING`), and changes nothing
+        after it (see ``_LEAVES_RUN_RUNNING``), and changes nothing
         without it.
     :returns: a :class:`Success`, or ``None`` when nothing changed: a stale
         report (or, with ``lock``, a success to record under the root lock).

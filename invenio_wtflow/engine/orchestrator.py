@@ -938,7 +938,7 @@ def succeed_alone(uow, task_id, celery_id, result, retries, workflow_id):
     one message, sent in autocommit mode: PostgreSQL runs both as one
     transaction, and the second reads what was committed before the first
     got the lock. For a root run whose successes
-    :func:`_finished_in_sql`, through prepared statements (one message
+    ``_finished_in_sql``, through prepared statements (one message
     holds two of them).
 
     :param workflow_id: the root run's id.
@@ -1168,8 +1168,8 @@ def succeed(uow, task_id, celery_id, result, retries=0, runs=None):
 
     The run is locked as a row, not loaded through the ORM, when its
     status follows the default rule and it is a root (it tells no joining
-    task); otherwise it is loaded once locked. When :func:`_finished_in_sql`,
-    one statement more records it all (see :func:`_finish`).
+    task); otherwise it is loaded once locked. When ``_finished_in_sql``,
+    one statement more records it all (see ``_finish``).
 
     :param retries: the Celery retry count of the execution reporting.
     :param runs: ``(root_id, workflow_id)`` of the task's run, if known.
@@ -1190,7 +1190,7 @@ def succeed(uow, task_id, celery_id, result, retries=0, runs=None):
 
 
 def _finish(uow, workflow_id, task_id, celery_id, result, retries, lock=None):
-    """The success of a root run's task, in one statement (see :func:`_finished_in_sql`).
+    """The success of a root run's task, in one statement (see ``_finished_in_sql``).
 
     The statement (see :func:`~invenio_wtflow.engine.fused.finish`) also
     derives and stores the run's status and versions every change; what is
