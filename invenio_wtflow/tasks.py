@@ -140,15 +140,7 @@ class WorkflowTask(AppContextTask):
                 _execution, task, request.id, retries, self.run
             )
         except Exception as exc:
-            db.session.rollback()
-            orchestrator.atomic(
-                orchestrator.fail,
-                task_run_id,
-                request.id,
-                f"{type(exc).__name__}: {exc}",
-                traceback.format_exc(),
-                retries,
-            )
+            _record_failure(task_run_id, request.id, retries, exc)
             raise
         request.wtflow = execution
         _task_stack.push(self)
@@ -174,15 +166,7 @@ class WorkflowTask(AppContextTask):
             )
             raise
         except Exception as exc:
-            db.session.rollback()
-            orchestrator.atomic(
-                orchestrator.fail,
-                task_run_id,
-                request.id,
-                f"{type(exc).__name__}: {exc}",
-                traceback.format_exc(),
-                retries,
-            )
+            _record_failure(task_run_id, request.id, retries, exc)
             raise
         finally:
             _task_stack.pop()
@@ -413,6 +397,19 @@ class WorkflowTask(AppContextTask):
                 f"{execution.workflow_id}; expected exactly one."
             )
         return found[0].result
+
+
+def _record_failure(task_run_id, celery_id, retries, exc):
+    """Roll back, then record that the attempt failed with ``exc`` (being handled)."""
+    db.session.rollback()
+    orchestrator.atomic(
+        orchestrator.fail,
+        task_run_id,
+        celery_id,
+        f"{type(exc).__name__}: {exc}",
+        traceback.format_exc(),
+        retries,
+    )
 
 
 class _LazyData(Mapping):

@@ -921,14 +921,7 @@ def _finished_in_sql(name):
     when the definition keeps the default status rule, grows no graph and
     does not limit its concurrent runs.
     """
-    if name is None or not fused.available(db.session):
-        return False
-    cls = _class_named(name)
-    return (
-        _has_default_rule(cls)
-        and not dynamic.populates(cls)
-        and concurrency.limit_of(name) is None
-    )
+    return _fused_for(name) and concurrency.limit_of(name) is None
 
 
 def succeed_alone(uow, task_id, celery_id, result, retries, workflow_id):
@@ -1002,20 +995,25 @@ def succeed_shared(uow, task_id, celery_id, result, retries=0, runs=None):
     return True
 
 
+def _fused_for(name):
+    """Whether successes in runs of ``name`` may be fused statements only.
+
+    On PostgreSQL, when the definition keeps the default status rule and
+    grows no graph (``name`` ``None``: not known).
+    """
+    if name is None or not fused.available(db.session):
+        return False
+    cls = _class_named(name)
+    return _has_default_rule(cls) and not dynamic.populates(cls)
+
+
 def _shared_in_one_message(name):
     """Whether :func:`succeed_shared_alone` may record a success in a run of ``name``.
 
     On PostgreSQL through prepared statements, when the definition keeps
     the default status rule and grows no graph.
     """
-    if name is None or not fused.available(db.session):
-        return False
-    cls = _class_named(name)
-    return (
-        _has_default_rule(cls)
-        and not dynamic.populates(cls)
-        and prepared.enabled(db.session)
-    )
+    return _fused_for(name) and prepared.enabled(db.session)
 
 
 def succeed_shared_alone(uow, task_id, celery_id, result, retries, runs):
@@ -1038,13 +1036,7 @@ def succeed_shared_alone(uow, task_id, celery_id, result, retries, runs):
         statements.lock_run_and_root(True, True),
         {"workflow_id": runs[1], "root_id": runs[0]},
     )
-    params = {
-        "task_id": task_id,
-        "attempt_id": celery_id,
-        "delivery_retries": retries,
-        "output": result,
-        "now": utcnow(),
-    }
+    params = _success_params(task_id, celery_id, retries, result, utcnow())
     outcome = fused.succeed(db.session, params, versioned=True, lock=lock)
     if outcome is None:
         return False
@@ -1116,6 +1108,17 @@ def _lock_runs_of(task_id, runs, shared=False, as_row=False):
     return lock_workflow(runs[1], root_id=runs[0], shared=shared, as_row=as_row)
 
 
+def _success_params(task_id, celery_id, retries, result, now):
+    """The parameters of a success statement (see :mod:`~invenio_wtflow.engine.fused`)."""
+    return {
+        "task_id": task_id,
+        "attempt_id": celery_id,
+        "delivery_retries": retries,
+        "output": result,
+        "now": now,
+    }
+
+
 def _succeed_and_release(task_id, celery_id, result, retries, alone=False):
     """The conditional ``running -> success`` update, then the dependants' counters.
 
@@ -1130,13 +1133,7 @@ def _succeed_and_release(task_id, celery_id, result, retries, alone=False):
         PostgreSQL unless ``alone``, the run's tasks counted by status; or
         ``None`` for a stale report.
     """
-    params = {
-        "task_id": task_id,
-        "attempt_id": celery_id,
-        "delivery_retries": retries,
-        "output": result,
-        "now": utcnow(),
-    }
+    params = _success_params(task_id, celery_id, retries, result, utcnow())
     if fused.available(db.session):
         outcome = fused.succeed(db.session, params, versioned=alone)
     else:
@@ -1202,14 +1199,8 @@ def _finish(uow, workflow_id, task_id, celery_id, result, retries, lock=None):
         see :func:`succeed_alone`).
     """
     now = utcnow()
-    params = {
-        "task_id": task_id,
-        "attempt_id": celery_id,
-        "delivery_retries": retries,
-        "output": result,
-        "now": now,
-        "channel": waiting.CHANNEL,
-    }
+    params = _success_params(task_id, celery_id, retries, result, now)
+    params["channel"] = waiting.CHANNEL
     outcome = fused.finish(db.session, params, lock=lock)
     if outcome is None:
         return False
