@@ -12,6 +12,8 @@ from invenio_wtflow import Workflow
 from invenio_wtflow.engine import dispatch, fused, orchestrator, prepared
 from invenio_wtflow.models import TaskRun, WorkflowRun
 
+from .test_engine_orchestrator import count_statements
+
 
 @pytest.fixture()
 def psycopg2(db):
@@ -208,19 +210,12 @@ def test_prepared_statements_skip_the_sessions_textual_result(
 def test_two_statements_go_in_one_message(psycopg2_clean, clean):
     first = select(bindparam("a", type_=WorkflowRun.name.type).label("a"))
     second = select(bindparam("b", type_=WorkflowRun.name.type).label("b"))
-    sent = []
-
-    def record(conn, cursor, statement, *args):
-        if not statement.startswith("PREPARE "):
-            sent.append(statement)
-
-    event.listen(_db.engine, "before_cursor_execute", record)
     try:
-        rows = prepared.execute(
-            _db.session, second, {"b": "y"}, before=(first, {"a": "x"})
-        )
+        with count_statements(_db) as sent:
+            rows = prepared.execute(
+                _db.session, second, {"b": "y"}, before=(first, {"a": "x"})
+            )
     finally:
-        event.remove(_db.engine, "before_cursor_execute", record)
         _db.session.rollback()
     assert [tuple(row) for row in rows] == [("y",)]
     assert len(sent) == 1 and sent[0].count("EXECUTE ") == 2

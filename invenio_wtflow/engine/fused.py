@@ -74,7 +74,9 @@ def alone(session):
 
     A run's creation is not sent so: if its connection broke before the
     answer, the retried transaction could not tell whether the first had
-    inserted the run, and would insert a second.
+    inserted the run, and would insert a second. A claim whose answer is
+    lost so is committed unknown to its worker (before, only a lost
+    ``COMMIT`` answer did that): the attempt runs again once its lease ends.
 
     The driver's connection is switched itself, not through SQLAlchemy's
     ``isolation_level`` option: psycopg2 then sends ``SET
