@@ -531,12 +531,6 @@ def create(
         "updated": now,
         **(parent or {}),
     }
-    workflow = WorkflowRun(**row)
-    if start:
-        ready = sum(1 for node in graph.nodes if not node.depends_on)
-        counts = {QUEUED.value: ready, PENDING.value: len(graph.nodes) - ready}
-        row["status"] = WorkflowStatus(status_rule(workflow)(counts)).value
-        workflow.status = row["status"]
     # A started node of the orchestrator's would change the run's row (see
     # ``_queue``) after the statement that inserts and versions it.
     at_once = (
@@ -546,6 +540,17 @@ def create(
         and not (start and any(node.kind for node in graph.nodes))
         and fused.available(db.session)
     )
+    # Inserted at once, the run is read by nothing before the commit, which
+    # expires its attributes: the session knows it by its identity alone
+    # (what it lacks loads when first used), not built from ~30 values.
+    light = at_once and _has_default_rule(_class_named(name))
+    workflow = WorkflowRun(id=workflow_id) if light else WorkflowRun(**row)
+    if start:
+        ready = sum(1 for node in graph.nodes if not node.depends_on)
+        counts = {QUEUED.value: ready, PENDING.value: len(graph.nodes) - ready}
+        rule = default_status if light else status_rule(workflow)
+        row["status"] = WorkflowStatus(rule(counts)).value
+        workflow.status = row["status"]
     if at_once:
         pass  # inserted with its tasks, below
     elif inserts is not None:

@@ -158,9 +158,11 @@ def transaction_values(session):
     :param session: the session whose transaction it is.
     :returns: ``(table, values)``; ``values`` maps column names to values.
     """
-    continuum = _continuum(session)
-    transactions = continuum.manager.transaction_cls.__table__
-    values = continuum.transaction_args(session)
+    manager = current_app.extensions["invenio-db"].versioning_manager
+    transactions = manager.transaction_cls.__table__
+    # Continuum's plugins give them; a unit of work of its own asks them,
+    # without the session's (which would begin the session's transaction).
+    values = manager.uow_class(manager).transaction_args(session)
     if "issued_at" in transactions.c and "issued_at" not in values:
         values["issued_at"] = transactions.c.issued_at.default.arg(None)
     return transactions, values
