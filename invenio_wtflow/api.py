@@ -342,6 +342,7 @@ class Workflow:
             key=key,
             created_by=created_by,
             started=bool(start),
+            workflow_id=uuid.uuid4(),  # the same if the transaction is retried
         )
         workflow = klass(model)
         workflow.created_now = created

@@ -245,10 +245,10 @@ def test_a_node_the_success_makes_ready_is_left_to_the_orchestrator(
         current_wtflow.register("regression", "tests.example_tasks:RegressionAnalysis")
 
 
-def test_a_claim_commits_as_it_ends_a_creation_does_not(app, clean, monkeypatch):
+def test_a_claim_and_a_creation_commit_as_they_end(app, clean, monkeypatch):
     """A claim is one statement sent in autocommit mode: no ``BEGIN``, no
-    ``COMMIT``. A creation keeps its transaction: retried after a broken
-    connection, it could not tell whether the first attempt inserted the run."""
+    ``COMMIT``; so is a run created at once (its retry is safe: see
+    ``test_a_creation_retried_after_a_lost_answer_inserts_one_run``)."""
     if _db.engine.dialect.name != "postgresql":
         pytest.skip("one-statement transitions are PostgreSQL's")
     monkeypatch.setattr(dispatch, "_send", lambda message: None)
@@ -270,13 +270,47 @@ def test_a_claim_commits_as_it_ends_a_creation_does_not(app, clean, monkeypatch)
         claimed = modes[:]
     finally:
         sa.event.remove(_db.engine, "before_cursor_execute", record)
-    assert (created, claimed) == ([False], [True])
+    assert (created, claimed) == ([True], [True])
     statuses = [v[0] for v in task_versions(_db, task_id)]
     assert statuses == ["queued", "running"]
     # The connection goes back to the pool as it came: in transactions.
     _db.session.execute(sa.text("SELECT 1"))
     assert _db.session.connection().connection.dbapi_connection.autocommit is False
     _db.session.rollback()
+
+
+def test_a_creation_retried_after_a_lost_answer_inserts_one_run(
+    app, clean, monkeypatch
+):
+    """The creation committed, its answer was lost: the retry (same run id)
+    inserts nothing more and publishes the tasks the first try queued."""
+    if _db.engine.dialect.name != "postgresql":
+        pytest.skip("one-statement creation is PostgreSQL's")
+    sent = []
+    monkeypatch.setattr(dispatch, "_send", lambda m: sent.append(m) or True)
+    monkeypatch.setattr(orchestrator.time, "sleep", lambda seconds: None)
+    create, tries = orchestrator.fused.create, []
+
+    def lose_first_answer(*args):
+        tries.append(create(*args))
+        if len(tries) == 1:
+            raise sa.exc.OperationalError("EXECUTE ...", {}, Exception("lost"))
+        return tries[-1]
+
+    monkeypatch.setattr(orchestrator.fused, "create", lose_first_answer)
+    wf = Workflow.create("fan-out", start=True)
+    assert tries == [True, False] and wf.created_now
+    runs = _db.session.query(WorkflowRun).all()
+    assert [run.id for run in runs] == [wf.id]
+    tasks = _db.session.query(TaskRun).filter_by(workflow_id=wf.id).all()
+    assert len(tasks) == len(
+        current_wtflow.get_workflow_class("fan-out").compile().nodes
+    )
+    queued = {t.celery_id: str(t.id) for t in tasks if t.status == "queued"}
+    assert queued and {m.celery_id: m.task_run_id for m in sent} == queued
+    versions = _db.session.query(version_class(TaskRun)).count()
+    assert versions == len(tasks)  # one try's versions, not two
+    assert [h["status"] for h in wf.history()] == ["running"]
 
 
 def test_a_root_runs_success_is_one_message_that_commits_as_it_ends(

@@ -9,7 +9,7 @@ from sqlalchemy import bindparam, event, or_, select, text
 from sqlalchemy.exc import MultipleResultsFound, NoResultFound
 
 from invenio_wtflow import Workflow
-from invenio_wtflow.engine import dispatch, fused, orchestrator, prepared
+from invenio_wtflow.engine import dispatch, orchestrator, prepared
 from invenio_wtflow.models import TaskRun, WorkflowRun
 
 from .test_engine_orchestrator import count_statements
@@ -226,10 +226,11 @@ def test_two_statements_apart_are_refused_in_autocommit_mode(app, clean):
         pytest.skip("autocommit messages are PostgreSQL's")
     app.config["WTFLOW_PREPARED_STATEMENTS"] = False
     try:
-        fused.alone(_db.session)
         lock = (select(text("1")), {})
-        with pytest.raises(RuntimeError, match="would be two transactions"):
-            prepared.execute(_db.session, select(text("2")), {}, before=lock)
+        with prepared.alone(_db.session) as own:
+            assert own is not None
+            with pytest.raises(RuntimeError, match="would be two transactions"):
+                prepared.execute(_db.session, select(text("2")), {}, lock, own)
     finally:
         app.config["WTFLOW_PREPARED_STATEMENTS"] = True
         _db.session.rollback()

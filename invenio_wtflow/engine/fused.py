@@ -31,15 +31,13 @@ Other databases run the same transitions as separate statements.
 """
 
 import json
-import weakref
 from collections import Counter
 from datetime import datetime, timezone
 from functools import lru_cache
 from typing import NamedTuple
 
-from sqlalchemy import Engine, String, bindparam, event, text
+from sqlalchemy import String, bindparam, text
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.orm import scoped_session
 from sqlalchemy_continuum.operation import Operation
 
 from ..models import TaskDependency, TaskRun, TaskStatus, WorkflowRun, WorkflowStatus
@@ -57,58 +55,6 @@ WAITING = TaskStatus.WAITING.value
 def available(session):
     """Whether the session's database runs these statements (PostgreSQL)."""
     return session.get_bind().dialect.name == "postgresql"
-
-
-def alone(session):
-    """Send the coming transaction's one statement in autocommit mode.
-
-    A statement that is a whole transaction (:func:`claim`), or a message
-    that is (see :func:`~invenio_wtflow.engine.prepared.execute`), then
-    commits as it ends, as durably, in one round trip: no ``BEGIN`` and no
-    ``COMMIT`` of its own on the wire. Every later statement of the
-    session's transaction commits as it ends too: the caller sends nothing
-    that must be atomic with it. Only where the session is about to begin a
-    transaction on its engine: call it before the session is used; a
-    session bound to a connection (an outer transaction, as in
-    pytest-invenio's ``db`` fixture) keeps its own.
-
-    A run's creation is not sent so: if its connection broke before the
-    answer, the retried transaction could not tell whether the first had
-    inserted the run, and would insert a second. A claim whose answer is
-    lost so is committed unknown to its worker (before, only a lost
-    ``COMMIT`` answer did that): the attempt runs again once its lease ends.
-
-    The driver's connection is switched itself, not through SQLAlchemy's
-    ``isolation_level`` option: psycopg2 then sends ``SET
-    default_transaction_isolation`` both ways, two round trips more. It is
-    switched back as the pool takes it back.
-    """
-    if isinstance(session, scoped_session):
-        session = session()
-    engine = session.get_bind()
-    if session.in_transaction() or not isinstance(engine, Engine):
-        return
-    if engine not in _SWITCHING:
-        event.listen(engine, "reset", _back_to_transactions)
-        _SWITCHING.add(engine)
-    pooled = session.connection().connection
-    pooled.dbapi_connection.autocommit = True
-    pooled.info[_ALONE] = True
-
-
-_ALONE = "wtflow_alone"
-"""Key, in a pooled connection's ``info``, of a connection :func:`alone` switched."""
-
-_SWITCHING = weakref.WeakSet()
-"""The engines whose pool switches connections back (see :func:`alone`)."""
-
-
-def _back_to_transactions(dbapi_connection, record, reset_state):
-    """Switch a connection :func:`alone` used back as the pool takes it back."""
-    if record is None:  # a connection detached from the pool
-        return
-    if record.info.pop(_ALONE, False) and not dbapi_connection.closed:
-        dbapi_connection.autocommit = False
 
 
 def _returned(name, extra=()):
@@ -199,10 +145,12 @@ def _claim_statement(transactions, columns, dialect):
     )
 
 
-def claim(session, params):
+def claim(session, params, connection=None):
     """Claim an attempt, versioned, and read what its call needs.
 
     :param params: the parameters of :func:`~invenio_wtflow.engine.statements.claim`.
+    :param connection: a connection from :func:`~invenio_wtflow.engine.prepared.alone`
+        to send it on (``None``: the session's).
     :returns: the row of :func:`~invenio_wtflow.engine.statements.claim`, with
         ``run_name`` (the run's definition name), ``data`` (the run's data,
         for a bare task) and ``upstream`` (the results of the upstream
@@ -214,7 +162,9 @@ def claim(session, params):
         transactions, tuple(sorted(values)), session.get_bind().dialect
     )
     tx = {f"tx_{name}": value for name, value in values.items()}
-    return prepared.execute(session, statement, {**params, **tx}).one_or_none()
+    return prepared.execute(
+        session, statement, {**params, **tx}, connection=connection
+    ).one_or_none()
 
 
 def _success_clauses(condition=None):
@@ -349,7 +299,7 @@ def _success_statement(
     )
 
 
-def succeed(session, params, versioned, lock=None):
+def succeed(session, params, versioned, lock=None, connection=None):
     """Record a success and release its dependants; return what changed.
 
     :param params: the parameters of :func:`~invenio_wtflow.engine.statements.succeed`.
@@ -365,6 +315,8 @@ def succeed(session, params, versioned, lock=None):
         only. The success then also requires what the caller would check
         after it (see ``_LEAVES_RUN_RUNNING``), and changes nothing
         without it.
+    :param connection: a connection from :func:`~invenio_wtflow.engine.prepared.alone`
+        to send it on (``None``: the session's).
     :returns: a :class:`Success`, or ``None`` when nothing changed: a stale
         report (or, with ``lock``, a success to record under the root lock).
     """
@@ -380,7 +332,9 @@ def succeed(session, params, versioned, lock=None):
         params = {**params, **{f"tx_{k}": v for k, v in values.items()}}
     else:
         statement = _success_statement(False)
-    rows = prepared.execute(session, statement, params, before=lock).all()
+    rows = prepared.execute(
+        session, statement, params, before=lock, connection=connection
+    ).all()
     if not rows:
         return None
     task = Done(rows[0].done_id, rows[0].done_kind)
@@ -483,7 +437,7 @@ def _finish_statement(transactions, columns, dialect):
     )
 
 
-def finish(session, params, lock=None):
+def finish(session, params, lock=None, connection=None):
     """Record a success and all it implies for a locked root run, in one statement.
 
     For a root run whose status follows the default rule
@@ -500,6 +454,8 @@ def finish(session, params, lock=None):
     :param lock: ``(statement, params)`` that locks the run, sent in the
         same message just before (see :func:`~invenio_wtflow.engine.prepared.execute`);
         ``None`` when the caller holds the lock.
+    :param connection: a connection from :func:`~invenio_wtflow.engine.prepared.alone`
+        to send it on (``None``: the session's).
     :returns: a :class:`Finish`, or ``None`` when nothing changed: a stale
         report, or a node to make ready.
     """
@@ -508,7 +464,9 @@ def finish(session, params, lock=None):
         transactions, tuple(sorted(values)), session.get_bind().dialect
     )
     tx = {f"tx_{name}": value for name, value in values.items()}
-    rows = prepared.execute(session, statement, {**params, **tx}, before=lock).all()
+    rows = prepared.execute(
+        session, statement, {**params, **tx}, before=lock, connection=connection
+    ).all()
     if not rows:
         return None
     first = rows[0]
@@ -541,6 +499,8 @@ def _create_statement(transactions, columns, dialect):
     """Insert a run, its tasks and edges, with their versions (see :func:`create`)."""
     quote = dialect.identifier_preparer.quote
 
+    when = "EXISTS (SELECT FROM run)"
+
     def inserted(name, model, parameter, recordset=True):
         table = model.__table__
         names = ", ".join(quote(c.name) for c in table.columns)
@@ -551,13 +511,16 @@ def _create_statement(transactions, columns, dialect):
         returning = (
             f" RETURNING {', '.join(quote(c) for c in returned)}" if returned else ""
         )
+        # The run's id decides: already there (an earlier try), nothing is.
+        condition = (
+            " ON CONFLICT (id) DO NOTHING" if not recordset else f" WHERE {when}"
+        )
         return (
             f"{name} AS (INSERT INTO {quote(table.name)} ({names}) "
             f"SELECT {names} FROM {source}(NULL::{quote(table.name)}, "
-            f"CAST(:{parameter} AS jsonb)){returning})"
+            f"CAST(:{parameter} AS jsonb)){condition}{returning})"
         )
 
-    when = "EXISTS (SELECT FROM run)"
     sql = (
         f"WITH {inserted('run', WorkflowRun, 'run', recordset=False)}, "
         f"{inserted('tasks', TaskRun, 'tasks')}, "
@@ -575,15 +538,22 @@ def _create_statement(transactions, columns, dialect):
     )
 
 
-def create(session, run, tasks, edges):
+def create(session, run, tasks, edges, connection=None):
     """Insert a run, its tasks and their edges with their first versions, at once.
 
     For a transaction that writes nothing else: the rows are not noted for
     the commit (see :func:`~invenio_wtflow.engine.versioning.insert`).
+    Sent in autocommit mode (see :func:`~invenio_wtflow.engine.prepared.alone`),
+    it is the whole transaction;
+    if its answer is lost, a retry with the same run id finds the run there
+    and inserts nothing (no second run, no orphan tasks).
 
     :param run: the run's row, with every column of its table.
     :param tasks: the tasks' rows, likewise.
     :param edges: the edges' rows.
+    :param connection: a connection from :func:`~invenio_wtflow.engine.prepared.alone`
+        to send it on (``None``: the session's).
+    :returns: whether it inserted them (``False``: a run with that id exists).
     """
     transactions, values = versioning.transaction_values(session)
     statement = _create_statement(
@@ -595,7 +565,9 @@ def create(session, run, tasks, edges):
         "edges": _document(edges),
         **{f"tx_{name}": value for name, value in values.items()},
     }
-    prepared.execute(session, statement, params)
+    return bool(
+        prepared.execute(session, statement, params, connection=connection).all()
+    )
 
 
 def _document(rows):

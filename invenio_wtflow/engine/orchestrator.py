@@ -484,6 +484,7 @@ def create(
     checked=False,
     alone=False,
     inserts=None,
+    workflow_id=None,
 ):
     """Insert a workflow run with all its tasks ``pending`` and their edges.
 
@@ -503,6 +504,11 @@ def create(
         caller to insert with other runs' (before anything reads or changes
         them); only for a run that cannot collide with another (``checked``,
         or without ``key`` and ``parent``).
+    :param workflow_id: the new run's id (default: a new one). Given by a
+        caller that retries the transaction, it is the same in every try:
+        a run inserted ``alone`` commits as its statement ends, and a try
+        whose answer was lost must not be inserted twice (see
+        :func:`~invenio_wtflow.engine.fused.create`).
     :returns: ``(run, created)``; with a ``key`` (or a child's ``spawn_key``)
         that already exists, the existing run and ``False``.
     """
@@ -511,7 +517,7 @@ def create(
     existing = None if checked else _existing(name, key, parent)
     if existing is not None:
         return existing, False
-    workflow_id = uuid.uuid4()
+    workflow_id = workflow_id or uuid.uuid4()
     now = utcnow()
     row = {
         **dict.fromkeys(WorkflowRun.__table__.columns.keys()),
@@ -567,9 +573,8 @@ def create(
             if existing is None:
                 raise
             return existing, False
-    # The inserted row, known to the session without reading it back.
-    make_transient_to_detached(workflow)
-    db.session.add(workflow)
+    if not at_once:
+        workflow = _known(workflow)
     ids = [uuid.uuid4() for _ in graph.nodes]
     now = utcnow()
     empty = dict.fromkeys(TaskRun.__table__.columns.keys())
@@ -600,8 +605,12 @@ def create(
         for dep in node.depends_on
     ]
     if at_once:
-        fused.create(db.session, row, rows, edges)
-        return workflow, True
+        # One round trip, no BEGIN and no COMMIT, before the session begins.
+        with prepared.alone(db.session) as own:
+            inserted = fused.create(db.session, row, rows, edges, own)
+        if not inserted:
+            _publish_committed(uow, workflow_id)
+        return _known(workflow), True
     pending = Inserts() if inserts is None else inserts
     pending.tasks.extend(rows)
     pending.edges.extend(edges)
@@ -623,7 +632,40 @@ _QUEUED_COLUMNS = (
 """The columns ``_queue`` sets."""
 
 
-def create_run(uow, name, graph, data, key=None, created_by=None, started=False):
+def _known(workflow):
+    """The inserted run, known to the session without reading it back.
+
+    A retried try of the transaction finds the one an earlier try left there.
+    """
+    key = identity_key(WorkflowRun, workflow.id)
+    known = db.session.identity_map.get(key)
+    if known is not None:
+        return known
+    make_transient_to_detached(workflow)
+    db.session.add(workflow)
+    return workflow
+
+
+def _publish_committed(uow, workflow_id):
+    """Publish, instead of this try's, the first attempts of a run committed earlier.
+
+    A run inserted at once commits as its statement ends: when the answer
+    was lost and the transaction retried (with the same run id), the retry
+    inserts nothing, and the tasks to publish are the ones the first try
+    committed ``queued`` (nothing else is in this transaction: see
+    :func:`~invenio_wtflow.engine.prepared.alone`).
+    """
+    rows = db.session.execute(
+        select(TaskRun.id, TaskRun.celery_id, TaskRun.name, TaskRun.signature).where(
+            TaskRun.workflow_id == workflow_id, TaskRun.status == QUEUED.value
+        )
+    ).all()
+    dispatcher(uow).messages[:] = [Message.for_attempt(*row) for row in rows]
+
+
+def create_run(
+    uow, name, graph, data, key=None, created_by=None, started=False, workflow_id=None
+):
     """Insert a root run (see :func:`create`), and start it if asked to.
 
     A started run is inserted with its first tasks already ``queued``, unless
@@ -631,6 +673,8 @@ def create_run(uow, name, graph, data, key=None, created_by=None, started=False)
     ``pending`` and :func:`start` waits for a slot, in the same transaction.
 
     :param started: start the new run.
+    :param workflow_id: the new run's id, the same in every try of the
+        transaction (see :func:`create`).
     :returns: ``(run, created)``; an existing run (same ``key``) is not started.
     """
     at_once = started and concurrency.limit_of(name) is None
@@ -643,6 +687,7 @@ def create_run(uow, name, graph, data, key=None, created_by=None, started=False)
         created_by=created_by,
         start=at_once,
         alone=at_once or not started,
+        workflow_id=workflow_id,
     )
     if started and created and not at_once:
         run = start(uow, run.id)
@@ -751,7 +796,7 @@ def claim(uow, task_id, celery_id, retries=0, lease=None):
     :mod:`~invenio_wtflow.engine.versioning`); on PostgreSQL, one statement
     that versions it too and reads what the attempt's call needs (see
     :func:`~invenio_wtflow.engine.fused.claim`), committed as it ends when
-    it begins its transaction (see :func:`~invenio_wtflow.engine.fused.alone`).
+    it begins its transaction (see :func:`~invenio_wtflow.engine.prepared.alone`).
 
     :returns: a row with the task's ``id``, ``workflow_id``, ``position``,
         ``name``, ``signature`` and number of ``dependants``, and the
@@ -767,8 +812,8 @@ def claim(uow, task_id, celery_id, retries=0, lease=None):
         "lease_end": _lease_end(lease, now),
     }
     if fused.available(db.session):
-        fused.alone(db.session)
-        return fused.claim(db.session, params)
+        with prepared.alone(db.session) as own:
+            return fused.claim(db.session, params, own)
     row = db.session.execute(statements.claim(), params).one_or_none()
     if row is not None:
         versioning.changed(db.session, TaskRun, [row.id])
@@ -944,12 +989,12 @@ def succeed_alone(uow, task_id, celery_id, result, retries, workflow_id):
         stale or the success makes a node of the orchestrator's ready (the
         message then changed nothing: :func:`succeed` finds out which).
     """
-    fused.alone(db.session)
     lock = (
         statements.lock_run_and_root(False, True),
         {"workflow_id": workflow_id, "root_id": workflow_id},
     )
-    return _finish(uow, workflow_id, task_id, celery_id, result, retries, lock)
+    with prepared.alone(db.session) as own:
+        return _finish(uow, workflow_id, task_id, celery_id, result, retries, lock, own)
 
 
 def succeed_shared(uow, task_id, celery_id, result, retries=0, runs=None):
@@ -1036,13 +1081,13 @@ def succeed_shared_alone(uow, task_id, celery_id, result, retries, runs):
         or a success that needs the root lock (the caller goes on as if this
         had not been tried).
     """
-    fused.alone(db.session)
     lock = (
         statements.lock_run_and_root(True, True),
         {"workflow_id": runs[1], "root_id": runs[0]},
     )
     params = _success_params(task_id, celery_id, retries, result, utcnow())
-    outcome = fused.succeed(db.session, params, versioned=True, lock=lock)
+    with prepared.alone(db.session) as own:
+        outcome = fused.succeed(db.session, params, True, lock, own)
     if outcome is None:
         return False
     _queue_ready(uow, [row for row in outcome.released if row.remaining == 0])
@@ -1191,7 +1236,9 @@ def succeed(uow, task_id, celery_id, result, retries=0, runs=None):
     return True
 
 
-def _finish(uow, workflow_id, task_id, celery_id, result, retries, lock=None):
+def _finish(
+    uow, workflow_id, task_id, celery_id, result, retries, lock=None, connection=None
+):
     """The success of a root run's task, in one statement (see ``_finished_in_sql``).
 
     The statement (see :func:`~invenio_wtflow.engine.fused.finish`) also
@@ -1200,13 +1247,15 @@ def _finish(uow, workflow_id, task_id, celery_id, result, retries, lock=None):
 
     :param lock: the statement that locks the run, and its parameters, to
         send with it; ``None`` when the run is locked already.
+    :param connection: a connection from :func:`~invenio_wtflow.engine.prepared.alone`
+        to send it on (``None``: the session's).
     :returns: whether the success was recorded (``False``: nothing changed,
         see :func:`succeed_alone`).
     """
     now = utcnow()
     params = _success_params(task_id, celery_id, retries, result, now)
     params["channel"] = waiting.CHANNEL
-    outcome = fused.finish(db.session, params, lock=lock)
+    outcome = fused.finish(db.session, params, lock, connection)
     if outcome is None:
         return False
     _queue_ready(uow, [row for row in outcome.released if row.remaining == 0])

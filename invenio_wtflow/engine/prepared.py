@@ -25,11 +25,15 @@ mode: a statement prepared in one session is unknown to the next.
 
 import hashlib
 import re
+import weakref
 from collections import namedtuple
+from contextlib import contextmanager
 from functools import lru_cache
 
 from flask import current_app
+from sqlalchemy import Engine, event
 from sqlalchemy.exc import MultipleResultsFound, NoResultFound
+from sqlalchemy.orm import scoped_session
 
 _PREPARED = "wtflow_prepared"
 """Key, in a connection's ``info``, of the names prepared on it."""
@@ -45,7 +49,68 @@ def enabled(session):
     )
 
 
-def execute(session, statement, params, before=None):
+@contextmanager
+def alone(session):
+    """A connection of its own, in autocommit mode, for a transaction of one message.
+
+    A statement that is a whole transaction (a claim), or a message that is
+    (see :func:`execute`), then commits as it ends, as durably, in one round
+    trip: no ``BEGIN`` and no ``COMMIT`` on the wire, and none of the
+    session's work to begin, commit and close a transaction. Yields
+    ``None`` (send it through the session, in its transaction) off
+    PostgreSQL, or where the session has begun a transaction or is bound
+    to a connection (an outer transaction, as in pytest-invenio's ``db``
+    fixture).
+
+    A claim whose answer is lost so is committed unknown to its worker
+    (before, only a lost ``COMMIT`` answer did that): the attempt runs
+    again once its lease ends. A run's creation is sent so only as one
+    statement that a retry with the same run id cannot repeat (see
+    :func:`~invenio_wtflow.engine.fused.create`).
+
+    The driver's connection is switched itself, not through SQLAlchemy's
+    ``isolation_level`` option: psycopg2 then sends ``SET
+    default_transaction_isolation`` both ways, two round trips more. It is
+    switched back as the pool takes it back.
+
+    :param session: the session whose engine to connect to.
+    """
+    if isinstance(session, scoped_session):
+        session = session()
+    engine = session.get_bind()
+    if (
+        session.in_transaction()
+        or not isinstance(engine, Engine)
+        or engine.dialect.name != "postgresql"
+    ):
+        yield None
+        return
+    if engine not in _SWITCHING:
+        event.listen(engine, "reset", _back_to_transactions)
+        _SWITCHING.add(engine)
+    with engine.connect() as connection:
+        pooled = connection.connection
+        pooled.dbapi_connection.autocommit = True
+        pooled.info[_ALONE] = True
+        yield connection
+
+
+_ALONE = "wtflow_alone"
+"""Key, in a pooled connection's ``info``, of a connection :func:`alone` switched."""
+
+_SWITCHING = weakref.WeakSet()
+"""The engines whose pool switches connections back (see :func:`alone`)."""
+
+
+def _back_to_transactions(dbapi_connection, record, reset_state):
+    """Switch a connection :func:`alone` used back as the pool takes it back."""
+    if record is None:  # a connection detached from the pool
+        return
+    if record.info.pop(_ALONE, False) and not dbapi_connection.closed:
+        dbapi_connection.autocommit = False
+
+
+def execute(session, statement, params, before=None, connection=None):
     """Execute ``statement``, prepared on psycopg2 connections when enabled.
 
     :param session: the session whose connection runs it.
@@ -56,22 +121,28 @@ def execute(session, statement, params, before=None):
         before, whose rows are not kept. Prepared, the two ``EXECUTE``
         statements go in one message (one round trip; in autocommit mode, one transaction,
         in which each still reads what was committed before it began).
-    :returns: the result, as ``session.execute`` returns it; prepared, a
-        :class:`Rows` with the same ``all``, ``one`` and ``one_or_none``.
+    :param connection: a connection from :func:`alone` to send it on
+        instead of the session's (``None``: the session's).
+    :returns: the result, as ``session.execute`` returns it; prepared, or on
+        a connection of its own, a :class:`Rows` with the same ``all``,
+        ``one`` and ``one_or_none``.
     """
     if not enabled(session):
+        target = session if connection is None else connection
         if before is not None:
-            if session.connection().connection.dbapi_connection.autocommit:
+            if connection is not None:
                 raise RuntimeError(
                     "Two statements sent apart in autocommit mode would be two "
                     "transactions: prepared statements are needed."
                 )
-            session.execute(*before)
-        return session.execute(statement, params)
+            target.execute(*before)
+        result = target.execute(statement, params)
+        return result if connection is None else Rows(result.all())
     dialect = session.get_bind().dialect
     plan = _prepared(statement, dialect)
     plans = [plan] if before is None else [_prepared(before[0], dialect), plan]
-    connection = session.connection()
+    if connection is None:
+        connection = session.connection()
     names = connection.info.setdefault(_PREPARED, set())
     for each in plans:
         if each.name not in names:
