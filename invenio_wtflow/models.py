@@ -96,10 +96,16 @@ class WorkflowRun(db.Model, db.Timestamp):
     """One execution of a workflow definition."""
 
     __tablename__ = "wtflow_workflow"
+    # Indexes are declared here, not on their columns, so that Continuum
+    # does not copy them onto the version table, which only history reads
+    # (by run, in transaction order: its primary key). Looking runs up by
+    # name uses the unique constraint and the concurrency index.
     __table_args__ = (
         db.UniqueConstraint("name", "key"),
         db.UniqueConstraint("parent_task_id", "spawn_key"),
         db.Index("ix_wtflow_workflow_concurrency", "name", "concurrency_key", "status"),
+        db.Index("ix_wtflow_workflow_status", "status"),
+        db.Index("ix_wtflow_workflow_created_by", "created_by"),
     )
     __versioned__ = {
         # See TaskRun: versions without an ``end_transaction_id`` to maintain.
@@ -124,7 +130,7 @@ class WorkflowRun(db.Model, db.Timestamp):
     id = db.Column(UUIDType, primary_key=True, default=uuid.uuid4)
     """Run identifier; kept across restarts."""
 
-    name = db.Column(db.String(255), nullable=False, index=True)
+    name = db.Column(db.String(255), nullable=False)
     """Name under which the definition is registered."""
 
     key = db.Column(db.String(255), nullable=True)
@@ -134,7 +140,7 @@ class WorkflowRun(db.Model, db.Timestamp):
     """Workflow data: keyword arguments for bare tasks, merged on start."""
 
     status = db.Column(
-        db.String(16), nullable=False, default=WorkflowStatus.PENDING.value, index=True
+        db.String(16), nullable=False, default=WorkflowStatus.PENDING.value
     )
     """Status derived from the tasks (see :mod:`invenio_wtflow.engine.status`)."""
 
@@ -184,7 +190,7 @@ class WorkflowRun(db.Model, db.Timestamp):
     orchestration_requested_at = db.Column(db.UTCDateTime, nullable=True)
     """On a root: when its tree last asked for the orchestrator."""
 
-    created_by = db.Column(db.Integer, nullable=True, index=True)
+    created_by = db.Column(db.Integer, nullable=True)
     """Identifier of the user who created the run, if any."""
 
     started_at = db.Column(db.UTCDateTime, nullable=True)
@@ -211,10 +217,13 @@ class TaskRun(db.Model, db.Timestamp):
     """One node of a workflow run."""
 
     __tablename__ = "wtflow_task"
+    # As on WorkflowRun: no index copied onto the version table. A run's
+    # tasks are looked up through the unique (workflow_id, position).
     __table_args__ = (
         db.UniqueConstraint("workflow_id", "position"),
         # Named: the naming convention would reuse the name of the one above.
         db.UniqueConstraint("workflow_id", "node_key", name="uq_wtflow_task_node_key"),
+        db.Index("ix_wtflow_task_status", "status"),
     )
     __versioned__ = {
         # Continuum's default ``validity`` strategy reads and updates the
@@ -229,7 +238,7 @@ class TaskRun(db.Model, db.Timestamp):
     """Task run identifier; kept across attempts."""
 
     workflow_id = db.Column(
-        UUIDType, db.ForeignKey("wtflow_workflow.id"), nullable=False, index=True
+        UUIDType, db.ForeignKey("wtflow_workflow.id"), nullable=False
     )
     """Workflow run this task belongs to."""
 
@@ -249,9 +258,7 @@ class TaskRun(db.Model, db.Timestamp):
     signature = db.Column(JSON, nullable=False, default=dict)
     """Partial arguments, options and input wiring compiled from the definition."""
 
-    status = db.Column(
-        db.String(16), nullable=False, default=TaskStatus.PENDING.value, index=True
-    )
+    status = db.Column(db.String(16), nullable=False, default=TaskStatus.PENDING.value)
     """Current status of the task (see :class:`TaskStatus`)."""
 
     attempt = db.Column(db.Integer, nullable=False, default=0)
