@@ -259,13 +259,14 @@ def call_arguments(func, signature, incoming, data):
         args.insert(0, incoming)
     kwargs = dict(signature["kwargs"])
     try:
-        params = inspect.signature(func).parameters
+        described = inspect.signature(func)
     except (TypeError, ValueError):  # pragma: no cover - builtins
         return args, kwargs
+    params = described.parameters
     if signature["bare"] and any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return args, {**data, **kwargs}
     try:
-        bound = inspect.signature(func).bind_partial(*args, **kwargs).arguments
+        bound = described.bind_partial(*args, **kwargs).arguments
     except TypeError:
         return args, kwargs  # let the call raise the real error
     for name, param in params.items():
