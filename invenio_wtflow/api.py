@@ -333,7 +333,7 @@ class Workflow:
         data = _check_data(data)
         if key is not None and (not isinstance(key, str) or not key):
             raise InvalidDataError("key must be a non-empty string.")
-        graph = klass.compile()
+        graph = current_wtflow.compiled(name)
         model, created = orchestrator.atomic(
             orchestrator.create_run,
             name,

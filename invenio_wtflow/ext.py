@@ -25,6 +25,7 @@ class _WTFlowState:
         self.entry_point_group = entry_point_group
         self._entries = None
         self._classes = {}
+        self._graphs = {}
 
     @property
     def entries(self):
@@ -51,6 +52,7 @@ class _WTFlowState:
         """
         self.entries[name] = {"definition": definition, **options}
         self._classes.pop(name, None)
+        self._graphs.pop(name, None)
 
     def get_workflow_class(self, name):
         """Return the ``Workflow`` subclass registered under ``name``.
@@ -66,6 +68,21 @@ class _WTFlowState:
             raise UnknownWorkflowError(name)
         self._classes[name] = _as_workflow_class(name, entry["definition"])
         return self._classes[name]
+
+    def compiled(self, name):
+        """Return the graph of the definition registered under ``name``.
+
+        Compiled once per definition (again if the class's ``definition`` is
+        replaced): what creates runs reads the graph and never changes it.
+
+        :raises UnknownWorkflowError: when nothing is registered so.
+        :raises InvalidDefinitionError: when the definition does not compile.
+        """
+        cls = self.get_workflow_class(name)
+        cached = self._graphs.get(name)
+        if cached is None or cached[0] is not cls or cached[1] is not cls.definition:
+            cached = self._graphs[name] = (cls, cls.definition, cls.compile())
+        return cached[2]
 
     def permission_factory(self, name=None):
         """Return the permission factory of a definition (or the global one).

@@ -54,3 +54,30 @@ def test_bound_task_sees_its_workflow(app, db):
     current_wtflow.register("whoami", whoami)
     wf = Workflow.create("whoami", data={"deposit": "123"}).start()
     assert wf.result == {"id": str(wf.id), "data": {"deposit": "123"}}
+
+
+def test_a_definition_is_compiled_once_until_it_changes(app):
+    from celery import chain
+
+    from .example_tasks import add
+
+    graph = current_wtflow.compiled("video")
+    assert current_wtflow.compiled("video") is graph
+    assert [n.name for n in graph.nodes] == [
+        n.name for n in VideoProcessing.compile().nodes
+    ]
+    try:
+        current_wtflow.register("video", chain(add.si(1, 2), add.s(3)))
+        replaced = current_wtflow.compiled("video")
+        assert replaced is not graph and len(replaced.nodes) == 2
+    finally:
+        current_wtflow.register("video", VideoProcessing)
+    again = current_wtflow.compiled("video")
+    assert again is not graph
+    definition = VideoProcessing.definition
+    try:
+        VideoProcessing.definition = add.si(1, 1)
+        assert len(current_wtflow.compiled("video").nodes) == 1
+    finally:
+        VideoProcessing.definition = definition
+    assert len(current_wtflow.compiled("video").nodes) == len(graph.nodes)

@@ -21,6 +21,10 @@ trip itself. The rows answer to their column names, as SQLAlchemy's do.
 Turn it off with ``WTFLOW_PREPARED_STATEMENTS = False`` where one database
 session serves several clients, as PgBouncer does in transaction pooling
 mode: a statement prepared in one session is unknown to the next.
+
+A transaction that is one message (a claim, a success, a creation) goes
+on a connection of its own in autocommit mode (:func:`alone`), with either
+driver.
 """
 
 import hashlib
