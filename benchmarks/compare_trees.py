@@ -1,7 +1,7 @@
 # SPDX-FileCopyrightText: 2026 invenio-wtflow authors.
 # SPDX-License-Identifier: MIT
 
-"""B3 on two trees of the package, alternated: is a change faster, or the machine?
+"""B3 on two trees of the package, alternated: a change measured, not the machine.
 
 This machine changes speed from one minute to the next (the same tree's B3
 moved by a millisecond between runs), so two runs of ``run.sh`` minutes

@@ -119,7 +119,7 @@ def wave(celery, sent, meter, name, what, untimed=0):
 
 
 def members(celery, sent, meter):
-    """B1's members (the join is not timed)."""
+    """B1's member tasks; the join is not timed."""
     wave(celery, sent, meter, "bench-fan-in", "members")
 
 
