@@ -189,28 +189,6 @@ def test_each_postgresql_driver_is_woken_by_the_notification(
     assert time.monotonic() - start < 10
 
 
-def test_a_psycopg2_wait_listens_and_reads_in_one_message(app, clean, broker):
-    postgresql_only()
-    psycopg2 = pytest.importorskip("psycopg2")
-    sent = []
-
-    class Recording(psycopg2.extensions.cursor):
-        def execute(self, query, vars=None):
-            sent.append(query)
-            return super().execute(query, vars)
-
-    url = _db.engine.url.set(drivername="postgresql+psycopg2")
-    engine = sa.create_engine(url, connect_args={"cursor_factory": Recording})
-    wf = Workflow.create("add-chain", start=True)
-    broker.deliver_all()
-    try:
-        assert waiting.wait(engine, wf.id, timeout=20) == "success"
-    finally:
-        engine.dispose()
-    listen, unlisten = f"LISTEN {waiting.CHANNEL}", f"UNLISTEN {waiting.CHANNEL}"
-    assert sent[-2:] == [f"{listen}; {waiting._STATUS}", unlisten]
-
-
 def test_a_notification_heard_during_a_read_is_not_waited_for(app, driver_engine):
     with listening(driver_engine) as raw:
         with raw.cursor() as cursor:

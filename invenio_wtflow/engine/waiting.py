@@ -112,12 +112,8 @@ def _listen(conn, receive, workflow_id, deadline, interval):
     conn.autocommit = True
     cursor = conn.cursor()
     try:
-        if receive is _received_psycopg2:
-            # One message (psycopg2 binds on the client): the read comes after.
-            status = _read(cursor, workflow_id, f"LISTEN {CHANNEL}; ")
-        else:
-            cursor.execute(f"LISTEN {CHANNEL}")
-            status = _read(cursor, workflow_id)
+        cursor.execute(f"LISTEN {CHANNEL}")
+        status = _read(cursor, workflow_id)
         while status not in FINISHED:
             pause = _pause(deadline, interval, workflow_id, status)
             told = _sleep_until_told(conn, receive, str(workflow_id), pause)
@@ -131,12 +127,9 @@ def _listen(conn, receive, workflow_id, deadline, interval):
         cursor.close()
 
 
-def _read(cursor, workflow_id, before=""):
-    """Read the run's status on the listening connection.
-
-    :param before: SQL to send in the same message, just before.
-    """
-    cursor.execute(before + _STATUS, (str(workflow_id),))
+def _read(cursor, workflow_id):
+    """Read the run's status on the listening connection."""
+    cursor.execute(_STATUS, (str(workflow_id),))
     return _checked(cursor.fetchone(), workflow_id)
 
 
