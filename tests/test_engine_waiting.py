@@ -189,6 +189,32 @@ def test_each_postgresql_driver_is_woken_by_the_notification(
     assert time.monotonic() - start < 10
 
 
+def test_a_wait_listens_before_it_reads_in_another_message(app, clean, broker):
+    """``LISTEN`` takes effect when its transaction commits: sent with the
+    read as one message (one implicit transaction), a finish committed
+    between the read's snapshot and that commit would be neither seen nor
+    heard, and the wait would sleep a whole ``interval``."""
+    postgresql_only()
+    psycopg2 = pytest.importorskip("psycopg2")
+    sent = []
+
+    class Recording(psycopg2.extensions.cursor):
+        def execute(self, query, vars=None):
+            sent.append(query)
+            return super().execute(query, vars)
+
+    url = _db.engine.url.set(drivername="postgresql+psycopg2")
+    engine = sa.create_engine(url, connect_args={"cursor_factory": Recording})
+    wf = Workflow.create("add-chain", start=True)
+    broker.deliver_all()
+    try:
+        assert waiting.wait(engine, wf.id, timeout=20) == "success"
+    finally:
+        engine.dispose()
+    listen, unlisten = f"LISTEN {waiting.CHANNEL}", f"UNLISTEN {waiting.CHANNEL}"
+    assert sent[-3:] == [listen, waiting._STATUS, unlisten]
+
+
 def test_a_notification_heard_during_a_read_is_not_waited_for(app, driver_engine):
     with listening(driver_engine) as raw:
         with raw.cursor() as cursor:
