@@ -72,8 +72,11 @@ class _WTFlowState:
     def compiled(self, name):
         """Return the graph of the definition registered under ``name``.
 
-        Compiled once per definition (again if the class's ``definition`` is
-        replaced): what creates runs reads the graph and never changes it.
+        Compiled once, and again only when the name is registered again or
+        the class's ``definition`` is replaced by another object (a canvas
+        changed in place, or ``compile`` overridden to depend on something
+        else, is not seen). The graph is shared: what creates runs from it
+        reads it and copies what it stores, never changes it.
 
         :raises UnknownWorkflowError: when nothing is registered so.
         :raises InvalidDefinitionError: when the definition does not compile.

@@ -4,6 +4,7 @@
 """PostgreSQL's one-statement transitions: the claim and the success."""
 
 import itertools
+import uuid
 
 import pytest
 import sqlalchemy as sa
@@ -291,15 +292,15 @@ def test_a_creation_retried_after_a_lost_answer_inserts_one_run(
     monkeypatch.setattr(orchestrator.time, "sleep", lambda seconds: None)
     create, tries = orchestrator.fused.create, []
 
-    def lose_first_answer(*args):
-        tries.append(create(*args))
+    def lose_first_answer(*args, **kwargs):
+        tries.append(create(*args, **kwargs))
         if len(tries) == 1:
             raise sa.exc.OperationalError("EXECUTE ...", {}, Exception("lost"))
         return tries[-1]
 
     monkeypatch.setattr(orchestrator.fused, "create", lose_first_answer)
     wf = Workflow.create("fan-out", start=True)
-    assert tries == [True, False] and wf.created_now
+    assert tries == [True] and wf.created_now  # the retry found the run
     runs = _db.session.query(WorkflowRun).all()
     assert [run.id for run in runs] == [wf.id]
     tasks = _db.session.query(TaskRun).filter_by(workflow_id=wf.id).all()
@@ -311,6 +312,64 @@ def test_a_creation_retried_after_a_lost_answer_inserts_one_run(
     versions = _db.session.query(version_class(TaskRun)).count()
     assert versions == len(tasks)  # one try's versions, not two
     assert [h["status"] for h in wf.history()] == ["running"]
+
+
+def test_a_run_inserted_again_under_its_id_inserts_nothing(app, clean, monkeypatch):
+    """As a retry whose first try is still in flight would: the conflict on
+    the run's id decides, and the first try's queued tasks are published."""
+    if _db.engine.dialect.name != "postgresql":
+        pytest.skip("one-statement creation is PostgreSQL's")
+    sent = []
+    monkeypatch.setattr(dispatch, "_send", lambda m: sent.append(m) or True)
+    graph = current_wtflow.compiled("fan-out")
+    workflow_id = uuid.uuid4()
+    create = (orchestrator.create_run, "fan-out", graph, {})
+    first, created = orchestrator.atomic(*create, started=True, workflow_id=workflow_id)
+    assert created and first.id == workflow_id
+    published = {m.celery_id for m in sent}
+    del sent[:]
+    again, created = orchestrator.atomic(*create, started=True, workflow_id=workflow_id)
+    assert created and again.id == workflow_id
+    assert {m.celery_id for m in sent} == published
+    tasks = _db.session.query(TaskRun).filter_by(workflow_id=workflow_id).count()
+    assert tasks == len(graph.nodes)
+    assert _db.session.query(version_class(TaskRun)).count() == tasks
+    assert _db.session.query(version_class(WorkflowRun)).count() == 1
+
+
+def test_alone_is_a_connection_of_its_own_only_outside_a_transaction(app, clean):
+    if _db.engine.dialect.name != "postgresql":
+        pytest.skip("autocommit messages are PostgreSQL's")
+    with prepared.alone(_db.session) as own:
+        raw = own.connection.dbapi_connection
+        assert raw.autocommit
+    assert raw.autocommit is False  # switched back as the pool took it back
+    _db.session.execute(sa.text("SELECT 1"))  # the caller's transaction
+    try:
+        with prepared.alone(_db.session) as own:
+            assert own is None
+    finally:
+        _db.session.rollback()
+
+
+def test_a_creation_in_the_callers_transaction_stays_in_it(app, clean, monkeypatch):
+    if _db.engine.dialect.name != "postgresql":
+        pytest.skip("one-statement creation is PostgreSQL's")
+    monkeypatch.setattr(dispatch, "_send", lambda message: True)
+    modes = []
+
+    def record(conn, cursor, statement, *args):
+        if not statement.startswith("PREPARE "):
+            modes.append(cursor.connection.autocommit)
+
+    _db.session.execute(sa.text("SELECT 1"))  # the caller's transaction
+    sa.event.listen(_db.engine, "before_cursor_execute", record)
+    try:
+        wf = Workflow.create("fan-out", start=True)
+    finally:
+        sa.event.remove(_db.engine, "before_cursor_execute", record)
+    assert modes == [False]  # the creation went in the session's transaction
+    assert Workflow.get(wf.id).status == "running"
 
 
 def test_a_root_runs_success_is_one_message_that_commits_as_it_ends(

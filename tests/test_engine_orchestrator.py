@@ -454,3 +454,31 @@ def test_a_success_given_its_runs_locks_them_by_key(app, db, monkeypatch, depend
         ((wf.id,), wf.id, None)
     ]
     assert Workflow.get(wf.id).tasks[0].status == "success"
+
+
+@pytest.mark.parametrize("name", ["fan-out", "two-at-a-time"])
+def test_a_creation_whose_commit_answer_was_lost_is_found_on_retry(
+    app, clean, monkeypatch, name
+):
+    """The first try committed, then its connection broke before the answer:
+    the retry (same run id) returns that run and publishes its queued tasks,
+    instead of inserting a second run or failing on the id."""
+    sent = []
+    monkeypatch.setattr(dispatch, "_send", lambda m: sent.append(m) or True)
+    monkeypatch.setattr(orchestrator.time, "sleep", lambda seconds: None)
+    commit, tries = orchestrator.EngineUnitOfWork.commit, []
+
+    def lose_first_answer(uow):
+        tries.append(uow.retried)
+        if len(tries) == 1:
+            uow.session.commit()
+            raise OperationalError("COMMIT", {}, Exception("connection lost"))
+        return commit(uow)
+
+    monkeypatch.setattr(orchestrator.EngineUnitOfWork, "commit", lose_first_answer)
+    wf = Workflow.create(name, start=True)
+    assert tries == [False, True] and wf.created_now
+    assert [run.id for run in _db.session.query(WorkflowRun).all()] == [wf.id]
+    tasks = _db.session.query(TaskRun).filter_by(workflow_id=wf.id).all()
+    queued = {t.celery_id: str(t.id) for t in tasks if t.status == "queued"}
+    assert queued and {m.celery_id: m.task_run_id for m in sent} == queued

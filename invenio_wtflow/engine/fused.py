@@ -57,6 +57,23 @@ def available(session):
     return session.get_bind().dialect.name == "postgresql"
 
 
+def _execute(session, statement, params, before=None, alone=False):
+    """:func:`~invenio_wtflow.engine.prepared.execute`, alone if asked to.
+
+    The caller computes the parameters first: the transaction's values may
+    read through the session (the current user), which must not hold a
+    second connection while :func:`~invenio_wtflow.engine.prepared.alone`
+    holds one.
+
+    :param alone: send it on a connection of its own, in autocommit mode,
+        where the session has begun no transaction.
+    """
+    if not alone:
+        return prepared.execute(session, statement, params, before)
+    with prepared.alone(session) as own:
+        return prepared.execute(session, statement, params, before, own)
+
+
 def _returned(name, extra=()):
     """``RETURNING`` list of a task ``UPDATE``: what its version copies, and ``extra``."""
     quote = postgresql.dialect().identifier_preparer.quote
@@ -145,12 +162,13 @@ def _claim_statement(transactions, columns, dialect):
     )
 
 
-def claim(session, params, connection=None):
+def claim(session, params, alone=False):
     """Claim an attempt, versioned, and read what its call needs.
 
     :param params: the parameters of :func:`~invenio_wtflow.engine.statements.claim`.
-    :param connection: a connection from :func:`~invenio_wtflow.engine.prepared.alone`
-        to send it on (``None``: the session's).
+    :param alone: it is the whole transaction: sent in autocommit mode on a
+        connection of its own where the session has begun none (see
+        :func:`~invenio_wtflow.engine.prepared.alone`).
     :returns: the row of :func:`~invenio_wtflow.engine.statements.claim`, with
         ``run_name`` (the run's definition name), ``data`` (the run's data,
         for a bare task) and ``upstream`` (the results of the upstream
@@ -162,9 +180,7 @@ def claim(session, params, connection=None):
         transactions, tuple(sorted(values)), session.get_bind().dialect
     )
     tx = {f"tx_{name}": value for name, value in values.items()}
-    return prepared.execute(
-        session, statement, {**params, **tx}, connection=connection
-    ).one_or_none()
+    return _execute(session, statement, {**params, **tx}, alone=alone).one_or_none()
 
 
 def _success_clauses(condition=None):
@@ -299,7 +315,7 @@ def _success_statement(
     )
 
 
-def succeed(session, params, versioned, lock=None, connection=None):
+def succeed(session, params, versioned, lock=None, alone=False):
     """Record a success and release its dependants; return what changed.
 
     :param params: the parameters of :func:`~invenio_wtflow.engine.statements.succeed`.
@@ -315,8 +331,9 @@ def succeed(session, params, versioned, lock=None, connection=None):
         only. The success then also requires what the caller would check
         after it (see ``_LEAVES_RUN_RUNNING``), and changes nothing
         without it.
-    :param connection: a connection from :func:`~invenio_wtflow.engine.prepared.alone`
-        to send it on (``None``: the session's).
+    :param alone: it is the whole transaction: sent in autocommit mode on a
+        connection of its own where the session has begun none (see
+        :func:`~invenio_wtflow.engine.prepared.alone`).
     :returns: a :class:`Success`, or ``None`` when nothing changed: a stale
         report (or, with ``lock``, a success to record under the root lock).
     """
@@ -332,9 +349,7 @@ def succeed(session, params, versioned, lock=None, connection=None):
         params = {**params, **{f"tx_{k}": v for k, v in values.items()}}
     else:
         statement = _success_statement(False)
-    rows = prepared.execute(
-        session, statement, params, before=lock, connection=connection
-    ).all()
+    rows = _execute(session, statement, params, lock, alone).all()
     if not rows:
         return None
     task = Done(rows[0].done_id, rows[0].done_kind)
@@ -437,7 +452,7 @@ def _finish_statement(transactions, columns, dialect):
     )
 
 
-def finish(session, params, lock=None, connection=None):
+def finish(session, params, lock=None, alone=False):
     """Record a success and all it implies for a locked root run, in one statement.
 
     For a root run whose status follows the default rule
@@ -454,8 +469,9 @@ def finish(session, params, lock=None, connection=None):
     :param lock: ``(statement, params)`` that locks the run, sent in the
         same message just before (see :func:`~invenio_wtflow.engine.prepared.execute`);
         ``None`` when the caller holds the lock.
-    :param connection: a connection from :func:`~invenio_wtflow.engine.prepared.alone`
-        to send it on (``None``: the session's).
+    :param alone: it is the whole transaction: sent in autocommit mode on a
+        connection of its own where the session has begun none (see
+        :func:`~invenio_wtflow.engine.prepared.alone`).
     :returns: a :class:`Finish`, or ``None`` when nothing changed: a stale
         report, or a node to make ready.
     """
@@ -464,9 +480,7 @@ def finish(session, params, lock=None, connection=None):
         transactions, tuple(sorted(values)), session.get_bind().dialect
     )
     tx = {f"tx_{name}": value for name, value in values.items()}
-    rows = prepared.execute(
-        session, statement, {**params, **tx}, before=lock, connection=connection
-    ).all()
+    rows = _execute(session, statement, {**params, **tx}, lock, alone).all()
     if not rows:
         return None
     first = rows[0]
@@ -538,7 +552,7 @@ def _create_statement(transactions, columns, dialect):
     )
 
 
-def create(session, run, tasks, edges, connection=None):
+def create(session, run, tasks, edges, alone=False):
     """Insert a run, its tasks and their edges with their first versions, at once.
 
     For a transaction that writes nothing else: the rows are not noted for
@@ -551,8 +565,9 @@ def create(session, run, tasks, edges, connection=None):
     :param run: the run's row, with every column of its table.
     :param tasks: the tasks' rows, likewise.
     :param edges: the edges' rows.
-    :param connection: a connection from :func:`~invenio_wtflow.engine.prepared.alone`
-        to send it on (``None``: the session's).
+    :param alone: it is the whole transaction: sent in autocommit mode on a
+        connection of its own where the session has begun none (see
+        :func:`~invenio_wtflow.engine.prepared.alone`).
     :returns: whether it inserted them (``False``: a run with that id exists).
     """
     transactions, values = versioning.transaction_values(session)
@@ -565,9 +580,7 @@ def create(session, run, tasks, edges, connection=None):
         "edges": _document(edges),
         **{f"tx_{name}": value for name, value in values.items()},
     }
-    return bool(
-        prepared.execute(session, statement, params, connection=connection).all()
-    )
+    return bool(_execute(session, statement, params, alone=alone).all())
 
 
 def _document(rows):

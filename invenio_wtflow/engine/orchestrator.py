@@ -29,6 +29,7 @@ None of these functions commits: they take an
 :class:`EngineUnitOfWork`), and publishing happens after its commit.
 """
 
+import copy
 import logging
 import time
 import uuid
@@ -104,6 +105,9 @@ class EngineUnitOfWork(UnitOfWork):
     as in the parent class: after the commit, or after the rollback.
     """
 
+    retried = False
+    """Whether an earlier try of the same transaction failed (see :func:`atomic`)."""
+
     def __enter__(self):
         """Enter without a savepoint; the transaction begins at the first statement."""
         return self
@@ -114,13 +118,18 @@ def atomic(func_, *args, **kwargs):
 
     Transient database errors (deadlock, serialization failure, locked SQLite
     database, lost connection, stale version) roll back and retry the whole
-    function, up to ``WTFLOW_DB_RETRIES`` times. Post-commit operations run
-    once, after the successful commit.
+    function, up to ``WTFLOW_DB_RETRIES`` times, with ``uow.retried`` set.
+    Post-commit operations run once, after the successful commit. A failed
+    try may have committed (its ``COMMIT``'s answer lost, or a statement sent
+    alone: see :func:`~invenio_wtflow.engine.prepared.alone`): the function
+    must find what such a try left, as :func:`create_run` and :func:`claim`
+    do.
     """
     retries = current_app.config["WTFLOW_DB_RETRIES"]
     for attempt in range(retries + 1):
         try:
             with sqlite.writer(), EngineUnitOfWork(db.session) as uow:
+                uow.retried = attempt > 0
                 result = func_(uow, *args, **kwargs)
                 uow.commit()
             return result
@@ -499,7 +508,9 @@ def create(
     :param alone: nothing else changes in this transaction: on PostgreSQL
         a root run without a ``key`` (and not started with nodes of the
         orchestrator's) is inserted and versioned by one statement (see
-        :func:`~invenio_wtflow.engine.fused.create`).
+        :func:`~invenio_wtflow.engine.fused.create`), sent in autocommit
+        mode on a connection of its own when the session has begun no
+        transaction: it is committed before the unit of work commits.
     :param inserts: an :class:`Inserts` that gathers the new rows, for the
         caller to insert with other runs' (before anything reads or changes
         them); only for a run that cannot collide with another (``checked``,
@@ -527,7 +538,7 @@ def create(
         "key": key,
         "data": data if data is not None else {},
         "status": WorkflowStatus.PENDING.value,
-        "output": graph.output,
+        "output": copy.deepcopy(graph.output),  # the graph may be shared
         "created_by": created_by,
         "started_at": now if start else None,
         "orchestration_requests": 0,
@@ -606,9 +617,7 @@ def create(
     ]
     if at_once:
         # One round trip, no BEGIN and no COMMIT, before the session begins.
-        with prepared.alone(db.session) as own:
-            inserted = fused.create(db.session, row, rows, edges, own)
-        if not inserted:
+        if not fused.create(db.session, row, rows, edges, alone=True):
             _publish_committed(uow, workflow_id)
         return _known(workflow), True
     pending = Inserts() if inserts is None else inserts
@@ -674,9 +683,15 @@ def create_run(
 
     :param started: start the new run.
     :param workflow_id: the new run's id, the same in every try of the
-        transaction (see :func:`create`).
+        transaction (see :func:`create`): a retry that finds the run an
+        earlier try committed returns it, and publishes its queued tasks.
     :returns: ``(run, created)``; an existing run (same ``key``) is not started.
     """
+    if workflow_id is not None and getattr(uow, "retried", False):
+        committed = db.session.get(WorkflowRun, workflow_id)
+        if committed is not None:  # an earlier try committed; its answer was lost
+            _publish_committed(uow, workflow_id)
+            return committed, True
     at_once = started and concurrency.limit_of(name) is None
     run, created = create(
         uow,
@@ -812,8 +827,7 @@ def claim(uow, task_id, celery_id, retries=0, lease=None):
         "lease_end": _lease_end(lease, now),
     }
     if fused.available(db.session):
-        with prepared.alone(db.session) as own:
-            return fused.claim(db.session, params, own)
+        return fused.claim(db.session, params, alone=True)
     row = db.session.execute(statements.claim(), params).one_or_none()
     if row is not None:
         versioning.changed(db.session, TaskRun, [row.id])
@@ -993,8 +1007,7 @@ def succeed_alone(uow, task_id, celery_id, result, retries, workflow_id):
         statements.lock_run_and_root(False, True),
         {"workflow_id": workflow_id, "root_id": workflow_id},
     )
-    with prepared.alone(db.session) as own:
-        return _finish(uow, workflow_id, task_id, celery_id, result, retries, lock, own)
+    return _finish(uow, workflow_id, task_id, celery_id, result, retries, lock, True)
 
 
 def succeed_shared(uow, task_id, celery_id, result, retries=0, runs=None):
@@ -1086,8 +1099,7 @@ def succeed_shared_alone(uow, task_id, celery_id, result, retries, runs):
         {"workflow_id": runs[1], "root_id": runs[0]},
     )
     params = _success_params(task_id, celery_id, retries, result, utcnow())
-    with prepared.alone(db.session) as own:
-        outcome = fused.succeed(db.session, params, True, lock, own)
+    outcome = fused.succeed(db.session, params, True, lock, alone=True)
     if outcome is None:
         return False
     _queue_ready(uow, [row for row in outcome.released if row.remaining == 0])
@@ -1237,7 +1249,7 @@ def succeed(uow, task_id, celery_id, result, retries=0, runs=None):
 
 
 def _finish(
-    uow, workflow_id, task_id, celery_id, result, retries, lock=None, connection=None
+    uow, workflow_id, task_id, celery_id, result, retries, lock=None, alone=False
 ):
     """The success of a root run's task, in one statement (see ``_finished_in_sql``).
 
@@ -1247,15 +1259,15 @@ def _finish(
 
     :param lock: the statement that locks the run, and its parameters, to
         send with it; ``None`` when the run is locked already.
-    :param connection: a connection from :func:`~invenio_wtflow.engine.prepared.alone`
-        to send it on (``None``: the session's).
+    :param alone: send it in autocommit mode on a connection of its own (see
+        :func:`~invenio_wtflow.engine.prepared.alone`).
     :returns: whether the success was recorded (``False``: nothing changed,
         see :func:`succeed_alone`).
     """
     now = utcnow()
     params = _success_params(task_id, celery_id, retries, result, now)
     params["channel"] = waiting.CHANNEL
-    outcome = fused.finish(db.session, params, lock, connection)
+    outcome = fused.finish(db.session, params, lock, alone)
     if outcome is None:
         return False
     _queue_ready(uow, [row for row in outcome.released if row.remaining == 0])

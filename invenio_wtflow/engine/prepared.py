@@ -22,9 +22,9 @@ Turn it off with ``WTFLOW_PREPARED_STATEMENTS = False`` where one database
 session serves several clients, as PgBouncer does in transaction pooling
 mode: a statement prepared in one session is unknown to the next.
 
-A transaction that is one message (a claim, a success, a creation) goes
-on a connection of its own in autocommit mode (:func:`alone`), with either
-driver.
+A transaction that is one message goes on a connection of its own in
+autocommit mode (:func:`alone`): a claim or a creation with either driver,
+a success (a lock and its statement together) through prepared statements.
 """
 
 import hashlib
@@ -117,7 +117,8 @@ def _back_to_transactions(dbapi_connection, record, reset_state):
 def execute(session, statement, params, before=None, connection=None):
     """Execute ``statement``, prepared on psycopg2 connections when enabled.
 
-    :param session: the session whose connection runs it.
+    :param session: the session whose connection runs it (unless
+        ``connection`` is given).
     :param statement: a statement without expanding parameters, whose rows
         come from its selected columns (text or Core, not ORM entities).
     :param params: its parameters.
