@@ -556,11 +556,10 @@ def create(session, run, tasks, edges, alone=False):
     """Insert a run, its tasks and their edges with their first versions, at once.
 
     For a transaction that writes nothing else: the rows are not noted for
-    the commit (see :func:`~invenio_wtflow.engine.versioning.insert`).
-    Sent in autocommit mode (see :func:`~invenio_wtflow.engine.prepared.alone`),
-    it is the whole transaction;
-    if its answer is lost, a retry with the same run id finds the run there
-    and inserts nothing (no second run, no orphan tasks).
+    the commit (see :func:`~invenio_wtflow.engine.versioning.insert`). Sent
+    ``alone``, it is the whole transaction; a retry with the same run id,
+    after an answer was lost, finds the run there and inserts nothing (no
+    second run, no orphan tasks).
 
     :param run: the run's row, with every column of its table.
     :param tasks: the tasks' rows, likewise.
