@@ -5,6 +5,7 @@
 
 import itertools
 import uuid
+from contextlib import contextmanager
 
 import pytest
 import sqlalchemy as sa
@@ -27,6 +28,25 @@ from invenio_wtflow.tasks import _execution
 from .example_tasks import add, echo, tsum
 from .test_engine_dynamic import ORCHESTRATE, is_pass, nodes
 from .test_engine_orchestrator import count_statements
+
+
+@contextmanager
+def sent_statements():
+    """Record each statement sent (but ``PREPARE``) with the driver's autocommit flag.
+
+    :yields: the list of ``(statement, autocommit)`` it fills.
+    """
+    sent = []
+
+    def record(conn, cursor, statement, *args):
+        if not statement.startswith("PREPARE "):
+            sent.append((statement, cursor.connection.autocommit))
+
+    sa.event.listen(_db.engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        sa.event.remove(_db.engine, "before_cursor_execute", record)
 
 
 @pytest.fixture()
@@ -253,24 +273,15 @@ def test_a_claim_and_a_creation_commit_as_they_end(app, clean, monkeypatch):
     if _db.engine.dialect.name != "postgresql":
         pytest.skip("one-statement transitions are PostgreSQL's")
     monkeypatch.setattr(dispatch, "_send", lambda message: None)
-    modes = []
-
-    def record(conn, cursor, statement, *args):
-        if not statement.startswith("PREPARE "):
-            modes.append(cursor.connection.autocommit)
-
-    sa.event.listen(_db.engine, "before_cursor_execute", record)
-    try:
+    with sent_statements() as sent:
         wf = Workflow.create("add-chain", start=True)
-        created = modes[:]
+        created = [autocommit for _, autocommit in sent]
         task_id = wf.tasks[0].id
         celery_id = _db.session.get(TaskRun, task_id).celery_id
         _db.session.commit()
-        del modes[:]
+        del sent[:]
         assert orchestrator.atomic(orchestrator.claim, task_id, celery_id)
-        claimed = modes[:]
-    finally:
-        sa.event.remove(_db.engine, "before_cursor_execute", record)
+        claimed = [autocommit for _, autocommit in sent]
     assert (created, claimed) == ([True], [True])
     statuses = [v[0] for v in task_versions(_db, task_id)]
     assert statuses == ["queued", "running"]
@@ -356,19 +367,11 @@ def test_a_creation_in_the_callers_transaction_stays_in_it(app, clean, monkeypat
     if _db.engine.dialect.name != "postgresql":
         pytest.skip("one-statement creation is PostgreSQL's")
     monkeypatch.setattr(dispatch, "_send", lambda message: True)
-    modes = []
-
-    def record(conn, cursor, statement, *args):
-        if not statement.startswith("PREPARE "):
-            modes.append(cursor.connection.autocommit)
-
     _db.session.execute(sa.text("SELECT 1"))  # the caller's transaction
-    sa.event.listen(_db.engine, "before_cursor_execute", record)
-    try:
+    with sent_statements() as sent:
         wf = Workflow.create("fan-out", start=True)
-    finally:
-        sa.event.remove(_db.engine, "before_cursor_execute", record)
-    assert modes == [False]  # the creation went in the session's transaction
+    # The creation went in the session's transaction.
+    assert [autocommit for _, autocommit in sent] == [False]
     assert Workflow.get(wf.id).status == "running"
 
 
@@ -388,14 +391,7 @@ def test_a_root_runs_success_is_one_message_that_commits_as_it_ends(
     transactions = versioning_manager.transaction_cls
     before = _db.session.query(transactions).count()
     _db.session.commit()
-    sent = []
-
-    def record(conn, cursor, statement, *args):
-        if not statement.startswith("PREPARE "):
-            sent.append((statement, cursor.connection.autocommit))
-
-    sa.event.listen(_db.engine, "before_cursor_execute", record)
-    try:
+    with sent_statements() as sent:
         # A stale report changes nothing (its message, then succeed's look).
         assert not orchestrator.record_success(
             task_id, "other", 1, 0, 0, runs, row.run_name
@@ -406,8 +402,6 @@ def test_a_root_runs_success_is_one_message_that_commits_as_it_ends(
         assert orchestrator.record_success(
             task_id, celery_id, 1, 0, row.dependants, runs, row.run_name
         )
-    finally:
-        sa.event.remove(_db.engine, "before_cursor_execute", record)
     ((statement, autocommit),) = sent
     assert statement.count("EXECUTE ") == 2 and autocommit  # lock; success
     wf = Workflow.get(wf.id)
@@ -444,20 +438,11 @@ def claimed_in_clean_run(monkeypatch, name, definition):
 
 def recorded_success(task_id, celery_id, row, result=1):
     """``record_success`` as the worker calls it; the statements it sent."""
-    sent = []
-
-    def record(conn, cursor, statement, *args):
-        if not statement.startswith("PREPARE "):
-            sent.append((statement, cursor.connection.autocommit))
-
     runs = (str(row.root_id), str(row.workflow_id))
-    sa.event.listen(_db.engine, "before_cursor_execute", record)
-    try:
+    with sent_statements() as sent:
         applied = orchestrator.record_success(
             task_id, celery_id, result, 0, row.dependants, runs, row.run_name
         )
-    finally:
-        sa.event.remove(_db.engine, "before_cursor_execute", record)
     return applied, sent
 
 
