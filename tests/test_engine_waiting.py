@@ -189,11 +189,31 @@ def test_each_postgresql_driver_is_woken_by_the_notification(
     assert time.monotonic() - start < 10
 
 
-def test_a_wait_listens_before_it_reads_in_another_message(app, clean, broker):
-    """``LISTEN`` takes effect when its transaction commits: sent with the
-    read as one message (one implicit transaction), a finish committed
-    between the read's snapshot and that commit would be neither seen nor
-    heard, and the wait would sleep a whole ``interval``."""
+def test_a_finish_committed_during_the_first_read_is_heard(
+    app, clean, broker, listener, monkeypatch
+):
+    """``LISTEN`` takes effect when its transaction commits. Sent with the
+    read as one implicit transaction, a finish committed after the read's
+    snapshot and before that commit is neither seen nor heard (another
+    listener, here ``listener``, reads the queue past it meanwhile), and the
+    wait sleeps a whole ``interval``: the first message commits the
+    ``LISTEN`` before the read begins."""
+    slow = waiting._LISTEN_THEN_READ.replace(
+        "FROM wtflow_workflow", "FROM wtflow_workflow, pg_sleep(1)"
+    )
+    assert slow != waiting._LISTEN_THEN_READ
+    monkeypatch.setattr(waiting, "_LISTEN_THEN_READ", slow)
+    wf = Workflow.create("add-chain", start=True)
+    thread = finish_later(app, broker, 0.3)  # during the read's second
+    start = time.monotonic()
+    try:
+        assert waiting.wait(_db.engine, wf.id, timeout=20, interval=30) == "success"
+    finally:
+        thread.join()
+    assert time.monotonic() - start < 10
+
+
+def test_a_wait_sends_one_message_before_it_sleeps(app, clean, broker):
     postgresql_only()
     psycopg2 = pytest.importorskip("psycopg2")
     sent = []
@@ -206,13 +226,61 @@ def test_a_wait_listens_before_it_reads_in_another_message(app, clean, broker):
     url = _db.engine.url.set(drivername="postgresql+psycopg2")
     engine = sa.create_engine(url, connect_args={"cursor_factory": Recording})
     wf = Workflow.create("add-chain", start=True)
-    broker.deliver_all()
+    thread = finish_later(app, broker, 0.3)
     try:
-        assert waiting.wait(engine, wf.id, timeout=20) == "success"
+        assert waiting.wait(engine, wf.id, timeout=20, interval=30) == "success"
+        waiting.releaser.join()
     finally:
+        thread.join()
         engine.dispose()
-    listen, unlisten = f"LISTEN {waiting.CHANNEL}", f"UNLISTEN {waiting.CHANNEL}"
-    assert sent[-3:] == [listen, waiting._STATUS, unlisten]
+    assert sent[-2:] == [  # after the dialect's first queries
+        waiting._LISTEN_THEN_READ.format(workflow_id=wf.id),
+        f"UNLISTEN {waiting.CHANNEL}",
+    ]
+
+
+def test_a_finished_wait_gives_its_connection_back_unlistened(
+    app, clean, broker, driver_engine
+):
+    wf = Workflow.create("add-chain", start=True)
+    broker.deliver_all()
+    assert waiting.wait(driver_engine, wf.id, timeout=20) == "success"
+    waiting.releaser.join()
+    assert driver_engine.pool.checkedout() == 0
+    with driver_engine.connect() as connection:
+        channels = connection.exec_driver_sql("SELECT pg_listening_channels()")
+        assert channels.all() == []
+        assert connection.connection.driver_connection.autocommit is False
+
+
+def test_a_first_message_that_fails_leaves_the_connection_usable(
+    app, clean, broker, driver_engine, monkeypatch
+):
+    wf = Workflow.create("add-chain", start=True)
+    broker.deliver_all()
+    failing = waiting._LISTEN_THEN_READ.replace("COMMIT;", "SELECT 1 / 0; COMMIT;")
+    monkeypatch.setattr(waiting, "_LISTEN_THEN_READ", failing)
+    with pytest.raises(driver_engine.dialect.dbapi.Error, match="division by zero"):
+        waiting.wait(driver_engine, wf.id, timeout=20)
+    assert driver_engine.pool.checkedout() == 0
+    monkeypatch.undo()
+    assert waiting.wait(driver_engine, wf.id, timeout=20) == "success"
+    waiting.releaser.join()
+    with driver_engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT pg_listening_channels()").all() == []
+
+
+def test_a_forked_process_starts_its_own_releaser(
+    app, clean, broker, driver_engine, monkeypatch
+):
+    wf = Workflow.create("add-chain", start=True)
+    broker.deliver_all()
+    parents = waiting.releaser._queue()
+    monkeypatch.setattr(waiting.releaser, "_pid", -1)  # as a fork's child sees it
+    assert waiting.wait(driver_engine, wf.id, timeout=20) == "success"
+    waiting.releaser.join()
+    assert waiting.releaser._pending is not parents
+    assert driver_engine.pool.checkedout() == 0
 
 
 def test_a_notification_heard_during_a_read_is_not_waited_for(app, driver_engine):

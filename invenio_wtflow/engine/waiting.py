@@ -11,9 +11,17 @@ not missed; a notification for the run then ends the wait with the status it
 carries, and the status is read again at every ``interval`` in any case. It
 hears notifications through psycopg 3 or psycopg2; other databases and
 drivers are polled every ``interval``.
+
+``LISTEN`` takes effect when its transaction commits, so the first message
+commits it before the read begins (see :data:`_LISTEN_THEN_READ`): one round
+trip, and a finish committed after the read's snapshot is heard.
 """
 
+import logging
+import os
+import queue
 import select
+import threading
 import time
 import uuid
 
@@ -27,7 +35,25 @@ CHANNEL = "wtflow_run_finished"
 
 _STATUS = "SELECT status FROM wtflow_workflow WHERE id = %s"
 
+_LISTEN_THEN_READ = (
+    f"BEGIN; LISTEN {CHANNEL}; COMMIT; "
+    "SELECT status FROM wtflow_workflow WHERE id = '{workflow_id}'"
+)
+"""The first message of a wait: ``LISTEN`` committed, then the status read.
+
+In one message without the ``COMMIT``, the two would be one implicit
+transaction: the read's snapshot would precede the ``LISTEN``'s commit, and
+a finish committed in between would be neither seen nor heard. The id is
+written in (a :class:`uuid.UUID`): psycopg 3 sends a message of several
+statements only without parameters.
+"""
+
 FINISHED = frozenset(s.value for s in WorkflowStatus if s.is_terminal)
+
+_IDLE = 0
+"""libpq's ``PQTRANS_IDLE``, as both drivers' ``info.transaction_status`` give it."""
+
+logger = logging.getLogger(__name__)
 
 
 def notifies(session):
@@ -63,18 +89,10 @@ def wait(engine, workflow_id, timeout=None, interval=1.0):
     deadline = None if timeout is None else time.monotonic() + timeout
     if engine.dialect.name == "postgresql":
         connection = engine.raw_connection()
-        try:
-            receive = _receiver(connection.driver_connection)
-            if receive is not None:
-                return _listen(
-                    connection.driver_connection,
-                    receive,
-                    workflow_id,
-                    deadline,
-                    interval,
-                )
-        finally:
-            connection.close()
+        receive = _receiver(connection.driver_connection)
+        if receive is not None:
+            return _listen(connection, receive, workflow_id, deadline, interval)
+        connection.close()
     return _poll(engine, workflow_id, deadline, interval)
 
 
@@ -101,36 +119,125 @@ def _received_psycopg2(conn, seconds):
     return payloads
 
 
-def _listen(conn, receive, workflow_id, deadline, interval):
+def _listen(connection, receive, workflow_id, deadline, interval):
     """Wait on ``LISTEN`` until a read or a notification says the run finished.
 
     A notification heard after ``LISTEN`` ends the wait even when a read
     between the two saw the run unfinished (it finished, then was restarted):
-    it finished since the wait began.
+    it finished since the wait began. Once the status is known, the
+    connection is unlistened and given back to the pool by
+    :data:`releaser`, off the caller's path; after an error, here.
+
+    :param connection: a pooled connection of the engine's, which this owns.
     """
+    conn = connection.driver_connection
     autocommit = conn.autocommit
     conn.autocommit = True
     cursor = conn.cursor()
     try:
-        cursor.execute(f"LISTEN {CHANNEL}")
-        status = _read(cursor, workflow_id)
+        cursor.execute(_LISTEN_THEN_READ.format(workflow_id=workflow_id))
+        status = _checked(_last_row(cursor), workflow_id)
         while status not in FINISHED:
             pause = _pause(deadline, interval, workflow_id, status)
             told = _sleep_until_told(conn, receive, str(workflow_id), pause)
             status = told if told in FINISHED else _read(cursor, workflow_id)
-        return status
-    finally:
-        if not conn.closed:  # a broken connection would hide the first error
+    except BaseException:
+        try:
+            _unlisten(connection, cursor, receive, autocommit)
+        except Exception:  # the first error is the one to raise
+            logger.warning("Could not unlisten a failed wait.", exc_info=True)
+        raise
+    releaser.release(connection, cursor, receive, autocommit)
+    return status
+
+
+def _unlisten(connection, cursor, receive, autocommit):
+    """Stop listening, forget what was heard, and give the connection back.
+
+    A connection that fails to is closed for good, not pooled.
+    """
+    conn = connection.driver_connection
+    try:
+        if not conn.closed:
+            if conn.info.transaction_status != _IDLE:
+                cursor.execute("ROLLBACK")  # a first message that failed in LISTEN
             cursor.execute(f"UNLISTEN {CHANNEL}")
-            receive(conn, 0)  # forget what was heard and not read
+            receive(conn, 0)
             conn.autocommit = autocommit
         cursor.close()
+    except BaseException:
+        connection.invalidate()
+        raise
+    finally:
+        connection.close()
+
+
+class Releaser:
+    """Unlistens the connections of finished waits in a thread of its own.
+
+    ``UNLISTEN`` is one round trip after the waiter knows the status: the
+    waiter returns at once and the thread sends it, then gives the
+    connection back to the pool. One thread per process, started on first
+    use (and again in a forked child, which has none).
+    """
+
+    def __init__(self):
+        """Start nothing yet."""
+        self._lock = threading.Lock()
+        self._pid = None
+        self._pending = None
+
+    def release(self, connection, cursor, receive, autocommit):
+        """Unlisten ``connection`` (see :func:`_unlisten`) in the thread."""
+        self._queue().put((connection, cursor, receive, autocommit))
+
+    def join(self):
+        """Block until every connection released so far is back in its pool."""
+        if self._pid == os.getpid():
+            self._pending.join()
+
+    def _queue(self):
+        """This process's queue, its thread started if not yet."""
+        with self._lock:
+            if self._pid != os.getpid():
+                self._pending = queue.Queue()
+                threading.Thread(
+                    target=self._run,
+                    args=(self._pending,),
+                    name="wtflow-unlisten",
+                    daemon=True,
+                ).start()
+                self._pid = os.getpid()
+            return self._pending
+
+    @staticmethod
+    def _run(pending):
+        """Unlisten what is put in ``pending``, for ever."""
+        while True:
+            released = pending.get()
+            try:
+                _unlisten(*released)
+            except Exception:
+                logger.warning("Could not unlisten a wait's connection.", exc_info=True)
+            finally:
+                pending.task_done()
+
+
+releaser = Releaser()
+"""The process's :class:`Releaser`."""
 
 
 def _read(cursor, workflow_id):
     """Read the run's status on the listening connection."""
     cursor.execute(_STATUS, (str(workflow_id),))
     return _checked(cursor.fetchone(), workflow_id)
+
+
+def _last_row(cursor):
+    """The row of a message's last statement (psycopg 3 keeps each statement's result)."""
+    while cursor.description is None and cursor.nextset():
+        pass
+    return cursor.fetchone()
 
 
 def _sleep_until_told(conn, receive, run_id, seconds):
