@@ -482,3 +482,33 @@ def test_a_creation_whose_commit_answer_was_lost_is_found_on_retry(
     tasks = _db.session.query(TaskRun).filter_by(workflow_id=wf.id).all()
     queued = {t.celery_id: str(t.id) for t in tasks if t.status == "queued"}
     assert queued and {m.celery_id: m.task_run_id for m in sent} == queued
+
+
+def test_a_transaction_sent_alone_begins_none_in_the_session(app, clean):
+    """A unit of work whose statements all went alone (or none at all)
+    leaves the session with nothing to commit: its operations run after it,
+    without an empty transaction begun and committed in the session."""
+    began, ran = [], []
+
+    class Noted(Operation):
+        def on_commit(self, uow):
+            ran.append("commit")
+
+        def on_post_commit(self, uow):
+            ran.append("post-commit")
+
+    def note(uow):
+        uow.register(Noted())
+        return "done"
+
+    def begin(session, transaction):
+        began.append(transaction)
+
+    session = _db.session()
+    session.commit()  # end whatever the fixtures began
+    event.listen(session, "after_transaction_create", begin)
+    try:
+        assert orchestrator.atomic(note) == "done"
+    finally:
+        event.remove(session, "after_transaction_create", begin)
+    assert (began, ran) == ([], ["commit", "post-commit"])

@@ -41,7 +41,7 @@ from invenio_db import db
 from invenio_db.uow import UnitOfWork
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.orm import make_transient_to_detached, scoped_session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.orm.util import identity_key
@@ -111,6 +111,24 @@ class EngineUnitOfWork(UnitOfWork):
     def __enter__(self):
         """Enter without a savepoint; the transaction begins at the first statement."""
         return self
+
+    def commit(self):
+        """Commit, then run the operations; with no transaction begun, only run them.
+
+        Statements sent alone (see :func:`~invenio_wtflow.engine.prepared.alone`)
+        leave the session without a transaction: committing it would begin
+        and commit an empty one, with every listener of its events.
+        """
+        session = self.session
+        if isinstance(session, scoped_session):
+            session = session()
+        if session.in_transaction():
+            return super().commit()
+        for op in self._operations:
+            op.on_commit(self)
+        for op in self._operations:
+            op.on_post_commit(self)
+        self._mark_dirty()
 
 
 def atomic(func_, *args, **kwargs):
