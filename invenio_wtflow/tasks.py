@@ -31,7 +31,7 @@ from invenio_db import db
 from .engine import children, delegation, dynamic, orchestrator
 from .engine.children import Join
 from .engine.delegation import Ticket
-from .engine.dispatch import HEADER, Message, publish
+from .engine.dispatch import HEADER, INPUT_HEADER, Message, publish
 from .engine.dispatch import requeue_stale as _requeue_stale
 from .engine.dynamic import ORCHESTRATE_TASK, SUBWORKFLOW_TASK
 from .engine.graph import BARE_OPTION, call_arguments, ensure_json, resolve
@@ -57,10 +57,16 @@ class Execution:
     workflow_name: str = None
 
 
+def _header(request, name):
+    """Return a header of the message, or ``None``."""
+    headers = request.headers or {}
+    found = headers.get(name)
+    return getattr(request, name, None) if found is None else found
+
+
 def _task_run_id(request):
     """Return the task run id a message belongs to, or ``None``."""
-    headers = request.headers or {}
-    return headers.get(HEADER) or getattr(request, HEADER, None)
+    return _header(request, HEADER) or None
 
 
 def _eta(when):
@@ -125,6 +131,7 @@ class WorkflowTask(AppContextTask):
             request.id,
             retries,
             getattr(self, "lease", None),
+            upstream=_header(request, INPUT_HEADER) is not False,
         )
         if task is None:
             logger.info(

@@ -93,12 +93,11 @@ class ManualBroker:
         matching = [m for m in self.messages if predicate(m)]
         self.messages = [m for m in self.messages if not predicate(m)]
         for message in matching:
-            headers = {dispatch.HEADER: message.task_run_id}
             current_celery_app.tasks[message.name].apply(
                 args=message.args,
                 kwargs={},
                 task_id=message.celery_id,
-                headers=headers if message.task_run_id else {},
+                headers=message.headers,
                 retries=message.retries,
                 throw=False,
             )

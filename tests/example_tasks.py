@@ -10,6 +10,8 @@ import time
 from celery import chain, chord, group
 
 from invenio_wtflow import Workflow, workflow_task
+from invenio_wtflow.engine.dispatch import INPUT_HEADER
+from invenio_wtflow.tasks import _header
 
 
 @workflow_task
@@ -142,6 +144,16 @@ class JoinWorkflow(Workflow):
 def whoami(self):
     """Return what the task knows of its workflow run."""
     return {"id": str(self.workflow.id), "data": self.workflow.data}
+
+
+@workflow_task(bind=True)
+def told_input(self, *upstream):
+    """Return the upstream results and what the message said of them."""
+    return [*upstream, _header(self.request, INPUT_HEADER)]
+
+
+told_input_chain = chain(told_input.s(), told_input.s())
+"""A task that takes no input, then one that takes the first's result."""
 
 
 @workflow_task(bind=True, max_retries=5, default_retry_delay=0)

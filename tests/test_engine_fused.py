@@ -14,7 +14,13 @@ from invenio_db import db as _db
 from sqlalchemy_continuum import version_class, versioning_manager
 
 from invenio_wtflow import Workflow, current_wtflow
-from invenio_wtflow.engine import dispatch, orchestrator, prepared, versioning
+from invenio_wtflow.engine import (
+    dispatch,
+    fused,
+    orchestrator,
+    prepared,
+    versioning,
+)
 from invenio_wtflow.engine.status import default_status, default_status_sql
 from invenio_wtflow.models import (
     TaskDependency,
@@ -144,6 +150,38 @@ def test_a_claim_reads_the_upstream_results_it_takes(postgresql, started, db):
         db, claimed, second.id, second.celery_id, 0, add.run
     )
     assert execution.args == (41, 1) and len(statements) == 1
+
+
+def test_a_claim_told_its_task_takes_no_input_reads_none(postgresql, started, db):
+    """The message says whether the task takes upstream results (its
+    signature's ``input``); told it takes none, the claim's statement has no
+    read of them. Told wrongly, the task still gets its arguments: they are
+    read after the claim."""
+    wf, sent = started
+    first = wf.tasks[0].model
+    assert [m.takes_input for m in sent] == [False]
+    row = orchestrator.atomic(orchestrator.claim, first.id, first.celery_id)
+    orchestrator.record_success(first.id, first.celery_id, 41, 0, row.dependants)
+    assert [m.takes_input for m in sent[1:]] == [True]
+    assert sent[1].headers == {
+        dispatch.HEADER: sent[1].task_run_id,
+        dispatch.INPUT_HEADER: True,
+    }
+    second = db.session.get(TaskRun, wf.tasks[1].id)
+    row = orchestrator.atomic(
+        orchestrator.claim, second.id, second.celery_id, 0, None, upstream=False
+    )
+    assert row.upstream is None
+    execution, statements = statements_of(
+        db, _execution, row, second.celery_id, 0, add.run
+    )
+    assert execution.args == (41, 1) and len(statements) == 1
+    transactions, values = versioning.transaction_values(db.session)
+    full, light = (
+        str(fused._claim_statement(transactions, tuple(values), db.engine.dialect, u))
+        for u in (True, False)
+    )
+    assert "jsonb_object_agg" in full and "jsonb_object_agg" not in light
 
 
 def test_a_stale_claim_or_success_writes_nothing(postgresql, started, db):

@@ -142,6 +142,14 @@ def test_video_workflow(worker, clean):
         ] or task.position == 0  # extract_metadata also reports a message
 
 
+def test_the_message_tells_the_claim_whether_to_read_upstream_results(worker, clean):
+    """The header survives the broker: the first task takes nothing, the
+    second its result."""
+    (wf,) = wait([Workflow.create("told-input", start=True).id])
+    assert wf.status == "success"
+    assert wf.result == [[False], True]
+
+
 def test_failure_propagates(worker, clean):
     wf = Workflow.create("failing").start()
     (wf,) = wait([wf.id])

@@ -31,6 +31,13 @@ logger = logging.getLogger(__name__)
 HEADER = "wtflow_task"
 """Message header carrying the id of the task run an attempt belongs to."""
 
+INPUT_HEADER = "wtflow_input"
+"""Message header saying whether the attempt takes upstream results.
+
+``False`` lets the claim skip reading them; absent (a message published
+before the header existed), the claim reads them if the task takes any.
+"""
+
 
 @dataclass(frozen=True)
 class Message:
@@ -42,6 +49,14 @@ class Message:
     options: dict
     retries: int = 0
     args: tuple = ()
+    takes_input: bool = True
+
+    @property
+    def headers(self):
+        """The message's headers: its task run and whether it takes input."""
+        if self.task_run_id is None:
+            return {}
+        return {HEADER: self.task_run_id, INPUT_HEADER: self.takes_input}
 
     @classmethod
     def for_task(cls, task):
@@ -63,6 +78,7 @@ class Message:
             name=name,
             options=dict(signature.get("options") or {}),
             retries=retries,
+            takes_input=signature.get("input") is not None,
         )
 
     @classmethod
@@ -153,7 +169,7 @@ def _send(message):
     :returns: ``False`` when the broker refused the message.
     """
     celery = current_celery_app
-    headers = {HEADER: message.task_run_id} if message.task_run_id else {}
+    headers = message.headers
     if celery.conf.task_always_eager:
         celery.tasks[message.name].apply(
             args=message.args,

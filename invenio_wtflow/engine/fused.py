@@ -106,8 +106,12 @@ def _task_parameters(*names):
 
 
 @lru_cache(maxsize=None)
-def _claim_statement(transactions, columns, dialect):
-    """The claim, its version and what the attempt reads (see :func:`claim`)."""
+def _claim_statement(transactions, columns, dialect, upstream=True):
+    """The claim, its version and what the attempt reads (see :func:`claim`).
+
+    :param upstream: read the upstream results the task takes, if any; else
+        ``upstream`` is ``NULL``.
+    """
     claimed = (
         f"claimed AS (UPDATE wtflow_task SET status = '{RUNNING}', "
         "retries = :delivery_retries, started_at = :now, "
@@ -132,11 +136,16 @@ def _claim_statement(transactions, columns, dialect):
         "(SELECT count(*) FROM wtflow_task_dependency "
         "WHERE depends_on_id = claimed.id) AS dependants, "
         "CASE WHEN (claimed.signature ->> 'bare')::boolean THEN run.data END AS data, "
-        "CASE WHEN claimed.signature ->> 'input' IS NOT NULL THEN "
-        "(SELECT jsonb_object_agg(upstream.position, upstream.result) "
-        "FROM wtflow_task_dependency JOIN wtflow_task AS upstream "
-        "ON upstream.id = wtflow_task_dependency.depends_on_id "
-        "WHERE wtflow_task_dependency.task_id = claimed.id) END AS upstream "
+        + (
+            "CASE WHEN claimed.signature ->> 'input' IS NOT NULL THEN "
+            "(SELECT jsonb_object_agg(upstream.position, upstream.result) "
+            "FROM wtflow_task_dependency JOIN wtflow_task AS upstream "
+            "ON upstream.id = wtflow_task_dependency.depends_on_id "
+            "WHERE wtflow_task_dependency.task_id = claimed.id) END"
+            if upstream
+            else "NULL::jsonb"
+        )
+        + " AS upstream "
         "FROM claimed JOIN wtflow_workflow AS run ON run.id = claimed.workflow_id"
     )
     return (
@@ -162,13 +171,15 @@ def _claim_statement(transactions, columns, dialect):
     )
 
 
-def claim(session, params, alone=False):
+def claim(session, params, alone=False, upstream=True):
     """Claim an attempt, versioned, and read what its call needs.
 
     :param params: the parameters of :func:`~invenio_wtflow.engine.statements.claim`.
     :param alone: it is the whole transaction: sent in autocommit mode on a
         connection of its own where the session has begun none (see
         :func:`~invenio_wtflow.engine.prepared.alone`).
+    :param upstream: read the upstream results too (``False``: the task takes
+        none; ``upstream`` is then ``None``, and costs the statement nothing).
     :returns: the row of :func:`~invenio_wtflow.engine.statements.claim`, with
         ``run_name`` (the run's definition name), ``data`` (the run's data,
         for a bare task) and ``upstream`` (the results of the upstream
@@ -177,7 +188,7 @@ def claim(session, params, alone=False):
     """
     transactions, values = versioning.transaction_values(session)
     statement = _claim_statement(
-        transactions, tuple(sorted(values)), session.get_bind().dialect
+        transactions, tuple(sorted(values)), session.get_bind().dialect, upstream
     )
     tx = {f"tx_{name}": value for name, value in values.items()}
     return _execute(session, statement, {**params, **tx}, alone=alone).one_or_none()

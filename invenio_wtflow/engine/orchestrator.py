@@ -816,7 +816,7 @@ def start_runs(uow, runs):
     refresh_statuses(uow, runs)
 
 
-def claim(uow, task_id, celery_id, retries=0, lease=None):
+def claim(uow, task_id, celery_id, retries=0, lease=None, upstream=True):
     """Move an attempt ``queued -> running`` and return the task's row, or ``None``.
 
     ``task.retries`` is the retry count the attempt expects next: a queued
@@ -831,6 +831,10 @@ def claim(uow, task_id, celery_id, retries=0, lease=None):
     :func:`~invenio_wtflow.engine.fused.claim`), committed as it ends when
     it begins its transaction (see :func:`~invenio_wtflow.engine.prepared.alone`).
 
+    :param upstream: read the upstream results the task takes, if any, with
+        the claim; ``False`` when the message says it takes none (see
+        :data:`~invenio_wtflow.engine.dispatch.INPUT_HEADER`). A task that
+        takes some reads them in :func:`inputs` all the same.
     :returns: a row with the task's ``id``, ``workflow_id``, ``position``,
         ``name``, ``signature`` and number of ``dependants``, and the
         ``data`` and ``upstream`` results read with it (on PostgreSQL, with
@@ -845,7 +849,7 @@ def claim(uow, task_id, celery_id, retries=0, lease=None):
         "lease_end": _lease_end(lease, now),
     }
     if fused.available(db.session):
-        return fused.claim(db.session, params, alone=True)
+        return fused.claim(db.session, params, alone=True, upstream=upstream)
     row = db.session.execute(statements.claim(), params).one_or_none()
     if row is not None:
         versioning.changed(db.session, TaskRun, [row.id])
