@@ -114,6 +114,9 @@ def app_config(**config):
 
 def apply_experiments():
     """Apply the :data:`EXPERIMENTS` asked for (before the app is created)."""
+    from .b3_steps import install_worker_marks
+
+    install_worker_marks()  # only in b3_steps's worker
     if "continuum-subquery" in EXPERIMENTS:
         from invenio_wtflow.models import TaskRun, WorkflowRun
 

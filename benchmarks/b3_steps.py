@@ -1,0 +1,150 @@
+# SPDX-FileCopyrightText: 2026 invenio-wtflow authors.
+# SPDX-License-Identifier: MIT
+
+"""Where B3's latency goes, step by step, in the caller and in the worker.
+
+Runs B3's one-task workflow (``bench-one``) in sequence on the same worker
+as B3 and marks, on the machine's monotonic clock (the same in every
+process), when each step of a run begins:
+
+- in the caller: the submit, the creation's statement sent and answered,
+  the publish begun and done, ``create`` returned, the notification heard
+  (``wait()`` then knows the status) and ``wait()`` returned;
+- in the worker's pool process: the task called, the claim's statement
+  sent and answered, the attempt's arguments ready, the success's
+  statement sent (its answer comes after the caller heard it).
+
+It prints the median of each step since the submit, and since the step
+before. :mod:`benchmarks.b3_timeline` reads the times the rows record
+instead; this script sees the statements from the client's side, which is
+how they cost: in this flow each takes about twice as long as the same
+statement sent in a tight loop. No baseline, no pairs: a diagnostic, not a
+scenario (not run by ``run.sh``)::
+
+    python -m benchmarks.b3_steps [runs]
+"""
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from invenio_db import db
+
+from invenio_wtflow import Workflow
+
+from .common import Worker, bench_app, truncate_runs, warm_up
+
+RUNS = 300
+
+MARKS = "WTFLOW_BENCH_STEPS"
+"""Environment variable naming the file prefix the worker's marks go to."""
+
+
+def install_marks(mark, caller):
+    """Wrap the engine's steps so that each calls ``mark(label)`` as it begins.
+
+    :param caller: wrap the caller's steps (else the worker's).
+    """
+    from invenio_wtflow import tasks
+    from invenio_wtflow.engine import dispatch, fused, orchestrator, waiting
+
+    def around(owner, name, begin, end=None):
+        inner = getattr(owner, name)
+
+        def marked(*args, **kwargs):
+            if begin:
+                mark(begin)
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                if end:
+                    mark(end)
+
+        setattr(owner, name, marked)
+
+    if caller:
+        around(fused, "create", "creation sent", "creation answered")
+        around(dispatch, "_send", "publish begun", "publish done")
+        around(waiting, "_sleep_until_told", "wait sleeps", "wait heard")
+        return
+    around(tasks.WorkflowTask, "__call__", "task called")
+    around(fused, "claim", "claim sent", "claim answered")
+    around(tasks, "_execution", None, "arguments ready")
+    around(fused, "finish", "success sent")
+
+
+def install_worker_marks():
+    """Mark the worker's steps, when :data:`MARKS` is set (see ``apply_experiments``)."""
+    prefix = os.environ.get(MARKS)
+    if not prefix:
+        return
+    out = open(f"{prefix}.{os.getpid()}", "a", buffering=1)  # one per process
+
+    def mark(label):
+        out.write(f"{time.monotonic_ns()} {label}\n")
+
+    install_marks(mark, caller=False)
+
+
+def main(runs=RUNS):
+    """Print the median of each step over ``runs`` runs, in milliseconds."""
+    marks = []
+
+    def mark(label):
+        marks.append((time.monotonic_ns(), label))
+
+    install_marks(mark, caller=True)
+    with tempfile.TemporaryDirectory(prefix="wtflow-steps-") as where:
+        prefix = str(Path(where) / "worker")
+        with bench_app() as app, Worker(env={MARKS: prefix}) as worker:
+            worker.start(app.extensions["flask-celeryext"].celery)
+            warm_up()
+            truncate_runs()
+            for path in Path(where).glob("worker.*"):
+                path.write_text("")
+            marks.clear()
+            for _ in range(runs):
+                mark("submit")
+                workflow = Workflow.create("bench-one", start=True)
+                mark("create returned")
+                workflow.wait(timeout=60)
+                mark("wait returned")
+                db.session.remove()
+        for path in Path(where).glob("worker.*"):
+            for line in path.read_text().splitlines():
+                stamp, label = line.split(" ", 1)
+                marks.append((int(stamp), label))
+    report(sorted(marks), runs)
+
+
+def report(marks, runs):
+    """Print each step's median time since the submit and since the step before."""
+    since = {}
+    run = None
+    for stamp, label in marks:
+        if label == "submit":
+            run, start, seen = {}, stamp, set()
+            since.setdefault("runs", []).append(run)
+        if run is None or label in seen:
+            continue  # before the first submit, or a late mark of the run before
+        seen.add(label)
+        run[label] = (stamp - start) / 1e6
+    complete = [r for r in since.get("runs", []) if "wait returned" in r]
+    steps = sorted(
+        {label for r in complete for label in r},
+        key=lambda label: statistics.median(r[label] for r in complete if label in r),
+    )
+    print(f"{runs} one-task runs in sequence; median ms:")
+    print(f"  {'step':<20} {'since submit':>12} {'since previous':>15}")
+    previous = 0.0
+    for label in steps:
+        at = statistics.median(r[label] for r in complete if label in r)
+        print(f"  {label:<20} {at:12.2f} {at - previous:15.2f}")
+        previous = at
+
+
+if __name__ == "__main__":
+    main(*(int(arg) for arg in sys.argv[1:2]))
