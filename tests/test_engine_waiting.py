@@ -277,6 +277,7 @@ def test_a_forked_process_starts_its_own_releaser(
     broker.deliver_all()
     parents = waiting.releaser._queue()
     monkeypatch.setattr(waiting.releaser, "_pid", -1)  # as a fork's child sees it
+    monkeypatch.setattr(waiting.releaser, "_pending", parents)  # restored after
     assert waiting.wait(driver_engine, wf.id, timeout=20) == "success"
     waiting.releaser.join()
     assert waiting.releaser._pending is not parents
@@ -372,3 +373,22 @@ def test_bad_wait_arguments_are_refused(app, db, arguments, error):
     with pytest.raises(ValueError, match=error):
         wf.wait(**arguments)
     assert Workflow.get(wf.id).status == "pending"
+
+
+def test_waiters_unlisten_themselves_when_the_releaser_does_not_run(
+    app, clean, broker, driver_engine, monkeypatch
+):
+    """A thread that never runs (a uWSGI worker without threads) holds at
+    most ``backlog`` connections; later waiters give theirs back at once."""
+    wf = Workflow.create("add-chain", start=True)
+    broker.deliver_all()
+    monkeypatch.setattr(waiting.threading.Thread, "start", lambda thread: None)
+    monkeypatch.setattr(waiting.releaser, "_pid", -1)  # its thread: not started
+    monkeypatch.setattr(waiting.releaser, "_pending", None)  # the live one, after
+    for _ in range(waiting.releaser.backlog + 3):
+        assert waiting.wait(driver_engine, wf.id, timeout=20) == "success"
+    stuck = waiting.releaser._pending
+    assert stuck.qsize() == driver_engine.pool.checkedout() == waiting.releaser.backlog
+    while not stuck.empty():  # what the thread would have done
+        waiting._unlisten(*stuck.get())
+    assert driver_engine.pool.checkedout() == 0

@@ -13,8 +13,8 @@ hears notifications through psycopg 3 or psycopg2; other databases and
 drivers are polled every ``interval``.
 
 ``LISTEN`` takes effect when its transaction commits, so the first message
-commits it before the read begins (see :data:`_LISTEN_THEN_READ`): one round
-trip, and a finish committed after the read's snapshot is heard.
+commits it before the read begins (``BEGIN; LISTEN; COMMIT; SELECT``): one
+round trip, and a finish committed after the read's snapshot is heard.
 """
 
 import logging
@@ -178,8 +178,14 @@ class Releaser:
     ``UNLISTEN`` is one round trip after the waiter knows the status: the
     waiter returns at once and the thread sends it, then gives the
     connection back to the pool. One thread per process, started on first
-    use (and again in a forked child, which has none).
+    use (and again in a forked child, which has none). Where the thread
+    falls behind, or never runs (a uWSGI worker without ``enable-threads``
+    runs no thread of the application's), waiters unlisten their
+    connection themselves: at most :attr:`backlog` wait in the queue.
     """
+
+    backlog = 2
+    """Connections the queue holds at most; beyond, the waiter unlistens."""
 
     def __init__(self):
         """Start nothing yet."""
@@ -188,8 +194,18 @@ class Releaser:
         self._pending = None
 
     def release(self, connection, cursor, receive, autocommit):
-        """Unlisten ``connection`` (see :func:`_unlisten`) in the thread."""
-        self._queue().put((connection, cursor, receive, autocommit))
+        """Unlisten ``connection`` and give it back to its pool, in the thread.
+
+        :param connection: the pooled connection of a finished wait.
+        :param cursor: its cursor, closed there.
+        :param receive: how to read its notifications (forgotten there).
+        :param autocommit: the driver connection's mode before the wait.
+        """
+        pending = self._queue()
+        if pending.qsize() >= self.backlog:
+            _unlisten(connection, cursor, receive, autocommit)
+        else:
+            pending.put((connection, cursor, receive, autocommit))
 
     def join(self):
         """Block until every connection released so far is back in its pool."""
