@@ -512,3 +512,27 @@ def test_a_transaction_sent_alone_begins_none_in_the_session(app, clean):
     finally:
         event.remove(session, "after_transaction_create", begin)
     assert (began, ran) == ([], ["commit", "post-commit"])
+
+
+def test_a_claim_sent_alone_leaves_the_session_without_a_transaction(
+    app, clean, monkeypatch
+):
+    if _db.engine.dialect.name != "postgresql":
+        pytest.skip("statements are sent alone on PostgreSQL only")
+    monkeypatch.setattr(dispatch, "_send", lambda message: True)
+    wf = Workflow.create("add-chain", start=True)
+    first = wf.tasks[0].model
+    task_id, celery_id = first.id, first.celery_id
+    session = _db.session()
+    session.commit()
+    began = []
+
+    def begin(session, transaction):
+        began.append(transaction)
+
+    event.listen(session, "after_transaction_create", begin)
+    try:
+        assert orchestrator.atomic(orchestrator.claim, task_id, celery_id)
+    finally:
+        event.remove(session, "after_transaction_create", begin)
+    assert began == []

@@ -229,7 +229,6 @@ def test_a_wait_sends_one_message_before_it_sleeps(app, clean, broker):
     thread = finish_later(app, broker, 0.3)
     try:
         assert waiting.wait(engine, wf.id, timeout=20, interval=30) == "success"
-        waiting.releaser.join()
     finally:
         thread.join()
         engine.dispose()
@@ -245,7 +244,6 @@ def test_a_finished_wait_gives_its_connection_back_unlistened(
     wf = Workflow.create("add-chain", start=True)
     broker.deliver_all()
     assert waiting.wait(driver_engine, wf.id, timeout=20) == "success"
-    waiting.releaser.join()
     assert driver_engine.pool.checkedout() == 0
     with driver_engine.connect() as connection:
         channels = connection.exec_driver_sql("SELECT pg_listening_channels()")
@@ -256,8 +254,13 @@ def test_a_finished_wait_gives_its_connection_back_unlistened(
 def test_a_first_message_that_fails_leaves_the_connection_usable(
     app, clean, broker, driver_engine, monkeypatch
 ):
+    """A first message that fails inside its ``BEGIN`` leaves the transaction
+    open and aborted: it is rolled back, and the same connection (not a new
+    one) serves the next wait."""
     wf = Workflow.create("add-chain", start=True)
     broker.deliver_all()
+    with driver_engine.connect() as connection:
+        backend = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
     failing = waiting._LISTEN_THEN_READ.replace("COMMIT;", "SELECT 1 / 0; COMMIT;")
     monkeypatch.setattr(waiting, "_LISTEN_THEN_READ", failing)
     with pytest.raises(driver_engine.dialect.dbapi.Error, match="division by zero"):
@@ -265,23 +268,9 @@ def test_a_first_message_that_fails_leaves_the_connection_usable(
     assert driver_engine.pool.checkedout() == 0
     monkeypatch.undo()
     assert waiting.wait(driver_engine, wf.id, timeout=20) == "success"
-    waiting.releaser.join()
     with driver_engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT pg_backend_pid()").scalar() == backend
         assert connection.exec_driver_sql("SELECT pg_listening_channels()").all() == []
-
-
-def test_a_forked_process_starts_its_own_releaser(
-    app, clean, broker, driver_engine, monkeypatch
-):
-    wf = Workflow.create("add-chain", start=True)
-    broker.deliver_all()
-    parents = waiting.releaser._queue()
-    monkeypatch.setattr(waiting.releaser, "_pid", -1)  # as a fork's child sees it
-    monkeypatch.setattr(waiting.releaser, "_pending", parents)  # restored after
-    assert waiting.wait(driver_engine, wf.id, timeout=20) == "success"
-    waiting.releaser.join()
-    assert waiting.releaser._pending is not parents
-    assert driver_engine.pool.checkedout() == 0
 
 
 def test_a_notification_heard_during_a_read_is_not_waited_for(app, driver_engine):
@@ -373,22 +362,3 @@ def test_bad_wait_arguments_are_refused(app, db, arguments, error):
     with pytest.raises(ValueError, match=error):
         wf.wait(**arguments)
     assert Workflow.get(wf.id).status == "pending"
-
-
-def test_waiters_unlisten_themselves_when_the_releaser_does_not_run(
-    app, clean, broker, driver_engine, monkeypatch
-):
-    """A thread that never runs (a uWSGI worker without threads) holds at
-    most ``backlog`` connections; later waiters give theirs back at once."""
-    wf = Workflow.create("add-chain", start=True)
-    broker.deliver_all()
-    monkeypatch.setattr(waiting.threading.Thread, "start", lambda thread: None)
-    monkeypatch.setattr(waiting.releaser, "_pid", -1)  # its thread: not started
-    monkeypatch.setattr(waiting.releaser, "_pending", None)  # the live one, after
-    for _ in range(waiting.releaser.backlog + 3):
-        assert waiting.wait(driver_engine, wf.id, timeout=20) == "success"
-    stuck = waiting.releaser._pending
-    assert stuck.qsize() == driver_engine.pool.checkedout() == waiting.releaser.backlog
-    while not stuck.empty():  # what the thread would have done
-        waiting._unlisten(*stuck.get())
-    assert driver_engine.pool.checkedout() == 0

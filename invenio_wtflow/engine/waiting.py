@@ -17,11 +17,7 @@ commits it before the read begins (``BEGIN; LISTEN; COMMIT; SELECT``): one
 round trip, and a finish committed after the read's snapshot is heard.
 """
 
-import logging
-import os
-import queue
 import select
-import threading
 import time
 import uuid
 
@@ -52,8 +48,6 @@ FINISHED = frozenset(s.value for s in WorkflowStatus if s.is_terminal)
 
 _IDLE = 0
 """libpq's ``PQTRANS_IDLE``, as both drivers' ``info.transaction_status`` give it."""
-
-logger = logging.getLogger(__name__)
 
 
 def notifies(session):
@@ -89,10 +83,18 @@ def wait(engine, workflow_id, timeout=None, interval=1.0):
     deadline = None if timeout is None else time.monotonic() + timeout
     if engine.dialect.name == "postgresql":
         connection = engine.raw_connection()
-        receive = _receiver(connection.driver_connection)
-        if receive is not None:
-            return _listen(connection, receive, workflow_id, deadline, interval)
-        connection.close()
+        try:
+            receive = _receiver(connection.driver_connection)
+            if receive is not None:
+                return _listen(
+                    connection.driver_connection,
+                    receive,
+                    workflow_id,
+                    deadline,
+                    interval,
+                )
+        finally:
+            connection.close()
     return _poll(engine, workflow_id, deadline, interval)
 
 
@@ -119,18 +121,13 @@ def _received_psycopg2(conn, seconds):
     return payloads
 
 
-def _listen(connection, receive, workflow_id, deadline, interval):
+def _listen(conn, receive, workflow_id, deadline, interval):
     """Wait on ``LISTEN`` until a read or a notification says the run finished.
 
     A notification heard after ``LISTEN`` ends the wait even when a read
     between the two saw the run unfinished (it finished, then was restarted):
-    it finished since the wait began. Once the status is known, the
-    connection is unlistened and given back to the pool by
-    :data:`releaser`, off the caller's path; after an error, here.
-
-    :param connection: a pooled connection of the engine's, which this owns.
+    it finished since the wait began.
     """
-    conn = connection.driver_connection
     autocommit = conn.autocommit
     conn.autocommit = True
     cursor = conn.cursor()
@@ -141,106 +138,15 @@ def _listen(connection, receive, workflow_id, deadline, interval):
             pause = _pause(deadline, interval, workflow_id, status)
             told = _sleep_until_told(conn, receive, str(workflow_id), pause)
             status = told if told in FINISHED else _read(cursor, workflow_id)
-    except BaseException:
-        try:
-            _unlisten(connection, cursor, receive, autocommit)
-        except Exception:  # the first error is the one to raise
-            logger.warning("Could not unlisten a failed wait.", exc_info=True)
-        raise
-    releaser.release(connection, cursor, receive, autocommit)
-    return status
-
-
-def _unlisten(connection, cursor, receive, autocommit):
-    """Stop listening, forget what was heard, and give the connection back.
-
-    A connection that fails to is closed for good, not pooled.
-    """
-    conn = connection.driver_connection
-    try:
-        if not conn.closed:
+        return status
+    finally:
+        if not conn.closed:  # a broken connection would hide the first error
             if conn.info.transaction_status != _IDLE:
                 cursor.execute("ROLLBACK")  # a first message that failed in LISTEN
             cursor.execute(f"UNLISTEN {CHANNEL}")
-            receive(conn, 0)
+            receive(conn, 0)  # forget what was heard and not read
             conn.autocommit = autocommit
         cursor.close()
-    except BaseException:
-        connection.invalidate()
-        raise
-    finally:
-        connection.close()
-
-
-class Releaser:
-    """Unlistens the connections of finished waits in a thread of its own.
-
-    ``UNLISTEN`` is one round trip after the waiter knows the status: the
-    waiter returns at once and the thread sends it, then gives the
-    connection back to the pool. One thread per process, started on first
-    use (and again in a forked child, which has none). Where the thread
-    falls behind, or never runs (a uWSGI worker without ``enable-threads``
-    runs no thread of the application's), waiters unlisten their
-    connection themselves: at most :attr:`backlog` wait in the queue.
-    """
-
-    backlog = 2
-    """Connections the queue holds at most; beyond, the waiter unlistens."""
-
-    def __init__(self):
-        """Start nothing yet."""
-        self._lock = threading.Lock()
-        self._pid = None
-        self._pending = None
-
-    def release(self, connection, cursor, receive, autocommit):
-        """Unlisten ``connection`` and give it back to its pool, in the thread.
-
-        :param connection: the pooled connection of a finished wait.
-        :param cursor: its cursor, closed there.
-        :param receive: how to read its notifications (forgotten there).
-        :param autocommit: the driver connection's mode before the wait.
-        """
-        pending = self._queue()
-        if pending.qsize() >= self.backlog:
-            _unlisten(connection, cursor, receive, autocommit)
-        else:
-            pending.put((connection, cursor, receive, autocommit))
-
-    def join(self):
-        """Block until every connection released so far is back in its pool."""
-        if self._pid == os.getpid():
-            self._pending.join()
-
-    def _queue(self):
-        """This process's queue, its thread started if not yet."""
-        with self._lock:
-            if self._pid != os.getpid():
-                self._pending = queue.Queue()
-                threading.Thread(
-                    target=self._run,
-                    args=(self._pending,),
-                    name="wtflow-unlisten",
-                    daemon=True,
-                ).start()
-                self._pid = os.getpid()
-            return self._pending
-
-    @staticmethod
-    def _run(pending):
-        """Unlisten what is put in ``pending``, for ever."""
-        while True:
-            released = pending.get()
-            try:
-                _unlisten(*released)
-            except Exception:
-                logger.warning("Could not unlisten a wait's connection.", exc_info=True)
-            finally:
-                pending.task_done()
-
-
-releaser = Releaser()
-"""The process's :class:`Releaser`."""
 
 
 def _read(cursor, workflow_id):
