@@ -49,6 +49,13 @@ class InvalidStateError(WTFlowError, RuntimeError):
     """The operation is not allowed in the run's current status."""
 
 
+class UnsupportedDatabaseError(WTFlowError, RuntimeError):
+    """The database cannot version the engine's changes (it has no upsert).
+
+    The engine runs on PostgreSQL, SQLite and MySQL/MariaDB.
+    """
+
+
 class WaitTimeoutError(WTFlowError, TimeoutError):
     """A run was still unfinished when the time to wait for it ran out."""
 

@@ -13,6 +13,7 @@ from sqlalchemy_continuum.operation import Operation
 
 from invenio_wtflow import Workflow, current_wtflow
 from invenio_wtflow.engine import dispatch, orchestrator, versioning
+from invenio_wtflow.errors import UnsupportedDatabaseError
 from invenio_wtflow.models import TaskRun, WorkflowRun
 
 from .example_tasks import add, tsum
@@ -118,7 +119,7 @@ class _Oracle:
 
 
 def test_a_database_without_upsert_is_refused():
-    with pytest.raises(NotImplementedError, match="not on oracle"):
+    with pytest.raises(UnsupportedDatabaseError, match="not on oracle"):
         versioning._copy_statement(TaskRun, Operation.UPDATE, _Oracle())
 
 

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, make_transient_to_detached, scoped_session
 from sqlalchemy_continuum import version_class
 from sqlalchemy_continuum.operation import Operation
 
+from ..errors import UnsupportedDatabaseError
 from . import prepared
 
 _CHANGED = "wtflow_changed_rows"
@@ -135,7 +136,7 @@ def _copy_statement(model, operation, dialect):
         assignments = ", ".join(f"{c} = VALUES({c})" for c in updated)
         upsert = f"ON DUPLICATE KEY UPDATE {assignments}"
     else:
-        raise NotImplementedError(
+        raise UnsupportedDatabaseError(
             f"invenio-wtflow versions its Core updates on PostgreSQL, SQLite and "
             f"MySQL, not on {dialect.name}."
         )
