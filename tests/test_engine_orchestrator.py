@@ -3,6 +3,7 @@
 
 """Orchestrator transitions: cost per task and the status rule."""
 
+import gc
 import os
 from contextlib import contextmanager
 from datetime import timedelta
@@ -432,6 +433,32 @@ def test_attempts_do_not_write_the_result_backend(app, monkeypatch):
     assert dispatch._send(message)
     assert sent[0]["ignore_result"] is True
     assert sent[0]["task_id"] == "attempt"
+
+
+def test_a_published_attempt_asks_nothing_of_the_result_backend(app, monkeypatch):
+    """An ``AsyncResult`` tells the backend nobody waits for it when it is
+    collected (Redis: an ``UNSUBSCRIBE`` per message sent); a publish makes
+    none, and the message still reaches the broker."""
+    celery = current_celery_app
+    monkeypatch.setitem(celery.conf, "task_always_eager", False)
+    asked, backend = [], celery.backend
+    for name in ("on_task_call", "add_pending_result", "remove_pending_result"):
+        monkeypatch.setattr(
+            backend, name, lambda *a, name=name, **k: asked.append(name)
+        )
+    message = dispatch.Message(
+        task_run_id="run", celery_id="unread-attempt", name=add.name, options={}
+    )
+    with celery.connection_for_read() as connection:
+        queue = connection.SimpleQueue(celery.conf.task_default_queue)
+        queue.clear()
+        assert dispatch._send(message)
+        gc.collect()
+        received = queue.get(timeout=5)
+        received.ack()
+        queue.close()
+    assert asked == []
+    assert received.headers["id"] == "unread-attempt"
 
 
 @pytest.mark.parametrize("dependants", [0, 1])

@@ -158,13 +158,31 @@ def _routing(name, options):
     return {**kept, **options}
 
 
+class _Unread:
+    """What ``send_task`` hands back for an attempt: its id, and nothing to read.
+
+    Celery's ``AsyncResult`` tells the result backend, when it is garbage
+    collected, that nobody waits for it any more: with the Redis backend,
+    once the process has waited for any result, that is an ``UNSUBSCRIBE``
+    round trip for every message sent, on the publisher's path.
+    """
+
+    __slots__ = ("id", "ignored")
+
+    def __init__(self, id):
+        """Keep the attempt's Celery id."""
+        self.id = id
+
+
 def _send(message):
     """Publish one attempt (or run it at once in eager mode).
 
     The attempt does not write Celery's result backend (``ignore_result``,
     honoured per message by the worker): the database holds the result and
     nothing reads it back, so the write would be one more round trip per
-    task for nothing.
+    task for nothing. For the same reason the publish hands back no
+    ``AsyncResult`` (see :class:`_Unread`), and adds none to the trail of
+    the task that publishes it.
 
     :returns: ``False`` when the broker refused the message.
     """
@@ -189,6 +207,8 @@ def _send(message):
             headers=headers,
             retries=message.retries,
             ignore_result=True,
+            result_cls=_Unread,
+            add_to_parent=False,
             **_routing(message.name, message.options),
         )
     except Exception:
