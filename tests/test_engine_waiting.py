@@ -146,17 +146,17 @@ def driver_engine(app, request):
 
 
 @contextmanager
-def listening(engine):
-    """A driver connection of ``engine`` listening on the engine's channel."""
+def listening(engine, channel=waiting.CHANNEL):
+    """A driver connection of ``engine`` listening on ``channel``."""
     connection = engine.raw_connection()
     raw = connection.driver_connection
     raw.autocommit = True
     cursor = raw.cursor()
-    cursor.execute(f"LISTEN {waiting.CHANNEL}")
+    cursor.execute(f"LISTEN {channel}")
     try:
         yield raw
     finally:
-        cursor.execute(f"UNLISTEN {waiting.CHANNEL}")
+        cursor.execute(f"UNLISTEN {channel}")
         cursor.close()
         raw.autocommit = False
         connection.close()
@@ -232,23 +232,53 @@ def test_a_wait_sends_one_message_before_it_sleeps(app, clean, broker):
     finally:
         thread.join()
         engine.dispose()
-    assert sent[-2:] == [  # after the dialect's first queries
-        waiting._LISTEN_THEN_READ.format(workflow_id=wf.id),
-        f"UNLISTEN {waiting.CHANNEL}",
+    # After the dialect's first queries, one message, and none after hearing.
+    assert sent[-1] == waiting._LISTEN_THEN_READ.format(
+        unlisten="", channel=waiting.run_channel(wf.id), workflow_id=wf.id
+    )
+
+
+def listened(connection):
+    """The channels the session of ``connection`` listens on."""
+    return [
+        channel
+        for (channel,) in connection.exec_driver_sql("SELECT pg_listening_channels()")
     ]
 
 
-def test_a_finished_wait_gives_its_connection_back_unlistened(
+def test_a_finished_wait_leaves_only_its_run_channel_listened(
     app, clean, broker, driver_engine
 ):
-    wf = Workflow.create("add-chain", start=True)
+    """No ``UNLISTEN`` after the notification: the connection goes back to
+    the pool listening on the finished run's channel, hears nothing of other
+    runs there, and the next wait on it drops that channel."""
+    first = Workflow.create("add-chain", start=True)
     broker.deliver_all()
-    assert waiting.wait(driver_engine, wf.id, timeout=20) == "success"
+    assert waiting.wait(driver_engine, first.id, timeout=20) == "success"
     assert driver_engine.pool.checkedout() == 0
+    second = Workflow.create("add-chain", start=True)
+    broker.deliver_all()  # the second run finishes, notified
     with driver_engine.connect() as connection:
-        channels = connection.exec_driver_sql("SELECT pg_listening_channels()")
-        assert channels.all() == []
-        assert connection.connection.driver_connection.autocommit is False
+        assert listened(connection) == [waiting.run_channel(first.id)]
+        raw = connection.connection.driver_connection
+        assert raw.autocommit is False
+        assert heard(raw, seconds=0.3) == []  # none of the second run's
+    assert waiting.wait(driver_engine, second.id, timeout=20) == "success"
+    with driver_engine.connect() as connection:
+        assert listened(connection) == [waiting.run_channel(second.id)]
+
+
+def test_a_wait_that_gives_up_leaves_nothing_listened(
+    app, clean, broker, driver_engine
+):
+    finished = Workflow.create("add-chain", start=True)
+    broker.deliver_all()
+    assert waiting.wait(driver_engine, finished.id, timeout=20) == "success"
+    running = Workflow.create("add-chain", start=True)  # never delivered
+    with pytest.raises(WaitTimeoutError):
+        waiting.wait(driver_engine, running.id, timeout=0.2)
+    with driver_engine.connect() as connection:
+        assert listened(connection) == []
 
 
 def test_a_first_message_that_fails_leaves_the_connection_usable(
@@ -257,8 +287,9 @@ def test_a_first_message_that_fails_leaves_the_connection_usable(
     """A first message that fails inside its ``BEGIN`` leaves the transaction
     open and aborted: it is rolled back, and the same connection (not a new
     one) serves the next wait."""
-    wf = Workflow.create("add-chain", start=True)
+    wf, other = (Workflow.create("add-chain", start=True) for _ in range(2))
     broker.deliver_all()
+    assert waiting.wait(driver_engine, other.id, timeout=20) == "success"
     with driver_engine.connect() as connection:
         backend = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
     failing = waiting._LISTEN_THEN_READ.replace("COMMIT;", "SELECT 1 / 0; COMMIT;")
@@ -266,11 +297,13 @@ def test_a_first_message_that_fails_leaves_the_connection_usable(
     with pytest.raises(driver_engine.dialect.dbapi.Error, match="division by zero"):
         waiting.wait(driver_engine, wf.id, timeout=20)
     assert driver_engine.pool.checkedout() == 0
+    with driver_engine.connect() as connection:  # the earlier wait's channel too
+        assert listened(connection) == []
     monkeypatch.undo()
     assert waiting.wait(driver_engine, wf.id, timeout=20) == "success"
     with driver_engine.connect() as connection:
         assert connection.exec_driver_sql("SELECT pg_backend_pid()").scalar() == backend
-        assert connection.exec_driver_sql("SELECT pg_listening_channels()").all() == []
+        assert listened(connection) == [waiting.run_channel(wf.id)]
 
 
 def test_a_notification_heard_during_a_read_is_not_waited_for(app, driver_engine):
@@ -287,21 +320,40 @@ def test_a_notification_heard_during_a_read_is_not_waited_for(app, driver_engine
 
 def test_the_transaction_that_finishes_a_run_notifies_it(app, clean, broker, listener):
     wf = Workflow.create("add-chain", start=True)
-    broker.deliver(lambda m: m is broker.messages[0])  # the run goes on
-    assert heard(listener) == []
-    broker.deliver_all()
-    assert heard(listener) == [f"{wf.id} success"]
+    with listening(_db.engine, waiting.run_channel(wf.id)) as own:
+        broker.deliver(lambda m: m is broker.messages[0])  # the run goes on
+        assert heard(listener) == [] and heard(own, 0.1) == []
+        broker.deliver_all()
+        assert heard(listener) == [f"{wf.id} success"]
+        assert heard(own) == [f"{wf.id} success"]
 
 
-def notify_later(app, payload, delay=0.3):
-    """Send ``payload`` on the channel after ``delay`` seconds, in another thread."""
+def test_a_stopped_run_is_notified_on_both_channels(app, clean, broker, listener):
+    wf, other = (Workflow.create("add-chain", start=True) for _ in range(2))
+    with listening(_db.engine, waiting.run_channel(wf.id)) as own:
+        wf.stop()
+        other.stop()
+        assert heard(own) == [f"{wf.id} cancelled"]
+    assert heard(listener) == [f"{wf.id} cancelled", f"{other.id} cancelled"]
+
+
+def test_a_run_channel_is_the_run_id_in_hexadecimal(app, db):
+    wf = Workflow.create("add-chain")
+    assert waiting.run_channel(str(wf.id)) == f"wtflow_run_{wf.id.hex}"
+    if db.engine.dialect.name == "postgresql":
+        sql = f"SELECT {waiting.run_channel_sql('id')} FROM wtflow_workflow"
+        assert db.session.execute(sa.text(sql)).scalar() == waiting.run_channel(wf.id)
+
+
+def notify_later(app, channel, payload, delay=0.3):
+    """Send ``payload`` on ``channel`` after ``delay`` seconds, in another thread."""
 
     def send():
         time.sleep(delay)
         with app.app_context(), _db.engine.connect() as connection:
             connection.execute(
                 sa.text("SELECT pg_notify(:channel, :payload)"),
-                {"channel": waiting.CHANNEL, "payload": payload},
+                {"channel": channel, "payload": payload},
             )
             connection.commit()
 
@@ -314,7 +366,7 @@ def test_the_notified_status_ends_the_wait_without_reading_it_again(
     app, clean, broker, driver_engine
 ):
     wf = Workflow.create("add-chain", start=True)  # it stays running
-    thread = notify_later(app, f"{wf.id} success")
+    thread = notify_later(app, waiting.run_channel(wf.id), f"{wf.id} success")
     try:
         status = waiting.wait(driver_engine, wf.id, timeout=20, interval=30)
     finally:
@@ -328,7 +380,8 @@ def test_other_notifications_are_read_again_or_ignored(
 ):
     wf = Workflow.create("add-chain", start=True)  # it stays running
     other = "00000000-0000-0000-0000-000000000000"
-    thread = notify_later(app, payload.format(id=wf.id, other=other), 0.1)
+    payload = payload.format(id=wf.id, other=other)
+    thread = notify_later(app, waiting.run_channel(wf.id), payload, 0.1)
     try:
         with pytest.raises(WaitTimeoutError, match="is still running"):
             waiting.wait(driver_engine, wf.id, timeout=1, interval=30)

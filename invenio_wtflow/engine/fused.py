@@ -41,7 +41,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy_continuum.operation import Operation
 
 from ..models import TaskDependency, TaskRun, TaskStatus, WorkflowRun, WorkflowStatus
-from . import prepared, versioning
+from . import prepared, versioning, waiting
 from .status import default_status_sql
 
 _TASKS = TaskRun.__table__
@@ -414,6 +414,7 @@ def _finish_statement(transactions, columns, dialect):
     run_columns = ", ".join(
         f"wtflow_workflow.{quote(c)}" for c in versioning.copied_columns(WorkflowRun)
     )
+    payload = "run.id::text || ' ' || run.status"
     sql = _success_clauses(_READIES_NO_NODE) + (
         # The run's tasks as the success leaves them (the statement's own
         # reads see the rows as they were before it).
@@ -431,7 +432,8 @@ def _finish_statement(transactions, columns, dialect):
         "FROM derived, done WHERE wtflow_workflow.id = done.workflow_id "
         "AND wtflow_workflow.status <> derived.status "
         f"RETURNING {run_columns}), "
-        "notified AS (SELECT pg_notify(:channel, run.id::text || ' ' || run.status) "
+        f"notified AS (SELECT pg_notify(:channel, {payload}), "
+        f"pg_notify({waiting.run_channel_sql('run.id')}, {payload}) "
         f"FROM run WHERE run.status IN ({_FINISHED}))"
     )
     copies = [

@@ -29,6 +29,7 @@ from sqlalchemy import (
 )
 
 from ..models import TaskDependency, TaskRun, TaskStatus, WorkflowRun
+from . import waiting
 
 _TASKS = TaskRun.__table__
 _EDGES = TaskDependency.__table__
@@ -133,8 +134,9 @@ def set_run_status(finished, notify=False):
     Parameters: ``workflow_id``, ``status``, ``message``, ``now`` (also the
     new ``finished_at`` when ``finished``). A finished run gives up its
     request for a concurrency slot. With ``notify`` (PostgreSQL), the
-    statement also sends the run's id and new status on ``channel``, as
-    ``"<id> <status>"`` (see :func:`.waiting.notifies`).
+    statement also sends the run's id and new status on ``channel`` and on
+    the run's own channel, as ``"<id> <status>"`` (see
+    :func:`.waiting.notifies`).
     """
     values = {
         "status": bindparam("status"),
@@ -152,7 +154,10 @@ def set_run_status(finished, notify=False):
     if notify:
         payload = cast(_RUNS.c.id, Text).concat(literal_column("' '", Text))
         payload = payload.concat(_RUNS.c.status)
-        statement = statement.returning(func.pg_notify(bindparam("channel"), payload))
+        own = literal_column(waiting.run_channel_sql("wtflow_workflow.id"), Text)
+        statement = statement.returning(
+            func.pg_notify(bindparam("channel"), payload), func.pg_notify(own, payload)
+        )
     return statement
 
 

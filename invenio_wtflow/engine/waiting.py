@@ -3,18 +3,29 @@
 
 """Wait for a run to finish: PostgreSQL ``NOTIFY`` when it can, polling otherwise.
 
-The transaction that stores a run's finished status sends a notification on
-:data:`CHANNEL` with the run's id and that status (PostgreSQL delivers it at
-the commit, and not at all on a rollback). :func:`wait` listens on its own
-connection, then reads the status, so a run that finishes between the two is
-not missed; a notification for the run then ends the wait with the status it
-carries, and the status is read again at every ``interval`` in any case. It
-hears notifications through psycopg 3 or psycopg2; other databases and
-drivers are polled every ``interval``.
+The transaction that stores a run's finished status sends a notification
+with the run's id and that status on :data:`CHANNEL`, for any client, and on
+the run's own channel (:func:`run_channel`), for its waiters (PostgreSQL
+delivers them at the commit, and not at all on a rollback). :func:`wait`
+listens on the run's channel on its own connection, then reads the status,
+so a run that finishes between the two is not missed; the notification then
+ends the wait with the status it carries, and the status is read again at
+every ``interval`` in any case. It hears notifications through psycopg 3 or
+psycopg2; other databases and drivers are polled every ``interval``.
 
 ``LISTEN`` takes effect when its transaction commits, so the first message
 commits it before the read begins (``BEGIN; LISTEN; COMMIT; SELECT``): one
 round trip, and a finish committed after the read's snapshot is heard.
+
+A finished wait leaves its connection listening on the finished run's
+channel, on which nothing more is said (unless the run is restarted and
+finishes again): the server filters notifications by channel, so the
+connection, idle in the pool or in use, receives none of other runs', and
+an idle one reads PostgreSQL's notification queue as it goes (a long
+transaction on it holds the queue back meanwhile, as any listening
+session's does). The next wait on the same connection drops that channel
+in its first message, and a connection the pool replaces forgets it. So the
+wait returns as soon as it hears, without an ``UNLISTEN`` round trip.
 """
 
 import select
@@ -27,15 +38,20 @@ from ..errors import WaitTimeoutError, WorkflowNotFoundError
 from ..models import WorkflowRun, WorkflowStatus
 
 CHANNEL = "wtflow_run_finished"
-"""The notification channel; the payload is ``"<run id> <status>"``."""
+"""The channel of every run's finish; the payload is ``"<run id> <status>"``."""
+
+RUN_CHANNEL_PREFIX = "wtflow_run_"
+"""The start of a run's own channel, followed by its id in hexadecimal."""
 
 _STATUS = "SELECT status FROM wtflow_workflow WHERE id = %s"
 
 _LISTEN_THEN_READ = (
-    f"BEGIN; LISTEN {CHANNEL}; COMMIT; "
+    "BEGIN; {unlisten}LISTEN {channel}; COMMIT; "
     "SELECT status FROM wtflow_workflow WHERE id = '{workflow_id}'"
 )
 """The first message of a wait: ``LISTEN`` committed, then the status read.
+
+``{unlisten}`` drops the channel an earlier wait left on the connection.
 
 In one message without the ``COMMIT``, the two would be one implicit
 transaction: the read's snapshot would precede the ``LISTEN``'s commit, and
@@ -43,6 +59,9 @@ a finish committed in between would be neither seen nor heard. The id is
 written in (a :class:`uuid.UUID`): psycopg 3 sends a message of several
 statements only without parameters.
 """
+
+_LISTENING = "wtflow_listening"
+"""Key, in a pooled connection's ``info``, of the channel a finished wait left."""
 
 FINISHED = frozenset(s.value for s in WorkflowStatus if s.is_terminal)
 
@@ -54,11 +73,25 @@ def notifies(session):
     """Whether the session's database wakes waiters (PostgreSQL).
 
     The transaction that stores a run's finished status sends the run's id
-    and that status on :data:`CHANNEL` then, with the ``UPDATE`` itself (see
+    and that status on :data:`CHANNEL` and on :func:`run_channel` then, with
+    the ``UPDATE`` itself (see
     :func:`~invenio_wtflow.engine.statements.set_run_status`). Other
     databases are polled.
     """
     return session.get_bind().dialect.name == "postgresql"
+
+
+def run_channel(workflow_id):
+    """The channel on which run ``workflow_id``'s finish is sent to its waiters.
+
+    :param workflow_id: the run's id (a :class:`uuid.UUID` or its text).
+    """
+    return RUN_CHANNEL_PREFIX + uuid.UUID(str(workflow_id)).hex
+
+
+def run_channel_sql(column):
+    """SQL for :func:`run_channel` of the run whose id is in ``column``."""
+    return f"'{RUN_CHANNEL_PREFIX}' || replace(CAST({column} AS text), '-', '')"
 
 
 def wait(engine, workflow_id, timeout=None, interval=1.0):
@@ -88,6 +121,7 @@ def wait(engine, workflow_id, timeout=None, interval=1.0):
             if receive is not None:
                 return _listen(
                     connection.driver_connection,
+                    connection.info,
                     receive,
                     workflow_id,
                     deadline,
@@ -121,29 +155,43 @@ def _received_psycopg2(conn, seconds):
     return payloads
 
 
-def _listen(conn, receive, workflow_id, deadline, interval):
+def _listen(conn, info, receive, workflow_id, deadline, interval):
     """Wait on ``LISTEN`` until a read or a notification says the run finished.
 
     A notification heard after ``LISTEN`` ends the wait even when a read
     between the two saw the run unfinished (it finished, then was restarted):
     it finished since the wait began.
+
+    :param info: the pooled connection's ``info``, where a finished wait
+        leaves the name of the channel it still listens on.
     """
+    channel, stale = run_channel(workflow_id), info.pop(_LISTENING, None)
     autocommit = conn.autocommit
     conn.autocommit = True
     cursor = conn.cursor()
+    finished = False
     try:
-        cursor.execute(_LISTEN_THEN_READ.format(workflow_id=workflow_id))
+        unlisten = f"UNLISTEN {stale}; " if stale not in (None, channel) else ""
+        first = _LISTEN_THEN_READ.format(
+            unlisten=unlisten, channel=channel, workflow_id=workflow_id
+        )
+        cursor.execute(first)
         status = _checked(_last_row(cursor), workflow_id)
         while status not in FINISHED:
             pause = _pause(deadline, interval, workflow_id, status)
             told = _sleep_until_told(conn, receive, str(workflow_id), pause)
             status = told if told in FINISHED else _read(cursor, workflow_id)
+        finished = True
         return status
     finally:
         if not conn.closed:  # a broken connection would hide the first error
-            if conn.info.transaction_status != _IDLE:
-                cursor.execute("ROLLBACK")  # a first message that failed in LISTEN
-            cursor.execute(f"UNLISTEN {CHANNEL}")
+            if finished:
+                info[_LISTENING] = channel  # nothing more is said on it
+            else:
+                if conn.info.transaction_status != _IDLE:
+                    cursor.execute("ROLLBACK")  # a first message that failed
+                listened = dict.fromkeys(c for c in (channel, stale) if c)
+                cursor.execute("; ".join(f"UNLISTEN {c}" for c in listened))
             receive(conn, 0)  # forget what was heard and not read
             conn.autocommit = autocommit
         cursor.close()
