@@ -50,7 +50,7 @@ def deliver(celery, messages):
             args=message.args,
             kwargs={},
             task_id=message.celery_id,
-            headers={dispatch.HEADER: message.task_run_id},
+            headers=message.headers,
             retries=message.retries,
             throw=False,
         )
