@@ -6,7 +6,7 @@
 import pytest
 from invenio_db import db as _db
 from sqlalchemy import bindparam, event, or_, select, text
-from sqlalchemy.exc import MultipleResultsFound, NoResultFound
+from sqlalchemy.exc import MultipleResultsFound, NoResultFound, OperationalError
 
 from invenio_wtflow import Workflow
 from invenio_wtflow.engine import dispatch, orchestrator, prepared
@@ -234,3 +234,74 @@ def test_two_statements_apart_are_refused_in_autocommit_mode(app, clean):
     finally:
         app.config["WTFLOW_PREPARED_STATEMENTS"] = True
         _db.session.rollback()
+
+
+@pytest.fixture()
+def driver_sql(monkeypatch):
+    """The prepared statements run through SQLAlchemy's ``exec_driver_sql``."""
+    from sqlalchemy.engine import Connection
+
+    sent, exec_driver_sql = [], Connection.exec_driver_sql
+
+    def spy(self, statement, *args, **kwargs):
+        sent.append(statement.split(None, 1)[0])
+        return exec_driver_sql(self, statement, *args, **kwargs)
+
+    monkeypatch.setattr(Connection, "exec_driver_sql", spy)
+    return sent
+
+
+def test_unwatched_statements_go_on_the_drivers_cursor(psycopg2, tasks, db, driver_sql):
+    """Nothing listens to the engine's statements: ``EXECUTE`` skips
+    SQLAlchemy's execution context (``PREPARE``, once, does not)."""
+    for task_id, celery_id in tasks:
+        assert orchestrator.claim(None, task_id, celery_id).id == task_id
+    assert driver_sql == ["PREPARE"]
+
+
+def test_a_cursor_listener_sees_every_statement(
+    psycopg2, tasks, db, sent_sql, driver_sql
+):
+    for task_id, celery_id in tasks:
+        assert orchestrator.claim(None, task_id, celery_id).id == task_id
+    assert sent_sql == driver_sql == ["PREPARE", "EXECUTE", "EXECUTE"]
+
+
+def test_an_unwatched_statement_fails_as_sqlalchemy_raises(psycopg2, db):
+    from sqlalchemy.exc import DataError
+
+    divided = select((bindparam("n", type_=TaskRun.retries.type) / 0).label("q"))
+    with pytest.raises(DataError, match="division by zero") as raised:
+        prepared.execute(db.session, divided, {"n": 1})
+    assert raised.value.statement.startswith("EXECUTE wtflow_")
+    assert raised.value.params["n"] == 1
+
+
+def test_an_unwatched_statement_on_a_lost_connection_invalidates_it(psycopg2_clean):
+    """The server ended the pooled session: the error is SQLAlchemy's, says
+    the connection was invalidated (what :func:`~.orchestrator.atomic`
+    retries on), and the pool connects again."""
+    import psycopg2 as driver
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(_db.engine.url, pool_size=1)
+    statement = select(bindparam("a", type_=WorkflowRun.name.type).label("a"))
+    try:
+        with engine.connect() as connection:  # prepared while it lives
+            assert prepared.execute(
+                _db.session, statement, {"a": "x"}, None, connection
+            )
+            pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        url = engine.url.set(drivername="postgresql")
+        with driver.connect(url.render_as_string(hide_password=False)) as killer:
+            killer.autocommit = True
+            killer.cursor().execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with engine.connect() as connection:
+            with pytest.raises(OperationalError) as raised:
+                prepared.execute(_db.session, statement, {"a": "y"}, None, connection)
+        assert raised.value.connection_invalidated
+        assert raised.value.statement.startswith("EXECUTE wtflow_")
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("SELECT pg_backend_pid()").scalar() != pid
+    finally:
+        engine.dispose()
