@@ -3,9 +3,13 @@
 
 """Compiling canvases into nodes and edges."""
 
+import inspect
+from functools import lru_cache
+
 import pytest
 from celery import chain, chord, group
 
+from invenio_wtflow.engine import graph
 from invenio_wtflow.engine.graph import call_arguments, compile_canvas, ensure_json
 from invenio_wtflow.errors import InvalidDataError, InvalidDefinitionError
 from invenio_wtflow.tasks import _LazyData
@@ -135,3 +139,31 @@ def test_call_arguments_load_the_data_only_when_needed():
     data = _LazyData(lambda: {"y": 5, "z": 6})
     assert call_arguments(add.run, sig, None, data) == ([1], {"y": 5})
     assert dict(data) == {"y": 5, "z": 6}
+
+
+def test_a_task_functions_signature_is_read_once(monkeypatch):
+    read = []
+
+    def counted(func):
+        read.append(func)
+        return inspect.signature(func)
+
+    monkeypatch.setattr(graph, "_kept_signature", lru_cache(maxsize=None)(counted))
+    sig = {"args": [], "kwargs": {}, "input": None, "bare": True}
+    for video_id in (1, 2, 3):
+        assert call_arguments(add.run, sig, None, {"x": video_id, "y": 1}) == (
+            [],
+            {"x": video_id, "y": 1},
+        )
+    assert read == [add.run]
+
+
+def test_an_unhashable_callable_still_gets_its_data():
+    class Run:
+        __eq__ = object.__eq__  # no __hash__: unhashable
+
+        def __call__(self, video_id):
+            pass
+
+    sig = {"args": [], "kwargs": {}, "input": None, "bare": True}
+    assert call_arguments(Run(), sig, None, {"video_id": 7}) == ([], {"video_id": 7})

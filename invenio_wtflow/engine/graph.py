@@ -24,6 +24,7 @@ it is a signature, and gets the upstream value as Celery would pass it.
 import inspect
 import json
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from celery import Task
 from celery import current_app as current_celery_app
@@ -240,6 +241,20 @@ def resolve(ref, results):
     return [resolve(item, results) for item in ref["list"]]
 
 
+def _signature(func):
+    """``inspect.signature(func)``, computed once per task function.
+
+    It costs more than the rest of an attempt's arguments, at every call.
+    """
+    try:
+        return _kept_signature(func)
+    except TypeError:  # an unhashable callable (or a builtin: raised again)
+        return inspect.signature(func)
+
+
+_kept_signature = lru_cache(maxsize=1024)(inspect.signature)
+
+
 def call_arguments(func, signature, incoming, data):
     """Return the ``(args, kwargs)`` a node's attempt is called with.
 
@@ -259,7 +274,7 @@ def call_arguments(func, signature, incoming, data):
         args.insert(0, incoming)
     kwargs = dict(signature["kwargs"])
     try:
-        described = inspect.signature(func)
+        described = _signature(func)
     except (TypeError, ValueError):  # pragma: no cover - builtins
         return args, kwargs
     params = described.parameters
