@@ -14,6 +14,10 @@ process), when each step of a run begins:
   sent and answered, the attempt's arguments ready, the success's
   statement sent (its answer comes after the caller heard it).
 
+Each statement is marked too as it leaves the driver's cursor and as its
+answer is read (``caller sql 1 sent``, ``worker sql 2 back``...): the time
+between the two is its round trip, the rest of a step is Python.
+
 It prints the median of each step since the submit, and since the step
 before. :mod:`benchmarks.b3_timeline` reads the times the rows record
 instead; this script sees the statements from the client's side, which is
@@ -46,25 +50,50 @@ MARKS = "WTFLOW_BENCH_STEPS"
 def install_marks(mark, caller):
     """Wrap the engine's steps so that each calls ``mark(label)`` as it begins.
 
+    Each statement sent on the driver's cursor (see
+    :func:`~invenio_wtflow.engine.prepared._sent`: nothing watches the
+    benchmark's engine) is marked too, as it leaves and as its answer is
+    read: ``caller sql 1 sent``, ``worker sql 2 back``..., counted from the
+    creation (caller) or the task's call (worker).
+
     :param caller: wrap the caller's steps (else the worker's).
     """
     from invenio_wtflow import tasks
-    from invenio_wtflow.engine import dispatch, fused, orchestrator, waiting
+    from invenio_wtflow.engine import dispatch, fused, prepared, waiting
+
+    sent, side = [0], "caller" if caller else "worker"
+
+    def step(label):
+        if label in ("creation sent", "task called"):
+            sent[0] = 0
+        mark(label)
 
     def around(owner, name, begin, end=None):
         inner = getattr(owner, name)
 
         def marked(*args, **kwargs):
             if begin:
-                mark(begin)
+                step(begin)
             try:
                 return inner(*args, **kwargs)
             finally:
                 if end:
-                    mark(end)
+                    step(end)
 
         setattr(owner, name, marked)
 
+    send = prepared._sent
+
+    def on_the_wire(*args, **kwargs):
+        sent[0] += 1
+        number = sent[0]
+        mark(f"{side} sql {number} sent")
+        try:
+            return send(*args, **kwargs)
+        finally:
+            mark(f"{side} sql {number} back")
+
+    prepared._sent = on_the_wire
     if caller:
         around(fused, "create", "creation sent", "creation answered")
         around(dispatch, "_send", "publish begun", "publish done")
