@@ -234,7 +234,7 @@ def test_a_wait_sends_one_message_before_it_sleeps(app, clean, broker):
         engine.dispose()
     # After the dialect's first queries, one message, and none after hearing.
     assert sent[-1] == waiting._LISTEN_THEN_READ.format(
-        unlisten="", channel=waiting.run_channel(wf.id), workflow_id=wf.id
+        channel=waiting.run_channel(wf.id), workflow_id=wf.id
     )
 
 
@@ -266,6 +266,24 @@ def test_a_finished_wait_leaves_only_its_run_channel_listened(
     assert waiting.wait(driver_engine, second.id, timeout=20) == "success"
     with driver_engine.connect() as connection:
         assert listened(connection) == [waiting.run_channel(second.id)]
+
+
+def test_an_earlier_finish_of_the_run_never_ends_a_later_wait(
+    app, clean, broker, driver_engine
+):
+    """The connection still listens on the run's channel after a first wait;
+    a notification of that finish arriving late (or of a finish before a
+    restart) is dropped before the next wait on the connection listens."""
+    wf = Workflow.create("add-chain", start=True)
+    broker.deliver_all()
+    assert waiting.wait(driver_engine, wf.id, timeout=20) == "success"
+    late = notify_later(app, waiting.run_channel(wf.id), f"{wf.id} success", 0)
+    late.join()
+    wf.restart()  # running again; its attempts stay with the broker
+    with pytest.raises(WaitTimeoutError, match="is still running"):
+        waiting.wait(driver_engine, wf.id, timeout=1, interval=30)
+    broker.deliver_all()
+    assert waiting.wait(driver_engine, wf.id, timeout=20) == "success"
 
 
 def test_a_wait_that_gives_up_leaves_nothing_listened(

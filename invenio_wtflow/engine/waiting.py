@@ -18,14 +18,16 @@ commits it before the read begins (``BEGIN; LISTEN; COMMIT; SELECT``): one
 round trip, and a finish committed after the read's snapshot is heard.
 
 A finished wait leaves its connection listening on the finished run's
-channel, on which nothing more is said (unless the run is restarted and
-finishes again): the server filters notifications by channel, so the
-connection, idle in the pool or in use, receives none of other runs', and
-an idle one reads PostgreSQL's notification queue as it goes (a long
-transaction on it holds the queue back meanwhile, as any listening
-session's does). The next wait on the same connection drops that channel
-in its first message, and a connection the pool replaces forgets it. So the
-wait returns as soon as it hears, without an ``UNLISTEN`` round trip.
+channel, and returns as soon as it hears, without an ``UNLISTEN`` round
+trip. The next message the engine sends on that connection drops the
+channel (see :func:`~invenio_wtflow.engine.prepared.execute`), as does the
+next wait on it (in a round trip of its own, then forgetting what was
+heard: a notification of the finished run, late or after a restart, never
+ends a later wait), and a connection the pool replaces forgets it.
+Meanwhile little is said on that channel (only a restart's finish), so the
+connection receives almost nothing; but PostgreSQL still wakes it at every
+notification to read its queue, and code that holds a transaction open on
+it meanwhile holds that queue back, as any listening session does.
 """
 
 import select
@@ -46,12 +48,10 @@ RUN_CHANNEL_PREFIX = "wtflow_run_"
 _STATUS = "SELECT status FROM wtflow_workflow WHERE id = %s"
 
 _LISTEN_THEN_READ = (
-    "BEGIN; {unlisten}LISTEN {channel}; COMMIT; "
+    "BEGIN; LISTEN {channel}; COMMIT; "
     "SELECT status FROM wtflow_workflow WHERE id = '{workflow_id}'"
 )
 """The first message of a wait: ``LISTEN`` committed, then the status read.
-
-``{unlisten}`` drops the channel an earlier wait left on the connection.
 
 In one message without the ``COMMIT``, the two would be one implicit
 transaction: the read's snapshot would precede the ``LISTEN``'s commit, and
@@ -60,7 +60,7 @@ written in (a :class:`uuid.UUID`): psycopg 3 sends a message of several
 statements only without parameters.
 """
 
-_LISTENING = "wtflow_listening"
+LISTENING = "wtflow_listening"
 """Key, in a pooled connection's ``info``, of the channel a finished wait left."""
 
 FINISHED = frozenset(s.value for s in WorkflowStatus if s.is_terminal)
@@ -165,17 +165,20 @@ def _listen(conn, info, receive, workflow_id, deadline, interval):
     :param info: the pooled connection's ``info``, where a finished wait
         leaves the name of the channel it still listens on.
     """
-    channel, stale = run_channel(workflow_id), info.pop(_LISTENING, None)
+    channel, stale = run_channel(workflow_id), info.pop(LISTENING, None)
     autocommit = conn.autocommit
     conn.autocommit = True
     cursor = conn.cursor()
     finished = False
     try:
-        unlisten = f"UNLISTEN {stale}; " if stale not in (None, channel) else ""
-        first = _LISTEN_THEN_READ.format(
-            unlisten=unlisten, channel=channel, workflow_id=workflow_id
+        if stale is not None:
+            # Apart from the LISTEN: listening on nothing, the session
+            # starts again at the queue's head, past what the channel had.
+            cursor.execute(f"UNLISTEN {stale}")
+        _forget(conn, receive)
+        cursor.execute(
+            _LISTEN_THEN_READ.format(channel=channel, workflow_id=workflow_id)
         )
-        cursor.execute(first)
         status = _checked(_last_row(cursor), workflow_id)
         while status not in FINISHED:
             pause = _pause(deadline, interval, workflow_id, status)
@@ -186,15 +189,21 @@ def _listen(conn, info, receive, workflow_id, deadline, interval):
     finally:
         if not conn.closed:  # a broken connection would hide the first error
             if finished:
-                info[_LISTENING] = channel  # nothing more is said on it
+                info[LISTENING] = channel  # dropped by the next message
             else:
                 if conn.info.transaction_status != _IDLE:
                     cursor.execute("ROLLBACK")  # a first message that failed
                 listened = dict.fromkeys(c for c in (channel, stale) if c)
                 cursor.execute("; ".join(f"UNLISTEN {c}" for c in listened))
-            receive(conn, 0)  # forget what was heard and not read
+            _forget(conn, receive)
             conn.autocommit = autocommit
         cursor.close()
+
+
+def _forget(conn, receive):
+    """Drop the notifications the connection heard and nobody read."""
+    while receive(conn, 0):
+        pass
 
 
 def _read(cursor, workflow_id):
