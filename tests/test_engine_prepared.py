@@ -3,13 +3,20 @@
 
 """The hot path's statements, prepared once per psycopg2 connection."""
 
+from contextlib import contextmanager
+
 import pytest
 from invenio_db import db as _db
 from sqlalchemy import bindparam, event, or_, select, text
-from sqlalchemy.exc import MultipleResultsFound, NoResultFound, OperationalError
+from sqlalchemy.exc import (
+    DataError,
+    MultipleResultsFound,
+    NoResultFound,
+    OperationalError,
+)
 
 from invenio_wtflow import Workflow
-from invenio_wtflow.engine import dispatch, orchestrator, prepared
+from invenio_wtflow.engine import dispatch, orchestrator, prepared, waiting
 from invenio_wtflow.models import TaskRun, WorkflowRun
 
 from .test_engine_orchestrator import count_statements
@@ -305,3 +312,94 @@ def test_an_unwatched_statement_on_a_lost_connection_invalidates_it(psycopg2_cle
             assert connection.exec_driver_sql("SELECT pg_backend_pid()").scalar() != pid
     finally:
         engine.dispose()
+
+
+@pytest.fixture()
+def pooled(psycopg2_clean):
+    """An engine of the test database with a pool of one connection."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(_db.engine.url, pool_size=1)
+    yield engine
+    engine.dispose()
+
+
+@contextmanager
+def autocommit(connection):
+    """``connection`` in autocommit mode, as :func:`prepared.alone` gives it."""
+    dbapi_connection = connection.connection.dbapi_connection
+    dbapi_connection.autocommit = True
+    try:
+        yield connection
+    finally:
+        dbapi_connection.autocommit = False
+
+
+def listened(connection):
+    """The channels the session of ``connection`` listens on."""
+    sql = "SELECT pg_listening_channels()"
+    return [channel for (channel,) in connection.exec_driver_sql(sql)]
+
+
+def test_a_channel_a_wait_left_is_dropped_by_the_next_message(
+    pooled, clean, monkeypatch
+):
+    """No round trip of its own: the ``UNLISTEN`` goes with the statement,
+    and comes back if the statement fails (it was rolled back with it)."""
+    monkeypatch.setattr(dispatch, "_send", lambda message: None)
+    wf = Workflow.create("add-chain", start=True)
+    orchestrator.atomic(orchestrator.stop, wf.id)
+    assert waiting.wait(pooled, wf.id, timeout=5) == "cancelled"
+    channel = waiting.run_channel(wf.id)
+    value = select(bindparam("a", type_=WorkflowRun.name.type).label("a"))
+    divided = select((bindparam("n", type_=TaskRun.retries.type) / 0).label("q"))
+    with pooled.connect() as connection, autocommit(connection):
+        assert connection.info[waiting.LISTENING] == channel
+        assert listened(connection) == [channel]
+        with pytest.raises(DataError):
+            prepared.execute(_db.session, divided, {"n": 1}, None, connection)
+        assert connection.info[waiting.LISTENING] == channel
+        assert listened(connection) == [channel]
+        sent = []
+        event.listen(connection, "before_cursor_execute", lambda *a: sent.append(a[2]))
+        rows = prepared.execute(_db.session, value, {"a": "x"}, None, connection)
+        assert [tuple(row) for row in rows] == [("x",)]
+        assert sent[-1].startswith(f"UNLISTEN {channel}; EXECUTE wtflow_")
+        assert waiting.LISTENING not in connection.info
+        assert listened(connection) == []
+
+
+def test_a_non_driver_error_passes_through_unwrapped(psycopg2, db):
+    """Celery's soft time limit, raised while the statement is sent, is not
+    turned into a SQLAlchemy error (as through ``exec_driver_sql``)."""
+    from celery.exceptions import SoftTimeLimitExceeded
+    from psycopg2.extensions import ISQLQuote, adapters, register_adapter
+
+    class Late:
+        """A parameter whose adaptation is interrupted."""
+
+    def interrupted(value):
+        raise SoftTimeLimitExceeded()
+
+    register_adapter(Late, interrupted)
+    value = select(bindparam("a", type_=WorkflowRun.name.type).label("a"))
+    try:
+        with pytest.raises(SoftTimeLimitExceeded):
+            prepared.execute(db.session, value, {"a": Late()})
+    finally:
+        adapters.pop((Late, ISQLQuote))
+
+
+def test_a_listener_of_one_connection_sees_its_statements(psycopg2_clean, clean):
+    seen = []
+    value = select(bindparam("a", type_=WorkflowRun.name.type).label("a"))
+
+    def record(conn, cursor, statement, *args):
+        seen.append(statement.split(None, 1)[0])
+
+    with _db.engine.connect() as connection:
+        event.listen(connection, "before_cursor_execute", record)
+        prepared.execute(_db.session, value, {"a": "x"}, None, connection)
+        prepared.execute(_db.session, value, {"a": "y"}, None, connection)
+        connection.rollback()
+    assert seen == ["PREPARE", "EXECUTE", "EXECUTE"]

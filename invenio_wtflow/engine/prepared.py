@@ -17,9 +17,9 @@ parameters and the columns converted by their SQLAlchemy types here: that
 skips the work ``Session.execute`` does per statement to match a textual
 statement's columns to the cursor's, which cost more CPU than the round
 trip itself. The rows answer to their column names, as SQLAlchemy's do.
-When nothing watches the engine's statements (no cursor or error event
-listener, no statement log), ``EXECUTE`` goes on the driver's cursor itself,
-without SQLAlchemy's execution context either (see :func:`_watched`).
+When nothing watches the engine's statements (no cursor event listener, no
+statement log), ``EXECUTE`` goes on the driver's cursor itself, without
+SQLAlchemy's execution context either.
 
 Turn it off with ``WTFLOW_PREPARED_STATEMENTS = False`` where one database
 session serves several clients, as PgBouncer does in transaction pooling
@@ -42,6 +42,8 @@ from flask import current_app
 from sqlalchemy import Engine, event
 from sqlalchemy.exc import MultipleResultsFound, NoResultFound
 from sqlalchemy.orm import scoped_session
+
+from .waiting import LISTENING
 
 _PREPARED = "wtflow_prepared"
 """Key, in a connection's ``info``, of the names prepared on it."""
@@ -150,6 +152,7 @@ def execute(session, statement, params, before=None, connection=None):
     dialect = session.get_bind().dialect
     plan = _prepared(statement, dialect)
     plans = [plan] if before is None else [_prepared(before[0], dialect), plan]
+    own = connection is not None
     if connection is None:
         connection = session.connection()
     names = connection.info.setdefault(_PREPARED, set())
@@ -166,7 +169,23 @@ def execute(session, statement, params, before=None, connection=None):
             (f"before_{key}", value)
             for key, value in first.parameters(before[1]).items()
         )
-    if _watched(connection.engine):
+    # A channel a finished wait left listening on a connection of its own
+    # (see waiting.wait) is dropped by this message: in autocommit mode, the
+    # UNLISTEN commits with the statement.
+    stale = connection.info.pop(LISTENING, None) if own else None
+    if stale is not None:
+        sql = f"UNLISTEN {stale}; {sql}"
+    try:
+        return _run(connection, plan, sql, values)
+    except BaseException:
+        if stale is not None and not connection.invalidated:
+            connection.info[LISTENING] = stale  # rolled back with the statement
+        raise
+
+
+def _run(connection, plan, sql, values):
+    """Send the message ``sql``; return the rows of its last statement."""
+    if _watched(connection):
         result = connection.exec_driver_sql(sql, values)
         if not result.returns_rows:
             return Rows([])
@@ -179,17 +198,20 @@ def execute(session, statement, params, before=None, connection=None):
     return Rows(plan.rows(description, rows) if description else [])
 
 
-def _watched(engine):
-    """Whether something sees ``engine``'s statements as SQLAlchemy sends them.
+def _watched(connection):
+    """Whether something sees the statements of ``connection`` as SQLAlchemy sends them.
 
-    A listener of its cursor events (Sentry's and OpenTelemetry's SQLAlchemy
-    integrations, a test counting statements) or its statement log
+    A listener of its cursor events or of its dialect's ``do_execute``, on the
+    engine or the connection (Sentry's and OpenTelemetry's SQLAlchemy
+    integrations, a test counting statements), or the engine's statement log
     (``echo``). Checked at every statement: a listener may come later.
     """
+    dispatch = connection.dispatch
     return bool(
-        engine.dispatch.before_cursor_execute
-        or engine.dispatch.after_cursor_execute
-        or engine.logger.isEnabledFor(logging.INFO)
+        dispatch.before_cursor_execute
+        or dispatch.after_cursor_execute
+        or connection.dialect.dispatch.do_execute
+        or connection.engine.logger.isEnabledFor(logging.INFO)
     )
 
 
@@ -199,18 +221,26 @@ def _sent(connection, sql, values):
     What :meth:`~sqlalchemy.engine.Connection.exec_driver_sql` does, for a
     statement nothing watches (see :func:`_watched`), without its execution
     context and result: in the worker, about a tenth of a millisecond per
-    statement. An error goes through SQLAlchemy's own handling, as it would
-    from ``exec_driver_sql``: raised as a
-    :class:`~sqlalchemy.exc.DBAPIError`, and on a lost connection, that
-    connection invalidated (and the pool's older ones recycled), so that
-    :func:`~.orchestrator.atomic` retries on a new one.
+    statement. A driver error, or an exit exception (a ``KeyboardInterrupt``,
+    a greenlet killed), goes through SQLAlchemy's own handling, as it would
+    from ``exec_driver_sql``: a driver error is raised as a
+    :class:`~sqlalchemy.exc.DBAPIError` (``handle_error`` listeners see it),
+    and a lost connection is invalidated (the pool's older ones recycled),
+    so that :func:`~.orchestrator.atomic` retries on a new one. Any other
+    exception (Celery's soft time limit) passes through as it is.
+
+    SQLAlchemy's handling is its ``Connection._handle_dbapi_exception``,
+    not a public API: the tests of this function pin what it does.
     """
+    dbapi_error = connection.dialect.loaded_dbapi.Error
     cursor = connection.connection.dbapi_connection.cursor()
     try:
         cursor.execute(sql, values)
         description = cursor.description
         return description, cursor.fetchall() if description else []
-    except Exception as error:
+    except BaseException as error:
+        if isinstance(error, Exception) and not isinstance(error, dbapi_error):
+            raise
         connection._handle_dbapi_exception(error, sql, values, cursor, None)
     finally:
         cursor.close()
