@@ -461,6 +461,29 @@ def test_a_published_attempt_asks_nothing_of_the_result_backend(app, monkeypatch
     assert received.headers["id"] == "unread-attempt"
 
 
+def test_an_attempt_published_by_a_task_is_not_in_its_trail(app, monkeypatch):
+    """What ``send_task`` hands back has no ``as_tuple``: in the trail of a
+    task whose result is stored, it would break that store."""
+    from celery._state import _task_stack
+
+    celery = current_celery_app
+    monkeypatch.setitem(celery.conf, "task_always_eager", False)
+    message = dispatch.Message(
+        task_run_id="run", celery_id="child-attempt", name=add.name, options={}
+    )
+    add.push_request(id="parent", called_directly=False, children=[])
+    _task_stack.push(add)
+    try:
+        assert celery.current_worker_task is add
+        assert dispatch._send(message)
+        assert add.request.children == []
+    finally:
+        _task_stack.pop()
+        add.pop_request()
+        with celery.connection_for_read() as connection:
+            connection.SimpleQueue(celery.conf.task_default_queue).clear()
+
+
 @pytest.mark.parametrize("dependants", [0, 1])
 def test_a_success_given_its_runs_locks_them_by_key(app, db, monkeypatch, dependants):
     """The claim returns the task's run and root: no look-up in the lock."""

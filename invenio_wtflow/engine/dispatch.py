@@ -164,7 +164,9 @@ class _Unread:
     Celery's ``AsyncResult`` tells the result backend, when it is garbage
     collected, that nobody waits for it any more: with the Redis backend,
     once the process has waited for any result, that is an ``UNSUBSCRIBE``
-    round trip for every message sent, on the publisher's path.
+    round trip for every message sent, on the publisher's path. It is kept
+    out of the publishing task's trail (``add_to_parent=False``): it has no
+    ``as_tuple``, which storing that task's result would call.
     """
 
     __slots__ = ("id", "ignored")
