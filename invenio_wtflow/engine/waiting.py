@@ -19,9 +19,10 @@ round trip, and a finish committed after the read's snapshot is heard.
 
 A finished wait leaves its connection listening on the finished run's
 channel, and returns as soon as it hears, without an ``UNLISTEN`` round
-trip. The next message the engine sends on that connection drops the
-channel (see :func:`~invenio_wtflow.engine.prepared.execute`), as does the
-next wait on it (in a round trip of its own, then forgetting what was
+trip. The engine's next prepared statement on that connection drops the
+channel in its own message (psycopg2: see
+:func:`~invenio_wtflow.engine.prepared.execute`), as does the next wait on
+it (in a round trip of its own, then forgetting what was
 heard: a notification of the finished run, late or after a restart, never
 ends a later wait), and a connection the pool replaces forgets it.
 Meanwhile little is said on that channel (only a restart's finish), so the
