@@ -275,43 +275,11 @@ def test_a_cursor_listener_sees_every_statement(
 
 
 def test_an_unwatched_statement_fails_as_sqlalchemy_raises(psycopg2, db):
-    from sqlalchemy.exc import DataError
-
     divided = select((bindparam("n", type_=TaskRun.retries.type) / 0).label("q"))
     with pytest.raises(DataError, match="division by zero") as raised:
         prepared.execute(db.session, divided, {"n": 1})
     assert raised.value.statement.startswith("EXECUTE wtflow_")
     assert raised.value.params["n"] == 1
-
-
-def test_an_unwatched_statement_on_a_lost_connection_invalidates_it(psycopg2_clean):
-    """The server ended the pooled session: the error is SQLAlchemy's, says
-    the connection was invalidated (what :func:`~.orchestrator.atomic`
-    retries on), and the pool connects again."""
-    import psycopg2 as driver
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(_db.engine.url, pool_size=1)
-    statement = select(bindparam("a", type_=WorkflowRun.name.type).label("a"))
-    try:
-        with engine.connect() as connection:  # prepared while it lives
-            assert prepared.execute(
-                _db.session, statement, {"a": "x"}, None, connection
-            )
-            pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
-        url = engine.url.set(drivername="postgresql")
-        with driver.connect(url.render_as_string(hide_password=False)) as killer:
-            killer.autocommit = True
-            killer.cursor().execute("SELECT pg_terminate_backend(%s)", (pid,))
-        with engine.connect() as connection:
-            with pytest.raises(OperationalError) as raised:
-                prepared.execute(_db.session, statement, {"a": "y"}, None, connection)
-        assert raised.value.connection_invalidated
-        assert raised.value.statement.startswith("EXECUTE wtflow_")
-        with engine.connect() as connection:
-            assert connection.exec_driver_sql("SELECT pg_backend_pid()").scalar() != pid
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture()
@@ -322,6 +290,29 @@ def pooled(psycopg2_clean):
     engine = sa.create_engine(_db.engine.url, pool_size=1)
     yield engine
     engine.dispose()
+
+
+def test_an_unwatched_statement_on_a_lost_connection_invalidates_it(pooled):
+    """The server ended the pooled session: the error is SQLAlchemy's, says
+    the connection was invalidated (what :func:`~.orchestrator.atomic`
+    retries on), and the pool connects again."""
+    import psycopg2 as driver
+
+    statement = select(bindparam("a", type_=WorkflowRun.name.type).label("a"))
+    with pooled.connect() as connection:  # prepared while it lives
+        assert prepared.execute(_db.session, statement, {"a": "x"}, None, connection)
+        pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    url = pooled.url.set(drivername="postgresql")
+    with driver.connect(url.render_as_string(hide_password=False)) as killer:
+        killer.autocommit = True
+        killer.cursor().execute("SELECT pg_terminate_backend(%s)", (pid,))
+    with pooled.connect() as connection:
+        with pytest.raises(OperationalError) as raised:
+            prepared.execute(_db.session, statement, {"a": "y"}, None, connection)
+    assert raised.value.connection_invalidated
+    assert raised.value.statement.startswith("EXECUTE wtflow_")
+    with pooled.connect() as connection:
+        assert connection.exec_driver_sql("SELECT pg_backend_pid()").scalar() != pid
 
 
 @contextmanager
