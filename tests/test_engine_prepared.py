@@ -20,6 +20,7 @@ from invenio_wtflow.engine import dispatch, orchestrator, prepared, waiting
 from invenio_wtflow.models import TaskRun, WorkflowRun
 
 from .test_engine_orchestrator import count_statements
+from .test_engine_waiting import listened
 
 
 @pytest.fixture()
@@ -324,12 +325,6 @@ def autocommit(connection):
         yield connection
     finally:
         dbapi_connection.autocommit = False
-
-
-def listened(connection):
-    """The channels the session of ``connection`` listens on."""
-    sql = "SELECT pg_listening_channels()"
-    return [channel for (channel,) in connection.exec_driver_sql(sql)]
 
 
 def test_a_channel_a_wait_left_is_dropped_by_the_next_message(
