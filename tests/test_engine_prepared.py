@@ -276,11 +276,23 @@ def test_a_cursor_listener_sees_every_statement(
 
 
 def test_an_unwatched_statement_fails_as_sqlalchemy_raises(psycopg2, db):
+    """Wrapped, with the statement, and told to ``handle_error`` listeners
+    (which do not turn the SQLAlchemy path on)."""
+    handled = []
+
+    def handle(context):
+        handled.append(type(context.sqlalchemy_exception).__name__)
+
     divided = select((bindparam("n", type_=TaskRun.retries.type) / 0).label("q"))
-    with pytest.raises(DataError, match="division by zero") as raised:
-        prepared.execute(db.session, divided, {"n": 1})
+    event.listen(db.engine, "handle_error", handle)
+    try:
+        with pytest.raises(DataError, match="division by zero") as raised:
+            prepared.execute(db.session, divided, {"n": 1})
+    finally:
+        event.remove(db.engine, "handle_error", handle)
     assert raised.value.statement.startswith("EXECUTE wtflow_")
     assert raised.value.params["n"] == 1
+    assert handled == ["DataError"]
 
 
 @pytest.fixture()
@@ -374,6 +386,31 @@ def test_a_non_driver_error_passes_through_unwrapped(psycopg2, db):
             prepared.execute(db.session, value, {"a": Late()})
     finally:
         adapters.pop((Late, ISQLQuote))
+
+
+def test_an_exit_exception_invalidates_the_connection(pooled):
+    """Interrupted while the statement is sent, the connection is in an
+    unknown state: it is invalidated, as ``exec_driver_sql`` would, and the
+    interruption raised as it is."""
+    from psycopg2.extensions import ISQLQuote, adapters, register_adapter
+
+    class Interrupted:
+        """A parameter whose adaptation is interrupted."""
+
+    def interrupt(value):
+        raise KeyboardInterrupt()
+
+    register_adapter(Interrupted, interrupt)
+    value = select(bindparam("a", type_=WorkflowRun.name.type).label("a"))
+    try:
+        with pooled.connect() as connection:
+            with pytest.raises(KeyboardInterrupt):
+                prepared.execute(
+                    _db.session, value, {"a": Interrupted()}, None, connection
+                )
+            assert connection.invalidated
+    finally:
+        adapters.pop((Interrupted, ISQLQuote))
 
 
 def test_a_listener_of_one_connection_sees_its_statements(psycopg2_clean, clean):
