@@ -235,6 +235,9 @@ class Workflow:
     created_now = False
     """After :meth:`create`: whether this call created the run (not a key hit)."""
 
+    _shell = None
+    """A run :meth:`create` left out of the session, until first used."""
+
     def __init__(self, model):
         """Wrap a :class:`~invenio_wtflow.models.WorkflowRun`."""
         self._model = model
@@ -251,10 +254,27 @@ class Workflow:
         workflow._id = workflow_id
         return workflow
 
+    @classmethod
+    def _created(cls, model):
+        """Wrap a run :meth:`create` committed and left out of the session.
+
+        The session knows it from its first use on (see :attr:`model`), by
+        its identity alone: on the caller's path to the publish, adding it
+        cost as much as the rest of the creation's Python.
+        """
+        if not sa_inspect(model).transient:  # found by its key, or started later
+            return cls(model)
+        workflow = cls(None)
+        workflow._id = model.id
+        workflow._shell = model
+        return workflow
+
     @property
     def model(self):
         """The :class:`~invenio_wtflow.models.WorkflowRun` row."""
-        if self._model is None:
+        if self._model is None and self._shell is not None:
+            self._model, self._shell = orchestrator.known(self._shell), None
+        elif self._model is None:
             self._model = _get(WorkflowRun, self._id)
             if self._model is None:
                 raise WorkflowNotFoundError(self._id)
@@ -343,8 +363,9 @@ class Workflow:
             created_by=created_by,
             started=bool(start),
             workflow_id=uuid.uuid4(),  # the same if the transaction is retried
+            attach=False,
         )
-        workflow = klass(model)
+        workflow = klass._created(model)
         workflow.created_now = created
         return workflow
 
@@ -580,6 +601,7 @@ class Workflow:
             raise ValueError(
                 f"timeout must be None or a number of seconds >= 0, not {timeout!r}."
             )
+        model = self.model  # a run just created joins the session before the wait
         db.session.commit()
         listening = waiting.notifies(db.session)
         # Polled, the first read is the session's; listening, the listener's.
@@ -597,7 +619,7 @@ class Workflow:
                 status = self._committed_status()
                 if not WorkflowStatus(status).is_terminal:
                     raise
-        set_committed_value(self.model, "status", status)
+        set_committed_value(model, "status", status)
         return self
 
     def _committed_status(self):

@@ -134,6 +134,37 @@ def test_the_id_of_a_new_run_is_known_without_reading_it_again(app, db, monkeypa
     assert Workflow.get(workflow_id).name == "add-chain"
 
 
+def test_a_run_created_at_once_joins_the_session_after_its_publish(
+    app, db, monkeypatch
+):
+    """One statement inserts it; the session learns of it only when it is used."""
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("created by one statement on PostgreSQL only")
+    known_at_publish = []
+    monkeypatch.setattr(
+        dispatch,
+        "_send",
+        lambda message: known_at_publish.append(len(db.session.identity_map)),
+    )
+    wf = Workflow.create("add-chain", start=True)
+    assert known_at_publish == [0]
+    assert len(db.session.identity_map) == 0
+    found = Workflow.get(wf.id)  # read first by another route: one row, one object
+    assert wf.model is found.model
+    assert (wf.status, wf.name) == ("running", "add-chain")
+
+    # Used first through the run itself: read from the database, not taken
+    # from the values the creation computed.
+    other = Workflow.create("add-chain", start=True)
+    db.session.execute(
+        WorkflowRun.__table__.update()
+        .where(WorkflowRun.id == other.id)
+        .values(message="changed")
+    )
+    assert (other.message, other.status) == ("changed", "running")
+    assert other.model is Workflow.get(other.id).model
+
+
 def test_a_new_run_has_a_first_version_of_every_task(app, db, monkeypatch):
     """Tasks and their first versions are inserted in bulk, not by the ORM."""
     monkeypatch.setattr(dispatch, "_send", lambda message: None)

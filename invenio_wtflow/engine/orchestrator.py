@@ -512,6 +512,7 @@ def create(
     alone=False,
     inserts=None,
     workflow_id=None,
+    attach=True,
 ):
     """Insert a workflow run with all its tasks ``pending`` and their edges.
 
@@ -538,6 +539,9 @@ def create(
         a run inserted ``alone`` commits as its statement ends, and a try
         whose answer was lost must not be inserted twice (see
         :func:`~invenio_wtflow.engine.fused.create`).
+    :param attach: add a run inserted at once to the session (see
+        :func:`known`); when false, the caller gets it unattached, with
+        nothing but its ``id``, and attaches it when it needs to.
     :returns: ``(run, created)``; with a ``key`` (or a child's ``spawn_key``)
         that already exists, the existing run and ``False``.
     """
@@ -577,7 +581,8 @@ def create(
     )
     # Inserted at once, the run is read by nothing before the commit, which
     # expires its attributes: the session knows it by its identity alone
-    # (what it lacks loads when first used), not built from ~30 values.
+    # (what it lacks loads when first used), not built from ~30 values, and
+    # only once the caller uses it (``attach``).
     light = at_once and _has_default_rule(_class_named(name))
     workflow = WorkflowRun(id=workflow_id) if light else WorkflowRun(**row)
     if start:
@@ -585,7 +590,8 @@ def create(
         counts = {QUEUED.value: ready, PENDING.value: len(graph.nodes) - ready}
         rule = default_status if light else status_rule(workflow)
         row["status"] = WorkflowStatus(rule(counts)).value
-        workflow.status = row["status"]
+        if not light:
+            workflow.status = row["status"]
     if at_once:
         pass  # inserted with its tasks, below
     elif inserts is not None:
@@ -603,7 +609,7 @@ def create(
                 raise
             return existing, False
     if not at_once:
-        workflow = _known(workflow)
+        workflow = known(workflow)
     ids = [uuid.uuid4() for _ in graph.nodes]
     now = utcnow()
     empty = dict.fromkeys(TaskRun.__table__.columns.keys())
@@ -637,7 +643,8 @@ def create(
         # One round trip, no BEGIN and no COMMIT, before the session begins.
         if not fused.create(db.session, row, rows, edges, alone=True):
             _publish_committed(uow, workflow_id)
-        return _known(workflow), True
+        shell = workflow if light else WorkflowRun(id=workflow_id)
+        return (known(shell) if attach else shell), True
     pending = Inserts() if inserts is None else inserts
     pending.tasks.extend(rows)
     pending.edges.extend(edges)
@@ -659,15 +666,21 @@ _QUEUED_COLUMNS = (
 """The columns ``_queue`` sets."""
 
 
-def _known(workflow):
+def known(workflow):
     """The inserted run, known to the session without reading it back.
 
-    A retried try of the transaction finds the one an earlier try left there.
+    What the run holds is taken as committed; what it lacks is read when
+    first used. The session's own run of the same id, if it has one (a
+    retried try of the transaction finds the one an earlier try left there),
+    is returned instead.
+
+    :param workflow: a transient :class:`~invenio_wtflow.models.WorkflowRun`
+        whose row is inserted.
     """
     key = identity_key(WorkflowRun, workflow.id)
-    known = db.session.identity_map.get(key)
-    if known is not None:
-        return known
+    found = db.session.identity_map.get(key)
+    if found is not None:
+        return found
     make_transient_to_detached(workflow)
     db.session.add(workflow)
     return workflow
@@ -691,7 +704,15 @@ def _publish_committed(uow, workflow_id):
 
 
 def create_run(
-    uow, name, graph, data, key=None, created_by=None, started=False, workflow_id=None
+    uow,
+    name,
+    graph,
+    data,
+    key=None,
+    created_by=None,
+    started=False,
+    workflow_id=None,
+    attach=True,
 ):
     """Insert a root run (see :func:`create`), and start it if asked to.
 
@@ -703,6 +724,7 @@ def create_run(
     :param workflow_id: the new run's id, the same in every try of the
         transaction (see :func:`create`): a retry that finds the run an
         earlier try committed returns it, and publishes its queued tasks.
+    :param attach: see :func:`create`.
     :returns: ``(run, created)``; an existing run (same ``key``) is not started.
     """
     if workflow_id is not None and getattr(uow, "retried", False):
@@ -721,6 +743,7 @@ def create_run(
         start=at_once,
         alone=at_once or not started,
         workflow_id=workflow_id,
+        attach=attach,
     )
     if started and created and not at_once:
         run = start(uow, run.id)
