@@ -461,6 +461,37 @@ def test_a_published_attempt_asks_nothing_of_the_result_backend(app, monkeypatch
     assert received.headers["id"] == "unread-attempt"
 
 
+@pytest.mark.parametrize("args", [(), ("root-id",)])
+def test_a_published_message_carries_the_reprs_celery_would_write(
+    app, monkeypatch, args
+):
+    """Given, not computed with Celery's ``saferepr`` at every publish."""
+    from celery.app import amqp
+    from celery.utils.saferepr import saferepr
+
+    celery = current_celery_app
+    monkeypatch.setitem(celery.conf, "task_always_eager", False)
+    computed = []
+    monkeypatch.setattr(amqp, "saferepr", lambda *a, **k: computed.append(a))
+    message = dispatch.Message(
+        task_run_id="run",
+        celery_id="repr-attempt",
+        name=add.name,
+        options={},
+        args=args,
+    )
+    with celery.connection_for_read() as connection:
+        queue = connection.SimpleQueue(celery.conf.task_default_queue)
+        queue.clear()
+        assert dispatch._send(message)
+        received = queue.get(timeout=5)
+        received.ack()
+        queue.close()
+    assert computed == []
+    assert received.headers["argsrepr"] == saferepr(args)
+    assert received.headers["kwargsrepr"] == saferepr({})
+
+
 def test_an_attempt_published_by_a_task_is_not_in_its_trail(app, monkeypatch):
     """What ``send_task`` hands back has no ``as_tuple``: in the trail of a
     task whose result is stored, it would break that store."""

@@ -184,7 +184,9 @@ def _send(message):
     nothing reads it back, so the write would be one more round trip per
     task for nothing. For the same reason the publish hands back no
     ``AsyncResult`` (see :class:`_Unread`), and adds none to the trail of
-    the task that publishes it.
+    the task that publishes it. The arguments' representations, which
+    Celery would build with its ``saferepr`` for every message, are given:
+    a message carries at most a root's id.
 
     :returns: ``False`` when the broker refused the message.
     """
@@ -211,6 +213,8 @@ def _send(message):
             ignore_result=True,
             result_cls=_Unread,
             add_to_parent=False,
+            argsrepr=repr(message.args),
+            kwargsrepr="{}",
             **_routing(message.name, message.options),
         )
     except Exception:
