@@ -262,7 +262,7 @@ class Workflow:
         its identity alone: on the caller's path to the publish, adding it
         cost as much as the rest of the creation's Python.
         """
-        if not sa_inspect(model).transient:  # found by its key, or started later
+        if not sa_inspect(model).transient:  # in the session already: see create_run
             return cls(model)
         workflow = cls(None)
         workflow._id = model.id
@@ -601,7 +601,9 @@ class Workflow:
             raise ValueError(
                 f"timeout must be None or a number of seconds >= 0, not {timeout!r}."
             )
-        model = self.model  # a run just created joins the session before the wait
+        # A run just created joins the session now, not on the path from the
+        # notification to the return.
+        model = self.model
         db.session.commit()
         listening = waiting.notifies(db.session)
         # Polled, the first read is the session's; listening, the listener's.

@@ -340,6 +340,22 @@ def test_custom_status_rule(app, db):
     assert isinstance(wf, Lenient) and wf.status == "success"
 
 
+def test_a_run_with_its_own_status_rule_created_at_once_reads_its_row(app, db):
+    """Its creation computed ~30 values; the run reads them, and later ones, from the row."""
+
+    class OwnRule(Workflow):
+        definition = chain(add.si(1, 1), add.s(2))
+
+        def compute_status(self, counts):
+            return "success" if counts.get("success") == 2 else "running"
+
+    current_wtflow.register("own-rule-at-once", OwnRule)
+    wf = Workflow.create("own-rule-at-once", start=True)  # eager: finished already
+    assert isinstance(wf, OwnRule)
+    assert (wf.status, wf.result) == ("success", 4)
+    assert wf.model.finished_at is not None
+
+
 @pytest.mark.parametrize(
     "call, error",
     [

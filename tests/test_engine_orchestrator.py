@@ -461,11 +461,11 @@ def test_a_published_attempt_asks_nothing_of_the_result_backend(app, monkeypatch
     assert received.headers["id"] == "unread-attempt"
 
 
-@pytest.mark.parametrize("args", [(), ("root-id",)])
+@pytest.mark.parametrize("args", [(), ("root-id",), ("it's\n" + "x" * 2000,)])
 def test_a_published_message_carries_the_reprs_celery_would_write(
     app, monkeypatch, args
 ):
-    """Given, not computed with Celery's ``saferepr`` at every publish."""
+    """Given, not computed by Celery's own call of ``saferepr`` at every publish."""
     from celery.app import amqp
     from celery.utils.saferepr import saferepr
 
@@ -488,8 +488,8 @@ def test_a_published_message_carries_the_reprs_celery_would_write(
         received.ack()
         queue.close()
     assert computed == []
-    assert received.headers["argsrepr"] == saferepr(args)
-    assert received.headers["kwargsrepr"] == saferepr({})
+    assert received.headers["argsrepr"] == saferepr(args, 1024)
+    assert received.headers["kwargsrepr"] == saferepr({}, 1024)
 
 
 def test_an_attempt_published_by_a_task_is_not_in_its_trail(app, monkeypatch):

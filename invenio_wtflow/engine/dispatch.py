@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from celery import current_app as current_celery_app
+from celery.utils.saferepr import saferepr
 from flask import current_app
 from invenio_db import db
 from invenio_db.uow import Operation
@@ -185,8 +186,8 @@ def _send(message):
     task for nothing. For the same reason the publish hands back no
     ``AsyncResult`` (see :class:`_Unread`), and adds none to the trail of
     the task that publishes it. The arguments' representations, which
-    Celery would build with its ``saferepr`` for every message, are given:
-    a message carries at most a root's id.
+    Celery builds with its ``saferepr`` for every message, are given where
+    they are known: an attempt has no arguments and no keyword arguments.
 
     :returns: ``False`` when the broker refused the message.
     """
@@ -213,7 +214,7 @@ def _send(message):
             ignore_result=True,
             result_cls=_Unread,
             add_to_parent=False,
-            argsrepr=repr(message.args),
+            argsrepr=_argsrepr(celery, message.args),
             kwargsrepr="{}",
             **_routing(message.name, message.options),
         )
@@ -225,6 +226,11 @@ def _send(message):
         )
         return False
     return True
+
+
+def _argsrepr(celery, args):
+    """``argsrepr`` of a message, as Celery writes it; without work for no arguments."""
+    return saferepr(args, celery.amqp.argsrepr_maxsize) if args else "()"
 
 
 def revoke(celery_ids):
