@@ -272,9 +272,10 @@ class Workflow:
     @property
     def model(self):
         """The :class:`~invenio_wtflow.models.WorkflowRun` row."""
-        if self._model is None and self._shell is not None:
-            self._model, self._shell = orchestrator.known(self._shell), None
-        elif self._model is None:
+        shell, self._shell = self._shell, None
+        if shell is not None and sa_inspect(shell).transient:
+            self._model = orchestrator.known(shell)
+        if self._model is None:  # or a copy of this object attached the shell
             self._model = _get(WorkflowRun, self._id)
             if self._model is None:
                 raise WorkflowNotFoundError(self._id)

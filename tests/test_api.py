@@ -3,6 +3,7 @@
 
 """The Python API in eager mode, as Invenio sites test."""
 
+import copy
 import uuid
 
 import pytest
@@ -163,6 +164,13 @@ def test_a_run_created_at_once_joins_the_session_after_its_publish(
     )
     assert (other.message, other.status) == ("changed", "running")
     assert other.model is Workflow.get(other.id).model
+
+    # A copy made before the first use reads the run in its own session.
+    third = Workflow.create("add-chain", start=True)
+    twin = copy.copy(third)
+    assert third.status == "running"
+    db.session.expunge_all()  # as a session that ended
+    assert (twin.status, twin.model is not third.model) == ("running", True)
 
 
 def test_a_new_run_has_a_first_version_of_every_task(app, db, monkeypatch):
