@@ -271,7 +271,11 @@ class Workflow:
 
     @property
     def model(self):
-        """The :class:`~invenio_wtflow.models.WorkflowRun` row."""
+        """The :class:`~invenio_wtflow.models.WorkflowRun` row.
+
+        A run :meth:`create` has just inserted joins the current session
+        here, at its first use; its columns are read then.
+        """
         shell, self._shell = self._shell, None
         if shell is not None and sa_inspect(shell).transient:
             self._model = orchestrator.known(shell)
