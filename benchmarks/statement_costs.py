@@ -1,21 +1,24 @@
 # SPDX-FileCopyrightText: 2026 invenio-wtflow authors.
 # SPDX-License-Identifier: MIT
 
-"""What the parts of the engine's claim and success cost PostgreSQL, against the floor's.
+"""What the parts of the engine's hot statements cost PostgreSQL, against the floor's.
 
-B3's floor (see :mod:`benchmarks.b3_floor`) claims and finishes a run with
-one conditional ``UPDATE`` each; the engine's statements also version the
-row, read what the attempt needs, derive the run's status and notify. This
-script measures the difference statement by statement, without Celery and
-without the engine's Python:
+B3's floor (see :mod:`benchmarks.b3_floor`) creates, claims and finishes a
+run with one plain statement each; the engine's statements also version
+the rows, read what the attempt needs, derive the run's status and notify.
+This script measures the difference statement by statement, without Celery
+and without the engine's Python:
 
 1. it runs one ``bench-one`` run in this process (the attempt delivered by
    hand, as :mod:`benchmarks.member_cpu` does) and keeps the messages the
-   engine sent for the claim and the success, with their parameters;
+   engine sent for the creation, the claim and the success, with their
+   parameters;
 2. it prepares each of those statements with its parameters written in,
    and variants of them: without Continuum's transaction row and version
-   copies, the claim without its reads, the success without the root's
-   lock, and the floor's statements on the same row;
+   copies, the creation of the run's row alone, the claim without its
+   reads, the success without the root's lock, the dependants' release or
+   the run's update, and the floor's statements on the same row (a
+   creation's rows are deleted again before each try);
 3. it sends each variant as the engine does (one message, autocommit, on
    one psycopg2 connection), resetting the row before each try in a
    message of its own (committed without waiting for the flush), in
@@ -73,7 +76,11 @@ def recorded_messages():
 
 
 def one_run():
-    """Create, claim and finish one ``bench-one`` run; return its ids and messages."""
+    """Create, claim and finish one ``bench-one`` run; return its ids and messages.
+
+    :returns: the attempt's message, the run's id, the plans by name, and
+        the creation's, the claim's and the success's messages.
+    """
     from celery import current_app as celery
     from invenio_db import db
 
@@ -89,17 +96,16 @@ def one_run():
             workflow = Workflow.create("bench-one", start=True)
             workflow_id = workflow.id
             db.session.remove()
-            del messages[:]  # the creation
             deliver(celery, sent)
     finally:
         dispatch._send = send
-    if len(messages) != 2:
+    if len(messages) != 3:
         raise RuntimeError(
-            f"Expected the claim and the success on the driver's cursor, got "
-            f"{len(messages)} messages: does something watch the engine's statements?"
+            "Expected the creation, the claim and the success on the driver's "
+            f"cursor, got {len(messages)} messages: does something watch the "
+            "engine's statements?"
         )
-    claim, success = messages
-    return sent[0], workflow_id, plans, claim, success
+    return (sent[0], workflow_id, plans, *messages)
 
 
 def literal_statements(plans, message, cursor):
@@ -142,15 +148,18 @@ def split_with(sql):
     raise ValueError("unbalanced WITH statement")
 
 
-def without_versions(sql):
-    """``sql`` without Continuum's transaction row and version copies."""
-    clauses, rest = split_with(sql)
+def without_versions(sql, rest=None):
+    """``sql`` without Continuum's transaction row and version copies.
+
+    :param rest: what follows the ``WITH`` clauses instead of ``sql``'s own.
+    """
+    clauses, own = split_with(sql)
     kept = [
         c
         for c in clauses
         if not c.startswith(("wtflow_transaction", "wtflow_versions"))
     ]
-    return f"WITH {', '.join(kept)} {rest}"
+    return f"WITH {', '.join(kept)} {rest or own}"
 
 
 def emptied(sql, name, table):
@@ -167,8 +176,15 @@ def emptied(sql, name, table):
     return f"WITH {', '.join(clauses)} {rest}"
 
 
-def variants(plans, claim, success, task, workflow_id, cursor):
-    """Name, statements and reset message of every variant measured."""
+def variants(plans, creation, claim, success, task, workflow_id, cursor):
+    """Every variant measured: its name, statements, reset and, for a creation, restore.
+
+    The reset comes before each try; the restore (the run created again as
+    the engine created it) after it, so that every variant finds the run
+    as the engine left it.
+    """
+    [creation_sql] = literal_statements(plans, creation, cursor)
+    creation_clauses, _ = split_with(creation_sql)
     claim_sql = literal_statements(plans, claim, cursor)
     lock_sql, finish_sql = literal_statements(plans, success, cursor)
     [claim_sql] = claim_sql
@@ -176,7 +192,8 @@ def variants(plans, claim, success, task, workflow_id, cursor):
     row = cursor.mogrify(
         "id = %s AND celery_id = %s", (str(task.task_run_id), task.celery_id)
     ).decode()
-    run = cursor.mogrify("id = %s", (str(workflow_id),)).decode()
+    run_id = cursor.mogrify("%s", (str(workflow_id),)).decode()
+    run = f"id = {run_id}"
     queued = (
         f"{ASYNC}UPDATE wtflow_task SET status = 'queued', retries = 0, "
         f"started_at = NULL WHERE {row}"
@@ -187,7 +204,25 @@ def variants(plans, claim, success, task, workflow_id, cursor):
         f"UPDATE wtflow_workflow SET status = 'running', finished_at = NULL "
         f"WHERE {run}"
     )
+    deleted = (
+        f"{ASYNC}DELETE FROM wtflow_task WHERE workflow_id = {run_id}; "
+        f"DELETE FROM wtflow_workflow WHERE {run}"
+    )
+    restored = f"{deleted}; {creation_sql}"  # the run as the engine created it
     return [
+        ("creation: the engine's", [creation_sql], deleted, restored),
+        (
+            "creation: without versions",
+            [without_versions(creation_sql, "SELECT id FROM run")],
+            deleted,
+            restored,
+        ),
+        (
+            "creation: the run's row alone",
+            [f"WITH {creation_clauses[0]} SELECT id FROM run"],
+            deleted,
+            restored,
+        ),
         ("claim: the engine's", [claim_sql], queued),
         ("claim: without versions", [without_versions(claim_sql)], queued),
         (
@@ -236,7 +271,7 @@ def measure(connection, measured, tries=TRIES):
     """Median seconds of each variant's message, in each commit mode."""
     cursor = connection.cursor()
     messages = {}
-    for number, (name, statements, reset) in enumerate(measured):
+    for number, (name, statements, reset, *after) in enumerate(measured):
         names = []
         for index, sql in enumerate(statements):
             prepared_name = f"wtflow_cost_{number}_{index}"
@@ -245,11 +280,11 @@ def measure(connection, measured, tries=TRIES):
                 names.append(f"EXECUTE {prepared_name}")
             else:
                 names.append(sql)
-        messages[name] = ("; ".join(names), reset)
+        messages[name] = ("; ".join(names), reset, "; ".join(after))
     times = {(name, mode): [] for name in messages for mode in ("sync", "async")}
     for _ in range(max(1, tries // BLOCK)):
         for (name, mode), values in times.items():
-            message, reset = messages[name]
+            message, reset, after = messages[name]
             if mode == "async":
                 message = ASYNC + message
             for _ in range(BLOCK):
@@ -257,17 +292,19 @@ def measure(connection, measured, tries=TRIES):
                 start = time.perf_counter()
                 cursor.execute(message)
                 values.append(time.perf_counter() - start)
+                if after:
+                    cursor.execute(after)
     return {key: statistics.median(values) for key, values in times.items()}
 
 
 def main(tries=TRIES):
     """Print each variant's median round trip, synchronous and not."""
     with bench_app():
-        task, workflow_id, plans, claim, success = one_run()
+        task, workflow_id, plans, creation, claim, success = one_run()
         connection = _connect()
         try:
             measured = variants(
-                plans, claim, success, task, workflow_id, connection.cursor()
+                plans, creation, claim, success, task, workflow_id, connection.cursor()
             )
             medians = measure(connection, measured, tries)
         finally:
@@ -276,7 +313,7 @@ def main(tries=TRIES):
         f"median round trip, ms ({tries} tries each, in blocks of {BLOCK}):\n"
         f"  {'variant':45s} {'commit':>7s} {'no flush':>9s}"
     )
-    for name, _, _ in measured:
+    for name, *_ in measured:
         print(
             f"  {name:45s} {1000 * medians[name, 'sync']:7.3f} "
             f"{1000 * medians[name, 'async']:9.3f}"
