@@ -276,10 +276,11 @@ class Workflow:
         A run :meth:`create` has just inserted joins the current session
         here, at its first use; its columns are read then.
         """
-        shell, self._shell = self._shell, None
-        if shell is not None and sa_inspect(shell).transient:
-            self._model = orchestrator.known(shell)
-        if self._model is None:  # or a copy of this object attached the shell
+        if self._shell is not None:
+            shell, self._shell = self._shell, None
+            if sa_inspect(shell).transient:  # else a copy of this object attached it
+                self._model = orchestrator.known(shell)
+        if self._model is None:
             self._model = _get(WorkflowRun, self._id)
             if self._model is None:
                 raise WorkflowNotFoundError(self._id)
