@@ -367,50 +367,47 @@ def test_a_channel_a_wait_left_is_dropped_by_the_next_message(
         assert listened(connection) == []
 
 
-def test_a_non_driver_error_passes_through_unwrapped(psycopg2, db):
-    """Celery's soft time limit, raised while the statement is sent, is not
-    turned into a SQLAlchemy error (as through ``exec_driver_sql``)."""
-    from celery.exceptions import SoftTimeLimitExceeded
-    from psycopg2.extensions import ISQLQuote, adapters, register_adapter
-
-    class Late:
-        """A parameter whose adaptation is interrupted."""
-
-    def interrupted(value):
-        raise SoftTimeLimitExceeded()
-
-    register_adapter(Late, interrupted)
-    value = select(bindparam("a", type_=WorkflowRun.name.type).label("a"))
-    try:
-        with pytest.raises(SoftTimeLimitExceeded):
-            prepared.execute(db.session, value, {"a": Late()})
-    finally:
-        adapters.pop((Late, ISQLQuote))
-
-
-def test_an_exit_exception_invalidates_the_connection(pooled):
-    """Interrupted while the statement is sent, the connection is in an
-    unknown state: it is invalidated, as ``exec_driver_sql`` would, and the
-    interruption raised as it is."""
+@contextmanager
+def raising_in_the_driver(exception):
+    """A parameter value whose adaptation by psycopg2 raises ``exception``."""
     from psycopg2.extensions import ISQLQuote, adapters, register_adapter
 
     class Interrupted:
         """A parameter whose adaptation is interrupted."""
 
     def interrupt(value):
-        raise KeyboardInterrupt()
+        raise exception
 
     register_adapter(Interrupted, interrupt)
-    value = select(bindparam("a", type_=WorkflowRun.name.type).label("a"))
     try:
+        yield Interrupted()
+    finally:
+        adapters.pop((Interrupted, ISQLQuote))
+
+
+def test_a_non_driver_error_passes_through_unwrapped(psycopg2, db):
+    """Celery's soft time limit, raised while the statement is sent, is not
+    turned into a SQLAlchemy error (as through ``exec_driver_sql``)."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    value = select(bindparam("a", type_=WorkflowRun.name.type).label("a"))
+    with raising_in_the_driver(SoftTimeLimitExceeded()) as late:
+        with pytest.raises(SoftTimeLimitExceeded):
+            prepared.execute(db.session, value, {"a": late})
+
+
+def test_an_exit_exception_invalidates_the_connection(pooled):
+    """Interrupted while the statement is sent, the connection is in an
+    unknown state: it is invalidated, as ``exec_driver_sql`` would, and the
+    interruption raised as it is."""
+    value = select(bindparam("a", type_=WorkflowRun.name.type).label("a"))
+    with raising_in_the_driver(KeyboardInterrupt()) as interrupted:
         with pooled.connect() as connection:
             with pytest.raises(KeyboardInterrupt):
                 prepared.execute(
-                    _db.session, value, {"a": Interrupted()}, None, connection
+                    _db.session, value, {"a": interrupted}, None, connection
                 )
             assert connection.invalidated
-    finally:
-        adapters.pop((Interrupted, ISQLQuote))
 
 
 def test_a_listener_of_one_connection_sees_its_statements(psycopg2_clean, clean):
