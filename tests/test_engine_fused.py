@@ -307,13 +307,17 @@ def test_a_node_the_success_makes_ready_is_left_to_the_orchestrator(
 def test_a_claim_and_a_creation_commit_as_they_end(app, clean, monkeypatch):
     """A claim is one statement sent in autocommit mode: no ``BEGIN``, no
     ``COMMIT``; so is a run created at once (its retry is safe: see
-    ``test_a_creation_retried_after_a_lost_answer_inserts_one_run``)."""
+    ``test_a_creation_retried_after_a_lost_answer_inserts_one_run``), and
+    the wait for its flush after the publish, when it had one."""
     if _db.engine.dialect.name != "postgresql":
         pytest.skip("one-statement transitions are PostgreSQL's")
     monkeypatch.setattr(dispatch, "_send", lambda message: None)
     with sent_statements() as sent:
         wf = Workflow.create("add-chain", start=True)
         created = [autocommit for _, autocommit in sent]
+        if prepared.enabled(_db.session):
+            assert sent[-1][0] == prepared._FLUSH
+            created.pop()
         task_id = wf.tasks[0].id
         celery_id = _db.session.get(TaskRun, task_id).celery_id
         _db.session.commit()
@@ -361,6 +365,83 @@ def test_a_creation_retried_after_a_lost_answer_inserts_one_run(
     versions = _db.session.query(version_class(TaskRun)).count()
     assert versions == len(tasks)  # one try's versions, not two
     assert [h["status"] for h in wf.history()] == ["running"]
+
+
+def test_a_run_created_at_once_is_published_before_its_flush(app, clean, monkeypatch):
+    """Its commit does not wait for the WAL flush; the publish follows it at
+    once, then the call waits for the flush (a transaction that takes an
+    id) and returns: the flush overlaps the delivery, and a run ``create``
+    returned is durable as before."""
+    if not prepared.enabled(_db.session):
+        pytest.skip("a message with SET LOCAL: prepared statements (psycopg2)")
+    published = []  # the statements sent before each publish
+    with sent_statements() as sent:
+        monkeypatch.setattr(
+            dispatch, "_send", lambda m: published.append(len(sent)) or True
+        )
+        wf = Workflow.create("fan-out", start=True)
+    creation, flush = [statement for statement, _ in sent]
+    assert creation.startswith("SET LOCAL synchronous_commit TO off; EXECUTE ")
+    assert flush == prepared._FLUSH
+    queued = sum(t.status == "queued" for t in wf.tasks)
+    assert queued > 1 and published == [1] * queued
+    with sent_statements() as sent:
+        dispatch.publish([])  # nothing left to wait for
+        with orchestrator.EngineUnitOfWork(_db.session) as uow:
+            dispatch.dispatcher(uow)
+            uow.commit()
+    assert sent == []
+    # The setting was the message's own: the connection commits as usual.
+    with prepared.alone(_db.session) as own:
+        assert own.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
+
+
+def test_a_run_created_pending_or_in_a_transaction_waits_for_its_flush(
+    app, clean, monkeypatch
+):
+    """Nothing to publish, or a commit that is the session's: one message,
+    which waits for its flush as it commits, and nothing after."""
+    if not prepared.enabled(_db.session):
+        pytest.skip("a message with SET LOCAL: prepared statements (psycopg2)")
+    monkeypatch.setattr(dispatch, "_send", lambda m: True)
+    with sent_statements() as sent:
+        Workflow.create("fan-out")
+    [(creation, autocommit)] = sent
+    assert autocommit and creation.startswith("EXECUTE ")
+    _db.session.execute(sa.text("SELECT 1"))  # the caller's transaction
+    with sent_statements() as sent:
+        Workflow.create("fan-out", start=True)
+    assert [s.split()[0] for s, _ in sent] == ["EXECUTE"]
+    assert prepared._UNFLUSHED not in _db.session.info
+    _db.session.commit()
+
+
+def test_a_lost_wait_for_the_flush_is_retried_before_the_call_returns(
+    app, clean, monkeypatch
+):
+    """The connection is lost while the call waits for the flush: the
+    transaction is tried again, finds the run committed, publishes its
+    attempts again (a duplicate claims nothing) and waits again."""
+    if not prepared.enabled(_db.session):
+        pytest.skip("a message with SET LOCAL: prepared statements (psycopg2)")
+    sent = []
+    monkeypatch.setattr(dispatch, "_send", lambda m: sent.append(m) or True)
+    monkeypatch.setattr(orchestrator.time, "sleep", lambda seconds: None)
+    await_flush, waits = prepared.await_flush, []
+
+    def lose_first_wait(session):
+        waits.append(session.info.get(prepared._UNFLUSHED))
+        if len(waits) == 1:
+            raise sa.exc.OperationalError(prepared._FLUSH, {}, Exception("lost"))
+        return await_flush(session)
+
+    monkeypatch.setattr(prepared, "await_flush", lose_first_wait)
+    wf = Workflow.create("fan-out", start=True)
+    assert waits == [True, True]
+    assert prepared._UNFLUSHED not in _db.session.info
+    assert [run.id for run in _db.session.query(WorkflowRun)] == [wf.id]
+    queued = {str(t.id): t.model.celery_id for t in wf.tasks if t.status == "queued"}
+    assert [(m.task_run_id, m.celery_id) for m in sent] == 2 * list(queued.items())
 
 
 def test_a_run_inserted_again_under_its_id_inserts_nothing(app, clean, monkeypatch):

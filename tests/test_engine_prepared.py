@@ -367,6 +367,63 @@ def test_a_channel_a_wait_left_is_dropped_by_the_next_message(
         assert listened(connection) == []
 
 
+def test_a_message_alone_may_commit_without_waiting_for_its_flush(
+    psycopg2_clean, clean
+):
+    """``SET LOCAL`` in the message itself: the setting ends with it. In the
+    session's transaction it is not sent (it would hold for all of it)."""
+    value = select(bindparam("a", type_=WorkflowRun.name.type).label("a"))
+    with sent_on(_db.engine) as sent:
+        with prepared.alone(_db.session) as own:
+            prepared.execute(
+                _db.session, value, {"a": "x"}, None, own, synchronous_commit=False
+            )
+            setting = own.exec_driver_sql("SHOW synchronous_commit").scalar()
+        prepared.execute(_db.session, value, {"a": "y"}, synchronous_commit=False)
+        _db.session.rollback()
+    assert setting == "on"
+    assert sent[0].startswith("SET LOCAL synchronous_commit TO off; EXECUTE wtflow_")
+    assert sent[2].startswith("EXECUTE wtflow_")
+
+
+def test_await_flush_commits_a_transaction_id_once_after_an_unflushed_commit(
+    psycopg2_clean, clean
+):
+    """Nothing noted, nothing sent; noted, one transaction that takes an id
+    (its commit waits for the WAL flush), alone or beside the session's
+    transaction, which it leaves as it is."""
+    with sent_on(_db.engine) as sent:
+        prepared.await_flush(_db.session)
+        assert sent == []
+        prepared.unflushed(_db.session)
+        prepared.await_flush(_db.session)
+        prepared.await_flush(_db.session)
+        assert sent == [prepared._FLUSH]
+        _db.session.execute(text("SELECT 1"))  # the session's transaction
+        prepared.unflushed(_db.session)
+        prepared.await_flush(_db.session)
+        assert sent == [prepared._FLUSH, "SELECT 1", prepared._FLUSH]
+        assert _db.session().in_transaction()
+        _db.session.rollback()
+    assert prepared._UNFLUSHED not in _db.session.info
+
+
+@contextmanager
+def sent_on(engine):
+    """Record the statements sent on ``engine`` (but ``PREPARE``), in order."""
+    sent = []
+
+    def record(conn, cursor, statement, *args):
+        if not statement.startswith("PREPARE "):
+            sent.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
 @contextmanager
 def raising_in_the_driver(exception):
     """A parameter value whose adaptation by psycopg2 raises ``exception``."""

@@ -25,6 +25,7 @@ from invenio_db.uow import Operation
 from sqlalchemy import select, update
 
 from ..models import TaskRun, TaskStatus, WorkflowRun, utcnow
+from . import prepared
 from .graph import ROUTING_OPTIONS
 
 logger = logging.getLogger(__name__)
@@ -262,9 +263,18 @@ class DispatchOp(Operation):
         self.revoked = []
 
     def on_post_commit(self, uow):
-        """Revoke the stopped attempts, then publish the new ones."""
+        """Revoke the stopped attempts, publish the new ones, then await the flush.
+
+        A run created at once commits without waiting for its WAL flush
+        (see :func:`~invenio_wtflow.engine.fused.create`): its first
+        attempts are published as soon as it is committed, and the unit of
+        work ends once it is flushed.
+        """
         revoke(self.revoked)
-        publish(self.messages)
+        try:
+            publish(self.messages)
+        finally:
+            prepared.await_flush(uow.session)
 
 
 def dispatcher(uow):

@@ -565,7 +565,7 @@ def _create_statement(transactions, columns, dialect):
     )
 
 
-def create(session, run, tasks, edges, alone=False):
+def create(session, run, tasks, edges, alone=False, published=False):
     """Insert a run, its tasks and their edges with their first versions, at once.
 
     For a transaction that writes nothing else: the rows are not noted for
@@ -580,6 +580,15 @@ def create(session, run, tasks, edges, alone=False):
     :param alone: it is the whole transaction: sent in autocommit mode on a
         connection of its own where the session has begun none (see
         :func:`~invenio_wtflow.engine.prepared.alone`).
+    :param published: some of its tasks are queued, to publish after the
+        commit. Sent alone, the commit then does not wait for its WAL flush:
+        the session waits for it after the publish, before the caller gets
+        the run (:func:`~invenio_wtflow.engine.prepared.await_flush`, called
+        by :class:`~invenio_wtflow.engine.dispatch.DispatchOp`), so the
+        flush and the delivery overlap. A server crash in between forgets
+        the run: the call's transaction is tried again, or fails, as after
+        any lost connection (see ``orchestrator.atomic``), and the messages
+        already published find no attempt to claim.
     :returns: whether it inserted them (``False``: a run with that id exists).
     """
     transactions, values = versioning.transaction_values(session)
@@ -592,7 +601,16 @@ def create(session, run, tasks, edges, alone=False):
         "edges": _document(edges),
         **{f"tx_{name}": value for name, value in values.items()},
     }
-    return bool(_execute(session, statement, params, alone=alone).all())
+    if not alone:
+        return bool(prepared.execute(session, statement, params).all())
+    with prepared.alone(session) as own:
+        later = published and prepared.commits_unflushed(session, own)
+        if later:
+            prepared.unflushed(session)
+        rows = prepared.execute(
+            session, statement, params, None, own, synchronous_commit=not later
+        )
+        return bool(rows.all())
 
 
 def _document(rows):

@@ -28,6 +28,9 @@ mode: a statement prepared in one session is unknown to the next.
 A transaction that is one message goes on a connection of its own in
 autocommit mode (:func:`alone`): a claim or a creation with either driver,
 a success (a lock and its statement together) through prepared statements.
+Such a message may commit without waiting for PostgreSQL to flush its WAL
+(``synchronous_commit``, see :func:`execute`); a session that must not
+return before the flush waits for it later with :func:`await_flush`.
 """
 
 import hashlib
@@ -120,7 +123,9 @@ def _back_to_transactions(dbapi_connection, record, reset_state):
         dbapi_connection.autocommit = False
 
 
-def execute(session, statement, params, before=None, connection=None):
+def execute(
+    session, statement, params, before=None, connection=None, synchronous_commit=True
+):
     """Execute ``statement``, prepared on psycopg2 connections when enabled.
 
     :param session: the session whose connection runs it (unless
@@ -134,6 +139,13 @@ def execute(session, statement, params, before=None, connection=None):
         in which each still reads what was committed before it began).
     :param connection: a connection from :func:`alone` to send it on
         instead of the session's (``None``: the session's).
+    :param synchronous_commit: ``False``: prepared, on a connection of its
+        own (the message is the transaction), commit without waiting for
+        the WAL flush (``SET LOCAL synchronous_commit TO off`` in the same
+        message; see :func:`commits_unflushed`). Other transactions see the
+        changes at once; a crash of the server before the flush forgets
+        them, and any later commit that waits for its own flush makes them
+        durable too (the WAL is flushed in order).
     :returns: the result, as ``session.execute`` returns it; prepared, or on
         a connection of its own, a :class:`Rows` with the same ``all``,
         ``one`` and ``one_or_none``.
@@ -169,6 +181,8 @@ def execute(session, statement, params, before=None, connection=None):
             (f"before_{key}", value)
             for key, value in first.parameters(before[1]).items()
         )
+    if own and not synchronous_commit:
+        sql = f"{_UNFLUSHED_COMMIT}{sql}"
     # A channel a finished wait left listening on a connection of its own
     # (see waiting.wait) is dropped by this message: in autocommit mode, the
     # UNLISTEN commits with the statement.
@@ -181,6 +195,63 @@ def execute(session, statement, params, before=None, connection=None):
         if stale is not None and not connection.invalidated:
             connection.info[LISTENING] = stale  # rolled back with the statement
         raise
+
+
+_UNFLUSHED_COMMIT = "SET LOCAL synchronous_commit TO off; "
+"""What a message begins with to commit without waiting for its flush."""
+
+_UNFLUSHED = "wtflow_unflushed"
+"""Key, in a session's ``info``: a commit it sent is not known to be flushed."""
+
+_FLUSH = "SELECT pg_current_xact_id()"
+"""A transaction whose commit is written to the WAL, and so flushes it first.
+
+A transaction that writes nothing commits without touching the WAL; one
+that takes a transaction id writes a commit record, and waits (with
+``synchronous_commit`` on, the default) until the WAL is flushed up to it,
+which covers every transaction committed before it (PostgreSQL 13 or later).
+"""
+
+
+def commits_unflushed(session, connection):
+    """Whether :func:`execute` on ``connection`` can commit without waiting for its flush.
+
+    :param connection: a connection from :func:`alone`, or ``None``.
+    """
+    return connection is not None and enabled(session)
+
+
+def unflushed(session):
+    """Note that the session sent a commit without waiting for its flush.
+
+    Noted before the message is sent: a commit whose answer is lost may
+    have happened. :func:`await_flush` then waits for the flush.
+    """
+    session.info[_UNFLUSHED] = True
+
+
+def await_flush(session):
+    """Return once what the session committed unflushed is flushed (see :func:`unflushed`).
+
+    One round trip, on a connection of its own, for a transaction that only
+    takes an id: its commit waits for the WAL up to it, and the commits
+    before it with it. Nothing to wait for, nothing is sent. A lost
+    connection raises, and the session still waits next time.
+
+    :param session: the session that sent the commits.
+    """
+    if not session.info.get(_UNFLUSHED):
+        return
+    with alone(session) as own:
+        if own is None:  # a transaction of the session's: commit one apart
+            with session.get_bind().engine.connect() as connection:
+                connection.exec_driver_sql(_FLUSH)
+                connection.commit()
+        elif _watched(own):
+            own.exec_driver_sql(_FLUSH)
+        else:
+            _sent(own, _FLUSH, None)
+    session.info.pop(_UNFLUSHED, None)
 
 
 def _run(connection, plan, sql, values):
