@@ -408,6 +408,23 @@ def test_await_flush_commits_a_transaction_id_once_after_an_unflushed_commit(
     assert prepared._UNFLUSHED not in _db.session.info
 
 
+def test_the_wait_for_a_flush_drops_a_channel_a_wait_left(pooled, clean):
+    from sqlalchemy.orm import Session
+
+    session = Session(bind=pooled)
+    with pooled.connect() as connection, autocommit(connection):
+        connection.exec_driver_sql("LISTEN wtflow_run_left")
+        connection.info[waiting.LISTENING] = "wtflow_run_left"
+    prepared.unflushed(session)
+    with sent_on(pooled) as sent:
+        prepared.await_flush(session)
+    assert sent == [f"UNLISTEN wtflow_run_left; {prepared._FLUSH}"]
+    with pooled.connect() as connection:
+        assert waiting.LISTENING not in connection.info
+        assert listened(connection) == []
+    session.close()
+
+
 @contextmanager
 def sent_on(engine):
     """Record the statements sent on ``engine`` (but ``PREPARE``), in order."""

@@ -181,16 +181,26 @@ def execute(
             (f"before_{key}", value)
             for key, value in first.parameters(before[1]).items()
         )
-    if own and not synchronous_commit:
-        sql = f"{_UNFLUSHED_COMMIT}{sql}"
-    # A channel a finished wait left listening on a connection of its own
-    # (see waiting.wait) is dropped by this message: in autocommit mode, the
-    # UNLISTEN commits with the statement.
-    stale = connection.info.pop(LISTENING, None) if own else None
-    if stale is not None:
-        sql = f"UNLISTEN {stale}; {sql}"
-    try:
+    if not own:
         return _run(connection, plan, sql, values)
+    if not synchronous_commit:
+        sql = f"{_UNFLUSHED_COMMIT}{sql}"
+    with _unlistening(connection, sql) as message:
+        return _run(connection, plan, message, values)
+
+
+@contextmanager
+def _unlistening(connection, sql):
+    """The message ``sql``, made to drop a channel the connection still listens on.
+
+    A channel a finished wait left listening on a connection of its own
+    (see :func:`~invenio_wtflow.engine.waiting.wait`) is dropped by the next
+    message sent alone on it: in autocommit mode, the ``UNLISTEN`` commits
+    with the statement, and is forgotten with it if the message fails.
+    """
+    stale = connection.info.pop(LISTENING, None)
+    try:
+        yield sql if stale is None else f"UNLISTEN {stale}; {sql}"
     except BaseException:
         if stale is not None and not connection.invalidated:
             connection.info[LISTENING] = stale  # rolled back with the statement
@@ -247,10 +257,12 @@ def await_flush(session):
             with session.get_bind().engine.connect() as connection:
                 connection.exec_driver_sql(_FLUSH)
                 connection.commit()
-        elif _watched(own):
-            own.exec_driver_sql(_FLUSH)
         else:
-            _sent(own, _FLUSH, None)
+            with _unlistening(own, _FLUSH) as message:
+                if _watched(own):
+                    own.exec_driver_sql(message)
+                else:
+                    _sent(own, message, None)
     session.info.pop(_UNFLUSHED, None)
 
 
