@@ -19,6 +19,7 @@ from invenio_wtflow.engine import (
     fused,
     orchestrator,
     prepared,
+    statements,
     versioning,
 )
 from invenio_wtflow.engine.status import default_status, default_status_sql
@@ -523,6 +524,8 @@ def test_a_root_runs_success_is_one_message_that_commits_as_it_ends(
         )
     ((statement, autocommit),) = sent
     assert statement.count("EXECUTE ") == 2 and autocommit  # lock; success
+    lock = prepared._prepared(statements.lock_root(False, True), _db.engine.dialect)
+    assert statement.startswith(f"EXECUTE {lock.name} (")  # the root's one key
     wf = Workflow.get(wf.id)
     assert (wf.status, wf.result) == ("success", 1)
     runs = [(h["status"], h["transaction_id"]) for h in wf.history()]
@@ -531,6 +534,30 @@ def test_a_root_runs_success_is_one_message_that_commits_as_it_ends(
     assert [status for status, _, _ in tasks][-2:] == ["running", "success"]
     assert runs[-1][1] == tasks[-1][2]
     assert _db.session.query(transactions).count() == before + 1
+
+
+def test_a_root_run_is_locked_by_its_one_key(postgresql, db):
+    """The generic plan of ``id = :root`` is a lookup of the key, on a small
+    table too (where the two keys' ``OR`` scans it), and locks the row; a
+    child run and its root are locked by their two keys, root first."""
+    root, child = uuid.uuid4(), uuid.uuid4()
+    statement, params = orchestrator._run_and_root_lock(str(root), root, rows=True)
+    assert (statement, params) == (statements.lock_root(False, True), {"root_id": root})
+    statement, params = orchestrator._run_and_root_lock(child, root, shared=True)
+    assert statement is statements.lock_run_and_root(True, False)
+    assert params == {"workflow_id": child, "root_id": root}
+    plan = prepared._prepared(statements.lock_root(False, True), db.engine.dialect)
+    connection = db.session.connection()
+    connection.exec_driver_sql("SET LOCAL plan_cache_mode = force_generic_plan")
+    connection.exec_driver_sql(plan.prepare.replace("%%", "%"))
+    explained = (
+        connection.exec_driver_sql(f"EXPLAIN EXECUTE {plan.name} ('{root}')")
+        .scalars()
+        .all()
+    )
+    assert "LockRows" in explained[0]
+    assert "Index Scan using pk_wtflow_workflow" in explained[1]
+    connection.exec_driver_sql(f"DEALLOCATE {plan.name}")
 
 
 def claimed_in_clean_run(monkeypatch, name, definition):

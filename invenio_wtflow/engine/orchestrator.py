@@ -162,6 +162,18 @@ def atomic(func_, *args, **kwargs):
 #
 # Locks and queries
 #
+def _run_and_root_lock(workflow_id, root_id, shared=False, rows=False):
+    """``(statement, params)`` that lock run ``workflow_id`` and its root ``root_id``.
+
+    A root run is one row, looked up by its one key (see
+    :func:`~invenio_wtflow.engine.statements.lock_root`).
+    """
+    if str(workflow_id) == str(root_id):
+        return statements.lock_root(shared, rows), {"root_id": root_id}
+    statement = statements.lock_run_and_root(shared, rows)
+    return statement, {"workflow_id": workflow_id, "root_id": root_id}
+
+
 def lock_workflow(
     workflow_id=None, task_id=None, shared=False, root_id=None, as_row=False
 ):
@@ -188,8 +200,7 @@ def lock_workflow(
         statement = statements.lock_runs(True, shared, as_row)
         params = {"task_id": task_id}
     elif root_id is not None:
-        statement = statements.lock_run_and_root(shared, as_row)
-        params = {"workflow_id": workflow_id, "root_id": root_id}
+        statement, params = _run_and_root_lock(workflow_id, root_id, shared, as_row)
     else:
         statement = statements.lock_runs(False, shared, as_row)
         params = {"workflow_id": workflow_id}
@@ -1048,10 +1059,7 @@ def succeed_alone(uow, task_id, celery_id, result, retries, workflow_id):
         stale or the success makes a node of the orchestrator's ready (the
         message then changed nothing: :func:`succeed` finds out which).
     """
-    lock = (
-        statements.lock_run_and_root(False, True),
-        {"workflow_id": workflow_id, "root_id": workflow_id},
-    )
+    lock = (statements.lock_root(False, True), {"root_id": workflow_id})
     return _finish(uow, workflow_id, task_id, celery_id, result, retries, lock, True)
 
 
@@ -1139,10 +1147,7 @@ def succeed_shared_alone(uow, task_id, celery_id, result, retries, runs):
         or a success that needs the root lock (the caller goes on as if this
         had not been tried).
     """
-    lock = (
-        statements.lock_run_and_root(True, True),
-        {"workflow_id": runs[1], "root_id": runs[0]},
-    )
+    lock = _run_and_root_lock(runs[1], runs[0], shared=True, rows=True)
     params = _success_params(task_id, celery_id, retries, result, utcnow())
     outcome = fused.succeed(db.session, params, True, lock, alone=True)
     if outcome is None:

@@ -335,20 +335,40 @@ def lock_run_and_root(shared=False, rows=False):
     return _locked_runs(target, root_id, shared, rows)
 
 
+@cache
+def lock_root(shared=False, rows=False):
+    """:func:`lock_run_and_root` of a run that is its own root, ``root_id``.
+
+    One key: the generic plan of the two keys' ``OR`` scans a small table
+    (PostgreSQL prepares it once its custom plans cost no less), where one
+    key's is a lookup whatever the table's size.
+    """
+    root_id = bindparam("root_id", type_=_RUNS.c.id.type)
+    return (
+        _selected_runs(rows or shared)
+        .where(_RUNS.c.id == root_id)
+        .with_for_update(read=shared, key_share=shared)
+    )
+
+
 def _locked_runs(target, root_id, shared, rows):
     """Select and lock runs ``target`` and ``root_id``, the root first."""
-    if shared or rows:
-        statement = select(
+    return (
+        _selected_runs(shared or rows)
+        .where(or_(_RUNS.c.id == target, _RUNS.c.id == root_id))
+        .order_by(case((_RUNS.c.id == root_id, 0), else_=1))
+        .with_for_update(read=shared, key_share=shared)
+    )
+
+
+def _selected_runs(rows):
+    """``SELECT`` of the runs to lock: the ORM objects, or the columns of ``rows``."""
+    if rows:
+        return select(
             _RUNS.c.id,
             _RUNS.c.status,
             _RUNS.c.name,
             _RUNS.c.parent_task_id,
             _RUNS.c.concurrency_key,
         )
-    else:
-        statement = select(WorkflowRun).execution_options(populate_existing=True)
-    return (
-        statement.where(or_(_RUNS.c.id == target, _RUNS.c.id == root_id))
-        .order_by(case((_RUNS.c.id == root_id, 0), else_=1))
-        .with_for_update(read=shared, key_share=shared)
-    )
+    return select(WorkflowRun).execution_options(populate_existing=True)
