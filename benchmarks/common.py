@@ -73,12 +73,13 @@ Set in the environment, it applies to the worker and the caller alike.
 The package itself does all three since 2026-11-23 (``subquery`` versioning,
 ``EngineUnitOfWork``, attempts published with ``ignore_result``): on it, the
 experiments change nothing; they are kept to measure older trees.
-``async-claim`` (2026-12-05): the claim's transaction commits without
-waiting for PostgreSQL to flush its WAL (``SET LOCAL synchronous_commit TO
-off``, at the cost of one more round trip): a database crash could forget a
-claim, never a later outcome. The claim's ``COMMIT`` then takes 0.015 ms
-instead of 0.25, but a one-task run is no faster when the two are
-interleaved finely (see benchmarks/README.md): the package does not do it.
+``async-claim`` (2026-12-05; since 2026-12-06 in the claim's own message,
+``prepared.execute(..., synchronous_commit=False)``, without a round trip
+of its own): the claim's transaction commits without waiting for
+PostgreSQL to flush its WAL. A database crash could then forget a claim
+(the attempt is published again by the sweeper, and may run a second time
+while the first still runs), never a later outcome. The package does not
+do it (see benchmarks/README.md, eighteenth session).
 """
 
 WTFLOW_TABLES = (
@@ -135,17 +136,18 @@ def apply_experiments():
 
         orchestrator.UnitOfWork = TopLevelUnitOfWork
     if "async-claim" in EXPERIMENTS:
-        from sqlalchemy import text
+        from invenio_wtflow.engine import prepared
 
-        from invenio_wtflow.engine import fused
+        execute = prepared.execute
 
-        claim = fused.claim
+        def claims_without_waiting_for_the_flush(
+            session, statement, params, before=None, connection=None, **options
+        ):
+            if {"attempt_id", "lease_end"} <= params.keys():  # a claim's parameters
+                options["synchronous_commit"] = False
+            return execute(session, statement, params, before, connection, **options)
 
-        def claim_without_waiting_for_the_flush(session, params):
-            session.execute(text("SET LOCAL synchronous_commit TO off"))
-            return claim(session, params)
-
-        fused.claim = claim_without_waiting_for_the_flush
+        prepared.execute = claims_without_waiting_for_the_flush
 
 
 def create_app(**config):
