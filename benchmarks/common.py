@@ -73,13 +73,13 @@ Set in the environment, it applies to the worker and the caller alike.
 The package itself does all three since 2026-11-23 (``subquery`` versioning,
 ``EngineUnitOfWork``, attempts published with ``ignore_result``): on it, the
 experiments change nothing; they are kept to measure older trees.
-``async-claim`` (2026-12-05; since 2026-12-06 in the claim's own message,
-``prepared.execute(..., synchronous_commit=False)``, without a round trip
-of its own): the claim's transaction commits without waiting for
-PostgreSQL to flush its WAL. A database crash could then forget a claim
-(the attempt is published again by the sweeper, and may run a second time
-while the first still runs), never a later outcome. The package does not
-do it (see benchmarks/README.md, eighteenth session).
+``async-claim`` (2026-12-05; since 2026-12-06 the package's own setting,
+``WTFLOW_CLAIM_SYNCHRONOUS_COMMIT = False``, in the claim's own message):
+the claim's transaction commits without waiting for PostgreSQL to flush its
+WAL. A database crash could then forget a claim (the attempt is published
+again by the sweeper, and may run a second time while the first still
+runs), never a later outcome. Off by default (see benchmarks/README.md,
+eighteenth session).
 """
 
 WTFLOW_TABLES = (
@@ -108,6 +108,7 @@ def app_config(**config):
             "CELERY_TASK_ACKS_LATE": True,
             "CELERY_WORKER_PREFETCH_MULTIPLIER": 1,
             "WTFLOW_WORKFLOWS": WORKFLOWS,
+            "WTFLOW_CLAIM_SYNCHRONOUS_COMMIT": "async-claim" not in EXPERIMENTS,
         },
         **config,
     )
@@ -135,19 +136,6 @@ def apply_experiments():
                 return self
 
         orchestrator.UnitOfWork = TopLevelUnitOfWork
-    if "async-claim" in EXPERIMENTS:
-        from invenio_wtflow.engine import prepared
-
-        execute = prepared.execute
-
-        def claims_without_waiting_for_the_flush(
-            session, statement, params, before=None, connection=None, **options
-        ):
-            if {"attempt_id", "lease_end"} <= params.keys():  # a claim's parameters
-                options["synchronous_commit"] = False
-            return execute(session, statement, params, before, connection, **options)
-
-        prepared.execute = claims_without_waiting_for_the_flush
 
 
 def create_app(**config):

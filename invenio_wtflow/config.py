@@ -55,6 +55,22 @@ pooler that shares a database session between clients, such as PgBouncer
 in transaction pooling mode.
 """
 
+WTFLOW_CLAIM_SYNCHRONOUS_COMMIT = True
+"""Whether an attempt's claim waits for PostgreSQL to flush it before the body runs.
+
+``False`` (PostgreSQL through psycopg2 with ``WTFLOW_PREPARED_STATEMENTS``):
+the claim commits with ``synchronous_commit`` off for its own transaction,
+and the task's body starts one flush of the database's disk sooner (an
+``fsync``: a fraction of a millisecond on a local SSD, milliseconds on some
+network disks). Every other transaction sees the claim at once, so a
+duplicate delivery still claims nothing. What it costs: a crash of the
+database before its WAL writer flushes the claim (``wal_writer_delay``,
+200 ms by default) forgets it; the attempt is ``queued`` again, the sweeper
+publishes it again after ``WTFLOW_REQUEUE_AFTER``, and it may then run a
+second time while the first run still goes on (the first of the two to
+finish records the outcome). Outcomes and new runs are durable either way.
+"""
+
 WTFLOW_SQLITE_SERIALIZE = True
 """Make SQLite transactions real and the engine's ones writers at once.
 

@@ -445,6 +445,38 @@ def test_a_lost_wait_for_the_flush_is_retried_before_the_call_returns(
     assert [(m.task_run_id, m.celery_id) for m in sent] == 2 * list(queued.items())
 
 
+def test_a_claim_may_commit_without_waiting_for_its_flush(app, clean, monkeypatch):
+    """``WTFLOW_CLAIM_SYNCHRONOUS_COMMIT = False``: the claim's message turns
+    ``synchronous_commit`` off for itself; the claim is seen at once (a
+    duplicate delivery claims nothing). By default the claim waits."""
+    if not prepared.enabled(_db.session):
+        pytest.skip("a message with SET LOCAL: prepared statements (psycopg2)")
+    monkeypatch.setattr(dispatch, "_send", lambda m: True)
+    attempts = []
+    for _ in range(2):
+        task = Workflow.create("add-chain", start=True).tasks[0]
+        attempts.append((task.id, task.model.celery_id))
+    _db.session.commit()
+    claim = orchestrator.claim
+    with sent_statements() as sent:
+        assert orchestrator.atomic(claim, *attempts[0])
+    [(default, _)] = sent
+    monkeypatch.setitem(app.config, "WTFLOW_CLAIM_SYNCHRONOUS_COMMIT", False)
+    with sent_statements() as sent:
+        assert orchestrator.atomic(claim, *attempts[1])
+        assert orchestrator.atomic(claim, *attempts[1]) is None  # a duplicate
+    assert default.startswith("EXECUTE ")
+    assert [s.split("; ")[0] for s, _ in sent] == [
+        "SET LOCAL synchronous_commit TO off"
+    ] * 2
+    assert {
+        t.status
+        for t in _db.session.query(TaskRun).filter(
+            TaskRun.id.in_([task_id for task_id, _ in attempts])
+        )
+    } == {"running"}
+
+
 def test_a_run_inserted_again_under_its_id_inserts_nothing(app, clean, monkeypatch):
     """As a retry whose first try is still in flight would: the conflict on
     the run's id decides, and the first try's queued tasks are published."""

@@ -57,7 +57,9 @@ def available(session):
     return session.get_bind().dialect.name == "postgresql"
 
 
-def _execute(session, statement, params, before=None, alone=False):
+def _execute(
+    session, statement, params, before=None, alone=False, synchronous_commit=True
+):
     """:func:`~invenio_wtflow.engine.prepared.execute`, alone if asked to.
 
     The caller computes the parameters first: the transaction's values may
@@ -67,11 +69,15 @@ def _execute(session, statement, params, before=None, alone=False):
 
     :param alone: send it on a connection of its own, in autocommit mode,
         where the session has begun no transaction.
+    :param synchronous_commit: see
+        :func:`~invenio_wtflow.engine.prepared.execute` (sent alone only).
     """
     if not alone:
         return prepared.execute(session, statement, params, before)
     with prepared.alone(session) as own:
-        return prepared.execute(session, statement, params, before, own)
+        return prepared.execute(
+            session, statement, params, before, own, synchronous_commit
+        )
 
 
 def _returned(name, extra=()):
@@ -171,7 +177,7 @@ def _claim_statement(transactions, columns, dialect, upstream=True):
     )
 
 
-def claim(session, params, alone=False, upstream=True):
+def claim(session, params, alone=False, upstream=True, synchronous_commit=True):
     """Claim an attempt, versioned, and read what its call needs.
 
     :param params: the parameters of :func:`~invenio_wtflow.engine.statements.claim`.
@@ -180,6 +186,8 @@ def claim(session, params, alone=False, upstream=True):
         :func:`~invenio_wtflow.engine.prepared.alone`).
     :param upstream: read the upstream results too (``False``: the task takes
         none; ``upstream`` is then ``None``, and costs the statement nothing).
+    :param synchronous_commit: ``False``: sent alone, the claim commits
+        without waiting for its WAL flush (see ``WTFLOW_CLAIM_SYNCHRONOUS_COMMIT``).
     :returns: the row of :func:`~invenio_wtflow.engine.statements.claim`, with
         ``run_name`` (the run's definition name), ``data`` (the run's data,
         for a bare task) and ``upstream`` (the results of the upstream
@@ -191,7 +199,13 @@ def claim(session, params, alone=False, upstream=True):
         transactions, tuple(sorted(values)), session.get_bind().dialect, upstream
     )
     tx = {f"tx_{name}": value for name, value in values.items()}
-    return _execute(session, statement, {**params, **tx}, alone=alone).one_or_none()
+    return _execute(
+        session,
+        statement,
+        {**params, **tx},
+        alone=alone,
+        synchronous_commit=synchronous_commit,
+    ).one_or_none()
 
 
 def _success_clauses(condition=None):

@@ -883,7 +883,13 @@ def claim(uow, task_id, celery_id, retries=0, lease=None, upstream=True):
         "lease_end": _lease_end(lease, now),
     }
     if fused.available(db.session):
-        return fused.claim(db.session, params, alone=True, upstream=upstream)
+        return fused.claim(
+            db.session,
+            params,
+            alone=True,
+            upstream=upstream,
+            synchronous_commit=current_app.config["WTFLOW_CLAIM_SYNCHRONOUS_COMMIT"],
+        )
     row = db.session.execute(statements.claim(), params).one_or_none()
     if row is not None:
         versioning.changed(db.session, TaskRun, [row.id])
