@@ -65,10 +65,13 @@ and the task's body starts one flush of the database's disk sooner (an
 network disks). Every other transaction sees the claim at once, so a
 duplicate delivery still claims nothing. What it costs: a crash of the
 database before its WAL writer flushes the claim (``wal_writer_delay``,
-200 ms by default) forgets it; the attempt is ``queued`` again, the sweeper
-publishes it again after ``WTFLOW_REQUEUE_AFTER``, and it may then run a
-second time while the first run still goes on (the first of the two to
-finish records the outcome). Outcomes and new runs are durable either way.
+200 ms by default) forgets it, and the attempt runs again. It is
+``queued`` again: the outcome its running body reports is refused, the
+sweeper publishes the attempt again after ``WTFLOW_REQUEUE_AFTER``, and a
+worker runs it a second time, maybe while the first run still goes on
+(then the first of the two to finish is recorded). An attempt of a run
+created just before such a crash may also have run although the run is
+forgotten. Outcomes are durable either way.
 """
 
 WTFLOW_SQLITE_SERIALIZE = True

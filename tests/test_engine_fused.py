@@ -370,9 +370,8 @@ def test_a_creation_retried_after_a_lost_answer_inserts_one_run(
 
 def test_a_run_created_at_once_is_published_before_its_flush(app, clean, monkeypatch):
     """Its commit does not wait for the WAL flush; the publish follows it at
-    once, then the call waits for the flush (a transaction that takes an
-    id) and returns: the flush overlaps the delivery, and a run ``create``
-    returned is durable as before."""
+    once, then the call waits for the flush (a transaction that writes a
+    logical message) and returns: the flush overlaps the delivery."""
     if not prepared.enabled(_db.session):
         pytest.skip("a message with SET LOCAL: prepared statements (psycopg2)")
     published = []  # the statements sent before each publish
@@ -395,6 +394,88 @@ def test_a_run_created_at_once_is_published_before_its_flush(app, clean, monkeyp
     # The setting was the message's own: the connection commits as usual.
     with prepared.alone(_db.session) as own:
         assert own.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
+
+
+def wal_positions():
+    """PostgreSQL's WAL insert and flush positions, as text."""
+    with _db.engine.connect() as connection:
+        return connection.exec_driver_sql(
+            "SELECT pg_current_wal_insert_lsn()::text, "
+            "pg_current_wal_flush_lsn()::text"
+        ).one()
+
+
+def test_a_run_created_at_once_is_flushed_when_create_returns(app, clean, monkeypatch):
+    """Durable as before: the WAL is flushed past the creation's commit (the
+    insert position when the wait begins) once ``create`` returns. A
+    transaction that only takes an id would commit without waiting."""
+    if not prepared.enabled(_db.session):
+        pytest.skip("a message with SET LOCAL: prepared statements (psycopg2)")
+    monkeypatch.setattr(dispatch, "_send", lambda m: True)
+    await_flush, committed = prepared.await_flush, []
+
+    def noting_the_commit(session):
+        if session.info.get(prepared._UNFLUSHED):
+            committed.append(wal_positions()[0])  # past the creation's commit
+        return await_flush(session)
+
+    monkeypatch.setattr(prepared, "await_flush", noting_the_commit)
+    behind = []
+    for _ in range(20):
+        del committed[:]
+        Workflow.create("fan-out", start=True)
+        [commit] = committed
+        with _db.engine.connect() as connection:
+            behind.append(
+                connection.exec_driver_sql(
+                    "SELECT pg_wal_lsn_diff(%(commit)s, pg_current_wal_flush_lsn())",
+                    {"commit": commit},
+                ).scalar()
+            )
+    assert max(behind) <= 0
+
+
+def test_a_creation_whose_answer_was_lost_still_waits_for_its_flush(
+    app, clean, monkeypatch
+):
+    """The creation committed and its answer was lost: the retry finds the
+    run (without sending the creation again) and waits for the flush all
+    the same: the session noted it before the message left."""
+    if not prepared.enabled(_db.session):
+        pytest.skip("a message with SET LOCAL: prepared statements (psycopg2)")
+    monkeypatch.setattr(dispatch, "_send", lambda m: True)
+    monkeypatch.setattr(orchestrator.time, "sleep", lambda seconds: None)
+    run, creations = prepared._run, []
+
+    def losing_the_creations_answer(connection, plan, sql, values):
+        answer = run(connection, plan, sql, values)
+        if "synchronous_commit TO off" in sql:
+            creations.append(sql)
+            raise sa.exc.OperationalError(sql, values, Exception("lost"))
+        return answer
+
+    monkeypatch.setattr(prepared, "_run", losing_the_creations_answer)
+    with sent_statements() as sent:
+        wf = Workflow.create("fan-out", start=True)
+    assert len(creations) == 1 and wf.created_now
+    assert [s for s, _ in sent][-1] == prepared._FLUSH
+    assert prepared._UNFLUSHED not in _db.session.info
+
+
+def test_a_publish_that_raises_still_waits_for_the_flush(app, clean, monkeypatch):
+    """The error reaches the caller after the wait: the run it may retry
+    with is durable."""
+    if not prepared.enabled(_db.session):
+        pytest.skip("a message with SET LOCAL: prepared statements (psycopg2)")
+
+    def broken(messages):
+        raise RuntimeError("publish interrupted")
+
+    monkeypatch.setattr(dispatch, "publish", broken)
+    with sent_statements() as sent, pytest.raises(RuntimeError):
+        Workflow.create("fan-out", start=True)
+    assert [s for s, _ in sent][-1] == prepared._FLUSH
+    assert prepared._UNFLUSHED not in _db.session.info
 
 
 def test_a_run_created_pending_or_in_a_transaction_waits_for_its_flush(

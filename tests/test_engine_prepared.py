@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import pytest
 from invenio_db import db as _db
-from sqlalchemy import bindparam, event, or_, select, text
+from sqlalchemy import bindparam, event, func, or_, select, text
 from sqlalchemy.exc import (
     DataError,
     MultipleResultsFound,
@@ -370,28 +370,37 @@ def test_a_channel_a_wait_left_is_dropped_by_the_next_message(
 def test_a_message_alone_may_commit_without_waiting_for_its_flush(
     psycopg2_clean, clean
 ):
-    """``SET LOCAL`` in the message itself: the setting ends with it. In the
-    session's transaction it is not sent (it would hold for all of it)."""
-    value = select(bindparam("a", type_=WorkflowRun.name.type).label("a"))
+    """``SET LOCAL`` in the message itself: the statement runs with it, and
+    the setting ends with the message. In the session's transaction it is
+    not sent (it would hold for all of that transaction)."""
+    setting = select(
+        func.current_setting(bindparam("name", type_=WorkflowRun.name.type)).label(
+            "setting"
+        )
+    )
+    name = {"name": "synchronous_commit"}
     with sent_on(_db.engine) as sent:
         with prepared.alone(_db.session) as own:
-            prepared.execute(
-                _db.session, value, {"a": "x"}, None, own, synchronous_commit=False
-            )
-            setting = own.exec_driver_sql("SHOW synchronous_commit").scalar()
-        prepared.execute(_db.session, value, {"a": "y"}, synchronous_commit=False)
+            during = prepared.execute(
+                _db.session, setting, name, None, own, synchronous_commit=False
+            ).one()
+            after = prepared.execute(_db.session, setting, name, None, own).one()
+        within = prepared.execute(
+            _db.session, setting, name, synchronous_commit=False
+        ).one()
         _db.session.rollback()
-    assert setting == "on"
+    assert (during.setting, after.setting, within.setting) == ("off", "on", "on")
     assert sent[0].startswith("SET LOCAL synchronous_commit TO off; EXECUTE wtflow_")
+    assert sent[1].startswith("EXECUTE wtflow_")
     assert sent[2].startswith("EXECUTE wtflow_")
 
 
-def test_await_flush_commits_a_transaction_id_once_after_an_unflushed_commit(
+def test_await_flush_commits_one_wal_write_after_an_unflushed_commit(
     psycopg2_clean, clean
 ):
-    """Nothing noted, nothing sent; noted, one transaction that takes an id
-    (its commit waits for the WAL flush), alone or beside the session's
-    transaction, which it leaves as it is."""
+    """Nothing noted, nothing sent; noted, one transaction that writes a
+    logical message (its commit waits for the WAL flush), alone or beside
+    the session's transaction, which it leaves as it is."""
     with sent_on(_db.engine) as sent:
         prepared.await_flush(_db.session)
         assert sent == []

@@ -213,13 +213,17 @@ _UNFLUSHED_COMMIT = "SET LOCAL synchronous_commit TO off; "
 _UNFLUSHED = "wtflow_unflushed"
 """Key, in a session's ``info``: a commit it sent is not known to be flushed."""
 
-_FLUSH = "SELECT pg_current_xact_id()"
-"""A transaction whose commit is written to the WAL, and so flushes it first.
+_FLUSH = "SELECT pg_logical_emit_message(true, 'wtflow', '')"
+"""A transaction whose commit waits for the WAL flush, and so for every commit before it.
 
-A transaction that writes nothing commits without touching the WAL; one
-that takes a transaction id writes a commit record, and waits (with
-``synchronous_commit`` on, the default) until the WAL is flushed up to it,
-which covers every transaction committed before it (PostgreSQL 13 or later).
+PostgreSQL waits for the flush at a commit (``synchronous_commit`` on, the
+default) only when the transaction wrote WAL before its commit record:
+taking a transaction id alone (``pg_current_xact_id()``) writes none, and
+commits without waiting. The smallest write anyone may make is a
+transactional logical decoding message (prefix ``wtflow``, empty): it
+takes an id and writes one small record, and the commit then flushes the
+WAL up to it, which covers every transaction committed before it. Logical
+decoding clients that ask for messages see it; it changes no table.
 """
 
 
@@ -243,10 +247,11 @@ def unflushed(session):
 def await_flush(session):
     """Return once what the session committed unflushed is flushed (see :func:`unflushed`).
 
-    One round trip, on a connection of its own, for a transaction that only
-    takes an id: its commit waits for the WAL up to it, and the commits
-    before it with it. Nothing to wait for, nothing is sent. A lost
-    connection raises, and the session still waits next time.
+    One round trip, on a connection of its own, for a transaction that
+    writes one logical decoding message (``_FLUSH``): its commit
+    waits for the WAL up to it, and the commits before it with it. Nothing
+    to wait for, nothing is sent. A lost connection raises, and the session
+    still waits next time.
 
     :param session: the session that sent the commits.
     """
