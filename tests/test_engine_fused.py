@@ -38,22 +38,24 @@ from .test_engine_orchestrator import count_statements
 
 
 @contextmanager
-def sent_statements():
+def sent_statements(engine=None):
     """Record each statement sent (but ``PREPARE``) with the driver's autocommit flag.
 
+    :param engine: the engine to watch (the application's by default).
     :yields: the list of ``(statement, autocommit)`` it fills.
     """
+    engine = _db.engine if engine is None else engine
     sent = []
 
     def record(conn, cursor, statement, *args):
         if not statement.startswith("PREPARE "):
             sent.append((statement, cursor.connection.autocommit))
 
-    sa.event.listen(_db.engine, "before_cursor_execute", record)
+    sa.event.listen(engine, "before_cursor_execute", record)
     try:
         yield sent
     finally:
-        sa.event.remove(_db.engine, "before_cursor_execute", record)
+        sa.event.remove(engine, "before_cursor_execute", record)
 
 
 @pytest.fixture()

@@ -19,6 +19,7 @@ from invenio_wtflow import Workflow
 from invenio_wtflow.engine import dispatch, orchestrator, prepared, waiting
 from invenio_wtflow.models import TaskRun, WorkflowRun
 
+from .test_engine_fused import sent_statements
 from .test_engine_orchestrator import count_statements
 from .test_engine_waiting import listened
 
@@ -379,7 +380,7 @@ def test_a_message_alone_may_commit_without_waiting_for_its_flush(
         )
     )
     name = {"name": "synchronous_commit"}
-    with sent_on(_db.engine) as sent:
+    with sent_statements() as sent:
         with prepared.alone(_db.session) as own:
             during = prepared.execute(
                 _db.session, setting, name, None, own, synchronous_commit=False
@@ -390,9 +391,9 @@ def test_a_message_alone_may_commit_without_waiting_for_its_flush(
         ).one()
         _db.session.rollback()
     assert (during.setting, after.setting, within.setting) == ("off", "on", "on")
-    assert sent[0].startswith("SET LOCAL synchronous_commit TO off; EXECUTE wtflow_")
-    assert sent[1].startswith("EXECUTE wtflow_")
-    assert sent[2].startswith("EXECUTE wtflow_")
+    messages = [statement for statement, _ in sent]
+    assert messages[0].startswith("SET LOCAL synchronous_commit TO off; EXECUTE ")
+    assert [m.split(None, 1)[0] for m in messages[1:]] == ["EXECUTE", "EXECUTE"]
 
 
 def test_await_flush_commits_one_wal_write_after_an_unflushed_commit(
@@ -401,17 +402,18 @@ def test_await_flush_commits_one_wal_write_after_an_unflushed_commit(
     """Nothing noted, nothing sent; noted, one transaction that writes a
     logical message (its commit waits for the WAL flush), alone or beside
     the session's transaction, which it leaves as it is."""
-    with sent_on(_db.engine) as sent:
+    flush = prepared._FLUSH
+    with sent_statements() as sent:
         prepared.await_flush(_db.session)
         assert sent == []
         prepared.unflushed(_db.session)
         prepared.await_flush(_db.session)
         prepared.await_flush(_db.session)
-        assert sent == [prepared._FLUSH]
+        assert sent == [(flush, True)]  # alone
         _db.session.execute(text("SELECT 1"))  # the session's transaction
         prepared.unflushed(_db.session)
         prepared.await_flush(_db.session)
-        assert sent == [prepared._FLUSH, "SELECT 1", prepared._FLUSH]
+        assert sent == [(flush, True), ("SELECT 1", False), (flush, False)]
         assert _db.session().in_transaction()
         _db.session.rollback()
     assert prepared._UNFLUSHED not in _db.session.info
@@ -425,29 +427,13 @@ def test_the_wait_for_a_flush_drops_a_channel_a_wait_left(pooled, clean):
         connection.exec_driver_sql("LISTEN wtflow_run_left")
         connection.info[waiting.LISTENING] = "wtflow_run_left"
     prepared.unflushed(session)
-    with sent_on(pooled) as sent:
+    with sent_statements(pooled) as sent:
         prepared.await_flush(session)
-    assert sent == [f"UNLISTEN wtflow_run_left; {prepared._FLUSH}"]
+    assert sent == [(f"UNLISTEN wtflow_run_left; {prepared._FLUSH}", True)]
     with pooled.connect() as connection:
         assert waiting.LISTENING not in connection.info
         assert listened(connection) == []
     session.close()
-
-
-@contextmanager
-def sent_on(engine):
-    """Record the statements sent on ``engine`` (but ``PREPARE``), in order."""
-    sent = []
-
-    def record(conn, cursor, statement, *args):
-        if not statement.startswith("PREPARE "):
-            sent.append(statement)
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield sent
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
 
 
 @contextmanager
