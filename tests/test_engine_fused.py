@@ -528,18 +528,24 @@ def test_a_lost_wait_for_the_flush_is_retried_before_the_call_returns(
     assert [(m.task_run_id, m.celery_id) for m in sent] == 2 * list(queued.items())
 
 
+def queued_attempts(monkeypatch, runs):
+    """``(task id, Celery id)`` of the first attempts of new ``add-chain`` runs, unpublished."""
+    monkeypatch.setattr(dispatch, "_send", lambda m: True)
+    attempts = []
+    for _ in range(runs):
+        task = Workflow.create("add-chain", start=True).tasks[0]
+        attempts.append((task.id, task.model.celery_id))
+    _db.session.commit()
+    return attempts
+
+
 def test_a_claim_may_commit_without_waiting_for_its_flush(app, clean, monkeypatch):
     """``WTFLOW_CLAIM_SYNCHRONOUS_COMMIT = False``: the claim's message turns
     ``synchronous_commit`` off for itself; the claim is seen at once (a
     duplicate delivery claims nothing). By default the claim waits."""
     if not prepared.enabled(_db.session):
         pytest.skip("a message with SET LOCAL: prepared statements (psycopg2)")
-    monkeypatch.setattr(dispatch, "_send", lambda m: True)
-    attempts = []
-    for _ in range(2):
-        task = Workflow.create("add-chain", start=True).tasks[0]
-        attempts.append((task.id, task.model.celery_id))
-    _db.session.commit()
+    attempts = queued_attempts(monkeypatch, 2)
     claim = orchestrator.claim
     with sent_statements() as sent:
         assert orchestrator.atomic(claim, *attempts[0])
@@ -813,3 +819,229 @@ def test_a_new_run_keeps_its_times_whatever_the_sessions_time_zone(postgresql, a
     assert before <= run.created <= utcnow()
     [task] = TaskRun.query.filter_by(workflow_id=wf.id, position=0)
     assert before <= task.created <= utcnow()
+
+
+@pytest.fixture()
+def publishing(app, clean, monkeypatch):
+    """Publish as a worker would see it (not eagerly), on psycopg2 with prepared statements."""
+    if not prepared.enabled(_db.session):
+        pytest.skip("a creation in two messages: prepared statements (psycopg2)")
+    celery = app.extensions["flask-celeryext"].celery
+    monkeypatch.setitem(celery.conf, "task_always_eager", False)
+    monkeypatch.setattr(orchestrator.time, "sleep", lambda seconds: None)
+
+
+@contextmanager
+def observing():
+    """A connection apart from the application's engine (its statements unrecorded)."""
+    engine = sa.create_engine(_db.engine.url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            yield connection
+    finally:
+        engine.dispose()
+
+
+def creation_locks_held():
+    """The creation locks granted now."""
+    with observing() as connection:
+        return connection.exec_driver_sql(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+            "AND classid::bigint = %(locks)s AND granted",
+            {"locks": prepared._CREATION_LOCKS},
+        ).scalar()
+
+
+def runs_committed():
+    """The runs committed now, as another connection sees them."""
+    with observing() as connection:
+        return connection.exec_driver_sql(
+            "SELECT count(*) FROM wtflow_workflow"
+        ).scalar()
+
+
+def test_a_run_starting_one_task_is_published_before_its_creation_commits(
+    app, publishing, monkeypatch
+):
+    """One round trip takes the creation's lock, the attempt is published
+    (with the header that makes its claim wait), then the creation and its
+    commit leave in one message, a commit that waits for its flush."""
+    published = []
+
+    def send(message):
+        published.append((message, runs_committed(), creation_locks_held()))
+        return True
+
+    monkeypatch.setattr(dispatch, "_send", send)
+    with sent_statements() as sent:
+        wf = Workflow.create("add-chain", start=True)
+    lock, creation = [statement for statement, _ in sent]
+    assert lock.startswith("BEGIN; SET LOCAL idle_in_transaction_session_timeout")
+    assert "pg_advisory_xact_lock(" in lock
+    assert creation.startswith("EXECUTE ") and creation.endswith("; COMMIT")
+    [(message, runs, locks)] = published
+    assert (runs, locks) == (0, 1)  # not committed yet, the lock held
+    assert message.headers[dispatch.CREATION_HEADER] is True
+    first = wf.tasks[0]
+    assert (message.task_run_id, message.celery_id) == (
+        str(first.id),
+        first.model.celery_id,
+    )
+    assert (runs_committed(), creation_locks_held()) == (1, 0)
+    assert prepared._UNFLUSHED not in _db.session.info  # flushed as it committed
+    assert [t.status for t in wf.tasks] == ["queued", "pending", "pending"]
+    assert [h["status"] for h in wf.history()] == ["running"]
+
+
+def test_a_run_starting_several_tasks_is_published_after_its_commit(
+    app, publishing, monkeypatch
+):
+    """A second publish before the commit would hold up the first claim:
+    several first attempts leave after the commit, without the header; so
+    do they all with ``WTFLOW_PUBLISH_BEFORE_COMMIT = False``."""
+    published = []
+    monkeypatch.setattr(
+        dispatch, "_send", lambda m: published.append((m, runs_committed())) or True
+    )
+    Workflow.create("fan-out", start=True)
+    assert len(published) > 1
+    assert all(runs == 1 for _, runs in published)
+    assert not any(dispatch.CREATION_HEADER in m.headers for m, _ in published)
+    published.clear()
+    monkeypatch.setitem(app.config, "WTFLOW_PUBLISH_BEFORE_COMMIT", False)
+    with sent_statements() as sent:
+        Workflow.create("add-chain", start=True)
+    [(message, runs)] = published
+    assert runs == 2 and dispatch.CREATION_HEADER not in message.headers
+    assert sent[0][0].startswith("SET LOCAL synchronous_commit TO off; EXECUTE ")
+
+
+@pytest.mark.parametrize("waits", [True, False])
+def test_the_claim_of_an_attempt_published_early_waits_for_its_creation(
+    app, publishing, monkeypatch, waits
+):
+    """The worker's claim reaches the database before the creation commits:
+    it waits for the creation's lock, then claims the committed attempt.
+    Without the wait it would find nothing, and drop the message."""
+    import threading
+    import time
+
+    claims, blocked = [], []
+
+    def claim(message):
+        with app.app_context():
+            claims.append(
+                orchestrator.atomic(
+                    orchestrator.claim,
+                    message.task_run_id,
+                    message.celery_id,
+                    after_creation=waits,
+                )
+            )
+            _db.session.remove()
+
+    def deliver(message):
+        thread = threading.Thread(target=claim, args=(message,))
+        thread.start()
+        thread.join(0.5)
+        blocked.append(thread)
+        return True
+
+    monkeypatch.setattr(dispatch, "_send", deliver)
+    wf = Workflow.create("add-chain", start=True)
+    [thread] = blocked
+    thread.join(10)
+    [row] = claims
+    if not waits:
+        assert row is None  # what the wait is for
+        return
+    assert row is not None and row.id == wf.tasks[0].id
+    _db.session.expire_all()
+    assert wf.tasks[0].status == "running"
+
+
+def test_an_early_publish_whose_creation_fails_leaves_nothing_to_claim(
+    app, publishing, monkeypatch
+):
+    """The creation's message fails after the publish: the transaction is
+    rolled back (its lock with it) and the connection goes back to the pool
+    clean (see test_engine_prepared); the message's claim finds nothing. A retry publishes an attempt
+    of its own."""
+    published = []
+    monkeypatch.setattr(dispatch, "_send", lambda m: published.append(m) or True)
+    run, failed = prepared._run, []
+
+    def failing_once(connection, plan, sql, values):
+        if sql.endswith("; COMMIT") and not failed:
+            failed.append(sql)
+            if app.config["WTFLOW_DB_RETRIES"]:  # a lost connection: retried
+                raise sa.exc.OperationalError(sql, values, Exception("lost"))
+            sql = "SELECT 1 / 0; COMMIT"  # the server refuses it: not retried
+        return run(connection, plan, sql, values)
+
+    monkeypatch.setattr(prepared, "_run", failing_once)
+    monkeypatch.setitem(app.config, "WTFLOW_DB_RETRIES", 0)
+    with pytest.raises(sa.exc.DataError):
+        Workflow.create("add-chain", start=True)
+    assert (runs_committed(), creation_locks_held()) == (0, 0)
+    with observing() as connection:
+        assert not connection.exec_driver_sql(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND state LIKE 'idle in%%'"
+        ).scalar()
+    [first] = published
+    claim = orchestrator.claim
+    assert (
+        orchestrator.atomic(
+            claim, first.task_run_id, first.celery_id, after_creation=True
+        )
+        is None
+    )
+    monkeypatch.setitem(app.config, "WTFLOW_DB_RETRIES", 1)
+    del failed[:], published[:]
+    wf = Workflow.create("add-chain", start=True)  # fails once, then retried
+    assert len(failed) == 1 and len(published) == 2
+    assert published[0].celery_id != published[1].celery_id
+    assert published[1].celery_id == wf.tasks[0].model.celery_id
+    assert (runs_committed(), creation_locks_held()) == (1, 0)
+
+
+def test_a_publish_that_raises_before_the_commit_rolls_the_creation_back(
+    app, publishing, monkeypatch
+):
+    """Nothing is committed, no lock is left held, and the error reaches
+    the caller."""
+
+    def broken(message):
+        raise KeyboardInterrupt  # what ``publish`` does not catch
+
+    monkeypatch.setattr(dispatch, "_send", broken)
+    with pytest.raises(KeyboardInterrupt):
+        Workflow.create("add-chain", start=True)
+    assert (runs_committed(), creation_locks_held()) == (0, 0)
+    monkeypatch.setattr(dispatch, "_send", lambda m: True)
+    assert Workflow.create("add-chain", start=True).tasks[0].status == "queued"
+
+
+def test_a_claim_waits_for_a_creation_in_its_own_message(app, clean, monkeypatch):
+    """Prepared, the wait and the claim go in one message; otherwise the
+    wait goes first, in a round trip of its own."""
+    if _db.engine.dialect.name != "postgresql":
+        pytest.skip("the creation's lock is PostgreSQL's")
+    attempts = queued_attempts(monkeypatch, 2)
+    with sent_statements() as sent:
+        assert orchestrator.atomic(
+            orchestrator.claim, *attempts[0], after_creation=True
+        )
+    waits = "SELECT pg_advisory_xact_lock_shared("
+    if prepared.enabled(_db.session):
+        [(message, _)] = sent
+        assert message.startswith("EXECUTE wtflow_") and message.count("EXECUTE") == 2
+    else:
+        assert sent[0][0].startswith(waits) and len(sent) == 2
+    monkeypatch.setitem(app.config, "WTFLOW_PREPARED_STATEMENTS", False)
+    with sent_statements() as sent:
+        assert orchestrator.atomic(
+            orchestrator.claim, *attempts[1], after_creation=True
+        )
+    assert sent[0][0].startswith(waits) and len(sent) == 2
