@@ -74,22 +74,6 @@ created just before such a crash may also have run although the run is
 forgotten. Outcomes are durable either way.
 """
 
-WTFLOW_PUBLISH_BEFORE_COMMIT = True
-"""Publish a started run's one first attempt before its creation commits.
-
-On PostgreSQL through psycopg2 with ``WTFLOW_PREPARED_STATEMENTS``, a run
-created and started at once whose start queues one task takes a lock in
-one round trip, publishes the attempt, then sends its rows with the
-commit: the creation's round trip overlaps the delivery instead of coming
-before the publish. The message tells the claim to wait for that lock
-(the ``wtflow_creation`` header), so no worker reads the database before
-the commit; if the creation fails, the claim finds nothing and the message
-is dropped. ``Workflow.create`` still returns once the run is durable.
-Workers of a version that does not know the header would claim at once,
-find nothing, and leave the attempt to the sweeper: set it to ``False``
-while such workers are running.
-"""
-
 WTFLOW_SQLITE_SERIALIZE = True
 """Make SQLite transactions real and the engine's ones writers at once.
 

@@ -31,13 +31,7 @@ from invenio_db import db
 from .engine import children, delegation, dynamic, orchestrator
 from .engine.children import Join
 from .engine.delegation import Ticket
-from .engine.dispatch import (
-    CREATION_HEADER,
-    HEADER,
-    INPUT_HEADER,
-    Message,
-    publish,
-)
+from .engine.dispatch import HEADER, INPUT_HEADER, Message, publish
 from .engine.dispatch import requeue_stale as _requeue_stale
 from .engine.dynamic import ORCHESTRATE_TASK, SUBWORKFLOW_TASK
 from .engine.graph import BARE_OPTION, call_arguments, ensure_json, resolve
@@ -138,7 +132,6 @@ class WorkflowTask(AppContextTask):
             retries,
             getattr(self, "lease", None),
             upstream=_header(request, INPUT_HEADER) is not False,
-            after_creation=bool(_header(request, CREATION_HEADER)),
         )
         if task is None:
             logger.info(

@@ -3,7 +3,6 @@
 
 """The hot path's statements, prepared once per psycopg2 connection."""
 
-import uuid
 from contextlib import contextmanager
 
 import pytest
@@ -493,48 +492,3 @@ def test_a_listener_of_one_connection_sees_its_statements(psycopg2_clean, clean)
         prepared.execute(_db.session, value, {"a": "y"}, None, connection)
         connection.rollback()
     assert seen == ["PREPARE", "EXECUTE", "EXECUTE"]
-
-
-def test_a_creation_holds_its_lock_until_its_commit(pooled):
-    """:func:`prepared.creating` begins a transaction holding the lock;
-    ``execute(..., commit=True)`` ends it: a claim's wait for the lock
-    returns once it is released, at once when nobody holds it."""
-    key = prepared.creation_key(uuid.uuid4())
-    waits = prepared.await_creation()
-    statement = select(bindparam("a", type_=WorkflowRun.name.type).label("a"))
-    with pooled.connect() as own, autocommit(own), pooled.connect() as other:
-        other.exec_driver_sql("SET lock_timeout = '200ms'")
-        with prepared.creating(own, key):
-            with pytest.raises(OperationalError, match="lock timeout"):
-                other.execute(waits, {"key": key})  # held
-            other.rollback()
-            prepared.execute(_db.session, statement, {"a": "x"}, None, own, commit=True)
-        assert own.connection.dbapi_connection.get_transaction_status() == 0
-        other.execute(waits, {"key": key})  # released
-        other.rollback()
-
-
-def test_a_creation_that_fails_is_rolled_back_and_its_connection_kept(pooled):
-    """The driver rolls nothing back in autocommit mode, nor does the pool:
-    :func:`prepared.creating` does, and the pool keeps the connection."""
-    key = prepared.creation_key(uuid.uuid4())
-    with pooled.connect() as own, autocommit(own):
-        pid = own.exec_driver_sql("SELECT pg_backend_pid()").scalar()
-        with pytest.raises(DataError):
-            with prepared.creating(own, key):
-                own.exec_driver_sql("SELECT 1 / 0")
-        assert own.connection.dbapi_connection.get_transaction_status() == 0
-        assert not own.exec_driver_sql(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-            "AND pid = pg_backend_pid()"
-        ).scalar()
-    with pooled.connect() as connection:
-        assert connection.exec_driver_sql("SELECT pg_backend_pid()").scalar() == pid
-
-
-def test_the_creation_key_is_the_task_runs_whatever_its_spelling():
-    """The caller has a UUID, the worker the header's text: one key."""
-    task_run_id = uuid.uuid4()
-    key = prepared.creation_key(task_run_id)
-    assert key == prepared.creation_key(str(task_run_id))
-    assert 0 <= key < 2**31  # PostgreSQL's int4

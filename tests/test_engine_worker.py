@@ -150,36 +150,6 @@ def test_the_message_tells_the_claim_whether_to_read_upstream_results(worker, cl
     assert wf.result == [[False], True]
 
 
-def test_an_attempt_delivered_before_its_creation_commits_waits_for_it(
-    worker, clean, monkeypatch
-):
-    """A run starting one task publishes it before its creation commits;
-    here the commit comes a second after the publish, long after a worker
-    took the message: its claim waits for the commit and the run succeeds.
-    A claim that did not wait would find nothing and drop the message (the
-    run would stay queued until the sweeper)."""
-    send, headers = dispatch._send, []
-
-    def send_then_linger(message):
-        headers.append(message.headers)
-        sent = send(message)
-        time.sleep(1)
-        return sent
-
-    monkeypatch.setattr(dispatch, "_send", send_then_linger)
-    wf = Workflow.create("add-chain", start=True)
-    monkeypatch.undo()
-    [header] = headers
-    assert header[dispatch.CREATION_HEADER] is True
-    (wf,) = wait([wf.id], timeout=30)
-    assert wf.status == "success" and wf.result == 60
-    assert [h["status"] for h in wf.tasks[0].history()] == [
-        "queued",
-        "running",
-        "success",
-    ]
-
-
 def test_failure_propagates(worker, clean):
     wf = Workflow.create("failing").start()
     (wf,) = wait([wf.id])

@@ -8,17 +8,6 @@ in the transaction that decides it is ready and registers a
 :class:`DispatchOp` on the unit of work; the message is published only after
 the commit. If the process dies in between, :func:`requeue_stale` publishes the
 message again once it has waited longer than ``WTFLOW_REQUEUE_AFTER``.
-
-One message may leave before its commit: a new run's one first attempt, on
-PostgreSQL through prepared statements (``WTFLOW_PUBLISH_BEFORE_COMMIT``).
-The creation takes a lock first and commits after the publish; the message
-carries :data:`CREATION_HEADER`, and its claim waits for that lock (see
-:func:`~invenio_wtflow.engine.prepared.creating`). What DESIGN.md's "dispatch
-happens after commit" protects holds: no worker reads the attempt, and no
-body runs, before the commit; a creation that fails leaves a message whose
-claim finds nothing. Why: the delivery then overlaps the creation's round
-trip, a third of a one-task run's latency over plain Celery's (B3 in
-``benchmarks/README.md``).
 """
 
 import logging
@@ -51,13 +40,6 @@ INPUT_HEADER = "wtflow_input"
 before the header existed), the claim reads them if the task takes any.
 """
 
-CREATION_HEADER = "wtflow_creation"
-"""Message header saying the attempt was published before its run's creation committed.
-
-The claim then first waits for the creation to end (see
-:func:`~invenio_wtflow.engine.prepared.creating`); absent, it does not.
-"""
-
 
 @dataclass(frozen=True)
 class Message:
@@ -70,17 +52,13 @@ class Message:
     retries: int = 0
     args: tuple = ()
     takes_input: bool = True
-    before_creation: bool = False
 
     @property
     def headers(self):
-        """The message's headers: its task run, whether it takes input, and is early."""
+        """The message's headers: its task run and whether it takes input."""
         if self.task_run_id is None:
             return {}
-        headers = {HEADER: self.task_run_id, INPUT_HEADER: self.takes_input}
-        if self.before_creation:
-            headers[CREATION_HEADER] = True
-        return headers
+        return {HEADER: self.task_run_id, INPUT_HEADER: self.takes_input}
 
     @classmethod
     def for_task(cls, task):

@@ -177,14 +177,7 @@ def _claim_statement(transactions, columns, dialect, upstream=True):
     )
 
 
-def claim(
-    session,
-    params,
-    alone=False,
-    upstream=True,
-    synchronous_commit=True,
-    after_creation=False,
-):
+def claim(session, params, alone=False, upstream=True, synchronous_commit=True):
     """Claim an attempt, versioned, and read what its call needs.
 
     :param params: the parameters of :func:`~invenio_wtflow.engine.statements.claim`.
@@ -195,10 +188,6 @@ def claim(
         none; ``upstream`` is then ``None``, and costs the statement nothing).
     :param synchronous_commit: ``False``: sent alone, the claim commits
         without waiting for its WAL flush (see ``WTFLOW_CLAIM_SYNCHRONOUS_COMMIT``).
-    :param after_creation: the attempt was published before its run's
-        creation committed (see :func:`create`): the claim first waits for
-        the creation's lock (:func:`~invenio_wtflow.engine.prepared.await_creation`),
-        in the same message when prepared, else in a round trip of its own.
     :returns: the row of :func:`~invenio_wtflow.engine.statements.claim`, with
         ``run_name`` (the run's definition name), ``data`` (the run's data,
         for a bare task) and ``upstream`` (the results of the upstream
@@ -210,18 +199,10 @@ def claim(
         transactions, tuple(sorted(values)), session.get_bind().dialect, upstream
     )
     tx = {f"tx_{name}": value for name, value in values.items()}
-    before = None
-    if after_creation:
-        key = prepared.creation_key(params["task_id"])
-        before = (prepared.await_creation(), {"key": key})
-        if not prepared.enabled(session):  # two statements: two messages
-            _execute(session, *before, alone=alone)
-            before = None
     return _execute(
         session,
         statement,
         {**params, **tx},
-        before,
         alone=alone,
         synchronous_commit=synchronous_commit,
     ).one_or_none()
@@ -598,9 +579,7 @@ def _create_statement(transactions, columns, dialect):
     )
 
 
-def create(
-    session, run, tasks, edges, alone=False, published=False, publish_first=None
-):
+def create(session, run, tasks, edges, alone=False, published=False):
     """Insert a run, its tasks and their edges with their first versions, at once.
 
     For a transaction that writes nothing else: the rows are not noted for
@@ -624,17 +603,6 @@ def create(
         the run: the call's transaction is tried again, or fails, as after
         any lost connection (see ``orchestrator.atomic``), and the messages
         already published find no attempt to claim.
-    :param publish_first: ``(task_id, publish)``: the one task queued, and
-        a function that publishes its attempt before the commit. Sent alone
-        through prepared statements, the creation then
-        takes a lock first, in a transaction that the statement and its
-        commit (waiting for the flush) end after the publish, and the
-        claim of the attempt waits for that lock (see
-        :func:`~invenio_wtflow.engine.prepared.creating`). The creation's
-        round trip overlaps the delivery instead of coming before the
-        publish. The run's id must be new (a retried call finds the run
-        an earlier try committed before it comes here): the statement's
-        answer is not read. Elsewhere it is not called.
     :returns: whether it inserted them (``False``: a run with that id exists).
     """
     transactions, values = versioning.transaction_values(session)
@@ -650,12 +618,6 @@ def create(
     if not alone:
         return bool(prepared.execute(session, statement, params).all())
     with prepared.alone(session) as own:
-        if publish_first is not None and prepared.commits_unflushed(session, own):
-            task_id, publish = publish_first
-            with prepared.creating(own, prepared.creation_key(task_id)):
-                publish()
-                prepared.execute(session, statement, params, None, own, commit=True)
-            return True
         later = published and prepared.commits_unflushed(session, own)
         if later:
             prepared.unflushed(session)

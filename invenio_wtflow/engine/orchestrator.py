@@ -30,14 +30,12 @@ None of these functions commits: they take an
 """
 
 import copy
-import dataclasses
 import logging
 import time
 import uuid
 from collections import defaultdict
 from datetime import timedelta
 
-from celery import current_app as current_celery_app
 from flask import current_app
 from invenio_db import db
 from invenio_db.uow import UnitOfWork
@@ -71,7 +69,7 @@ from . import (
     versioning,
     waiting,
 )
-from .dispatch import Message, dispatcher, publish
+from .dispatch import Message, dispatcher
 from .graph import input_positions
 from .status import default_status
 
@@ -654,16 +652,7 @@ def create(
     ]
     if at_once:
         # One round trip, no BEGIN and no COMMIT, before the session begins.
-        early = _early_publish(uow) if start else None
-        if not fused.create(
-            db.session,
-            row,
-            rows,
-            edges,
-            alone=True,
-            published=start,
-            publish_first=early,
-        ):
+        if not fused.create(db.session, row, rows, edges, alone=True, published=start):
             _publish_committed(uow, workflow_id)
         shell = workflow if light else WorkflowRun(id=workflow_id)
         return (known(shell) if attach else shell), True
@@ -706,32 +695,6 @@ def known(workflow):
     make_transient_to_detached(workflow)
     db.session.add(workflow)
     return workflow
-
-
-def _early_publish(uow):
-    """``(task_id, publish)`` for a new run's one first attempt, or ``None``.
-
-    ``publish`` sends the attempt before the creation commits.
-    :func:`~invenio_wtflow.engine.fused.create` calls it with the
-    creation's lock held (where it can: else the attempt is published
-    after the commit, as any other): the message then tells the claim to
-    wait for that lock (:data:`~invenio_wtflow.engine.dispatch.CREATION_HEADER`).
-    Only for one attempt: a second publish would come before the commit
-    too, and hold up the first claim longer than it saves. Not in eager
-    mode, where the publish runs the attempt, and claims, at once.
-    """
-    messages = dispatcher(uow).messages
-    if (
-        len(messages) != 1
-        or not current_app.config["WTFLOW_PUBLISH_BEFORE_COMMIT"]
-        or current_celery_app.conf.task_always_eager
-    ):
-        return None
-
-    def publish_early():
-        publish([dataclasses.replace(messages.pop(), before_creation=True)])
-
-    return messages[0].task_run_id, publish_early
 
 
 def _publish_committed(uow, workflow_id):
@@ -887,9 +850,7 @@ def start_runs(uow, runs):
     refresh_statuses(uow, runs)
 
 
-def claim(
-    uow, task_id, celery_id, retries=0, lease=None, upstream=True, after_creation=False
-):
+def claim(uow, task_id, celery_id, retries=0, lease=None, upstream=True):
     """Move an attempt ``queued -> running`` and return the task's row, or ``None``.
 
     ``task.retries`` is the retry count the attempt expects next: a queued
@@ -908,9 +869,6 @@ def claim(
         the claim; ``False`` when the message says it takes none (see
         :data:`~invenio_wtflow.engine.dispatch.INPUT_HEADER`). A task that
         takes some reads them in :func:`inputs` all the same.
-    :param after_creation: the message was published before the run's
-        creation committed (:data:`~invenio_wtflow.engine.dispatch.CREATION_HEADER`):
-        on PostgreSQL the claim first waits for the creation to end.
     :returns: a row with the task's ``id``, ``workflow_id``, ``position``,
         ``name``, ``signature`` and number of ``dependants``, and the
         ``data`` and ``upstream`` results read with it (on PostgreSQL, with
@@ -931,7 +889,6 @@ def claim(
             alone=True,
             upstream=upstream,
             synchronous_commit=current_app.config["WTFLOW_CLAIM_SYNCHRONOUS_COMMIT"],
-            after_creation=after_creation,
         )
     row = db.session.execute(statements.claim(), params).one_or_none()
     if row is not None:

@@ -31,22 +31,18 @@ a success (a lock and its statement together) through prepared statements.
 Such a message may commit without waiting for PostgreSQL to flush its WAL
 (``synchronous_commit``, see :func:`execute`); a session that must not
 return before the flush waits for it later with :func:`await_flush`.
-A creation whose first attempt is published before its commit is a
-transaction of two messages instead, under a lock its claim waits for
-(:func:`creating`, :func:`await_creation`).
 """
 
 import hashlib
 import logging
 import re
-import uuid
 import weakref
 from collections import namedtuple
 from contextlib import contextmanager
 from functools import lru_cache
 
 from flask import current_app
-from sqlalchemy import Engine, Integer, bindparam, event, text
+from sqlalchemy import Engine, event
 from sqlalchemy.exc import MultipleResultsFound, NoResultFound
 from sqlalchemy.orm import scoped_session
 
@@ -128,13 +124,7 @@ def _back_to_transactions(dbapi_connection, record, reset_state):
 
 
 def execute(
-    session,
-    statement,
-    params,
-    before=None,
-    connection=None,
-    synchronous_commit=True,
-    commit=False,
+    session, statement, params, before=None, connection=None, synchronous_commit=True
 ):
     """Execute ``statement``, prepared on psycopg2 connections when enabled.
 
@@ -156,10 +146,6 @@ def execute(
         changes at once; a crash of the server before the flush forgets
         them, and any later commit that waits for its own flush makes them
         durable too (the WAL is flushed in order).
-    :param commit: prepared, on a connection of its own that began a
-        transaction (see :func:`creating`): ``COMMIT`` follows the
-        statement in its message. Its rows are then not read (the driver
-        answers with the last statement's).
     :returns: the result, as ``session.execute`` returns it; prepared, or on
         a connection of its own, a :class:`Rows` with the same ``all``,
         ``one`` and ``one_or_none``.
@@ -197,8 +183,6 @@ def execute(
         )
     if not own:
         return _run(connection, plan, sql, values)
-    if commit:
-        return _run(connection, plan, f"{sql}; COMMIT", values)
     if not synchronous_commit:
         sql = f"{_UNFLUSHED_COMMIT}{sql}"
     with _unlistening(connection, sql) as message:
@@ -285,98 +269,6 @@ def await_flush(session):
                 else:
                     _sent(own, message, None)
     session.info.pop(_UNFLUSHED, None)
-
-
-_CREATION_LOCKS = 0x77746677
-"""Class of the advisory locks that hold a creation's first claim (``wtfw``)."""
-
-_CREATION_IDLE_LIMIT = "60s"
-"""How long a creation holding its lock may wait between its messages.
-
-Only its publish runs in between. A caller lost in that gap (its machine
-gone, not its process: PostgreSQL sees a closed socket at once) is
-disconnected after it, which rolls the creation back and lets the claim go
-on, to find nothing.
-"""
-
-
-def creation_key(task_run_id):
-    """The advisory lock key that a creation published before its commit holds.
-
-    Derived from the id of the task whose attempt is published, which its
-    message carries: two tasks sharing a key only wait for each other.
-
-    :param task_run_id: the task run's id (a UUID or its text).
-    """
-    return uuid.UUID(str(task_run_id)).int & 0x7FFFFFFF
-
-
-def await_creation():
-    """The statement that waits for the creation holding lock ``:key`` to end.
-
-    Sent just before a claim (see :func:`execute`'s ``before``), in the
-    claim's transaction: it returns once the creation that published the
-    attempt early has committed or rolled back (see :func:`creating`), at
-    once if none holds it. The claim that follows reads what is committed
-    when it begins, the creation's rows included.
-    """
-    return _AWAIT_CREATION
-
-
-_AWAIT_CREATION = text(
-    "SELECT pg_advisory_xact_lock_shared(:creation_locks, :key)"
-).bindparams(bindparam("creation_locks", _CREATION_LOCKS, type_=Integer()))
-
-
-@contextmanager
-def creating(connection, key):
-    """Hold a creation's lock, in a transaction of several messages, around the block.
-
-    The block publishes the new run's first attempt, then sends the
-    creation with :func:`execute` (``commit=True``). A claim of the
-    attempt waits for the lock (:func:`await_creation`), so no claim reads
-    the database before the creation's commit, even if the message reaches
-    a worker first: the publish and the delivery overlap the creation's
-    round trip. One round trip (``BEGIN``, the lock) comes before the
-    publish. The block raising, the transaction is rolled back (the lock
-    goes with it, and a claim then finds nothing to claim).
-
-    :param connection: a connection from :func:`alone` (autocommit mode).
-    :param key: the lock's key (see :func:`creation_key`).
-    """
-    sql = (
-        f"SET LOCAL idle_in_transaction_session_timeout = '{_CREATION_IDLE_LIMIT}'; "
-        f"SELECT pg_advisory_xact_lock({_CREATION_LOCKS}, {int(key)})"
-    )
-    with _unlistening(connection, sql) as message:
-        try:
-            _send_plain(connection, f"BEGIN; {message}")
-            yield
-        except BaseException:
-            _roll_back(connection)
-            raise
-
-
-def _send_plain(connection, sql):
-    """Send ``sql`` without parameters; its rows are not read."""
-    if _watched(connection):
-        connection.exec_driver_sql(sql)
-    else:
-        _sent(connection, sql, None)
-
-
-def _roll_back(connection):
-    """End a transaction a connection in autocommit mode began, or drop the connection.
-
-    The driver does not roll back in autocommit mode, nor does the pool's
-    reset: a connection whose ``ROLLBACK`` fails is invalidated.
-    """
-    if connection.invalidated:
-        return
-    try:
-        connection.connection.dbapi_connection.cursor().execute("ROLLBACK")
-    except Exception:
-        connection.invalidate()
 
 
 def _run(connection, plan, sql, values):
