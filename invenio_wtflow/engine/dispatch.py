@@ -15,14 +15,14 @@ import threading
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import timedelta, timezone
 
 from celery import current_app as current_celery_app
 from celery.utils.saferepr import saferepr
 from flask import current_app
 from invenio_db import db
 from invenio_db.uow import Operation
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from ..models import TaskRun, TaskStatus, WorkflowRun, utcnow
 from . import prepared
@@ -318,8 +318,11 @@ def requeue_stale(older_than=None):
         .order_by(TaskRun.id)
         .all()
     )
+    forgotten = _claims_forgotten_before()
     messages = []
     for task in stale:
+        if forgotten is not None and _may_still_run(task, forgotten, now):
+            continue
         touched = (
             db.session.query(TaskRun)
             .filter(
@@ -352,6 +355,41 @@ def requeue_stale(older_than=None):
         )
     publish(messages)
     return len(messages) + recovered
+
+
+def _claims_forgotten_before():
+    """When PostgreSQL last started, if a crash may have forgotten claims; else ``None``.
+
+    With ``WTFLOW_CLAIM_SYNCHRONOUS_COMMIT = False`` a claim commits without
+    waiting for its WAL flush: a crash of the database forgets one made just
+    before it, and its attempt is ``queued`` again while its body may still
+    run. Before the crash means before the server's start.
+    """
+    if current_app.config["WTFLOW_CLAIM_SYNCHRONOUS_COMMIT"]:
+        return None
+    if db.session.get_bind().dialect.name != "postgresql":
+        return None
+    started = db.session.execute(text("SELECT pg_postmaster_start_time()")).scalar()
+    return started.astimezone(timezone.utc)
+
+
+def _may_still_run(task, started, now):
+    """Whether a queued attempt may be running under a claim the database forgot.
+
+    Queued before the database's start, it may have been claimed before the
+    crash, and its body began then at the latest: until its lease would end
+    after that start, it is not published again, as a running attempt is
+    not run again before its lease ends. The worst a crash does is then what
+    a lost worker does: the attempt runs again once its lease ends, never
+    beside a body that still runs within it.
+
+    :param started: the database's start (see :func:`_claims_forgotten_before`).
+    """
+    if task.queued_at >= started:
+        return False
+    own = current_celery_app.tasks.get(task.name)
+    lease = getattr(own, "lease", None) or current_app.config["WTFLOW_TASK_LEASE"]
+    return now < started + timedelta(seconds=lease)
 
 
 def _stale_orchestrations(now, deadline):
