@@ -294,8 +294,10 @@ def requeue_stale(older_than=None):
 
     Each one's ``queued_at`` is moved to now, so a task that simply waits in a
     long queue is re-sent at most once per period. Duplicates are harmless:
-    only one delivery of an attempt can claim it. Running attempts whose lease
-    has expired are run again or failed (see
+    only one delivery of an attempt can claim it. With claims that commit
+    before their flush, an attempt queued before the database last started
+    waits as long as its lease (see ``_may_still_run``). Running
+    attempts whose lease has expired are run again or failed (see
     :func:`~invenio_wtflow.engine.orchestrator.recover_expired`), and delegated
     tasks still waiting after their deadline are failed (see
     :func:`~invenio_wtflow.engine.delegation.expire`).
