@@ -76,9 +76,10 @@ experiments change nothing; they are kept to measure older trees.
 ``async-claim`` (2026-12-05; since 2026-12-06 the package's own setting,
 ``WTFLOW_CLAIM_SYNCHRONOUS_COMMIT = False``, in the claim's own message):
 the claim's transaction commits without waiting for PostgreSQL to flush its
-WAL. A database crash could then forget a claim (the attempt runs again
-once its lease ends: the sweeper waits for it), never a later outcome. Off
-by default (see benchmarks/README.md, eighteenth and nineteenth sessions).
+WAL. A database crash could then forget a claim (the attempt is published
+again by the sweeper, and may run a second time while the first still
+runs), never a later outcome. Off by default (see benchmarks/README.md,
+eighteenth and nineteenth sessions).
 """
 
 WTFLOW_TABLES = (

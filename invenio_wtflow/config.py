@@ -66,15 +66,12 @@ network disks). Every other transaction sees the claim at once, so a
 duplicate delivery still claims nothing. What it costs: a crash of the
 database before its WAL writer flushes the claim (``wal_writer_delay``,
 200 ms by default) forgets it, and the attempt runs again. It is
-``queued`` again, and the outcome its running body reports is refused
-(a heartbeat returns ``False``, as for a stopped attempt). The sweeper
-treats an attempt queued before the database's last start as one that
-may be running: it publishes it again only once its lease
-(``WTFLOW_TASK_LEASE`` or the task's own) would end after that start, so
-the second run never overlaps the first within its lease, as after a
-lost worker. An attempt of a run created just before such a crash may
-also have run although the run is forgotten. Outcomes are durable either
-way. Set it the same where the sweeper runs as in the workers.
+``queued`` again: the outcome its running body reports is refused, the
+sweeper publishes the attempt again after ``WTFLOW_REQUEUE_AFTER``, and a
+worker runs it a second time, maybe while the first run still goes on
+(then the first of the two to finish is recorded). An attempt of a run
+created just before such a crash may also have run although the run is
+forgotten. Outcomes are durable either way.
 """
 
 WTFLOW_SQLITE_SERIALIZE = True

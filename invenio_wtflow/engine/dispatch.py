@@ -15,14 +15,14 @@ import threading
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from datetime import timedelta, timezone
+from datetime import timedelta
 
 from celery import current_app as current_celery_app
 from celery.utils.saferepr import saferepr
 from flask import current_app
 from invenio_db import db
 from invenio_db.uow import Operation
-from sqlalchemy import select, text, update
+from sqlalchemy import select, update
 
 from ..models import TaskRun, TaskStatus, WorkflowRun, utcnow
 from . import prepared
@@ -294,10 +294,8 @@ def requeue_stale(older_than=None):
 
     Each one's ``queued_at`` is moved to now, so a task that simply waits in a
     long queue is re-sent at most once per period. Duplicates are harmless:
-    only one delivery of an attempt can claim it. With claims that commit
-    before their flush, an attempt queued before the database last started
-    waits as long as its lease (see ``_may_still_run``). Running
-    attempts whose lease has expired are run again or failed (see
+    only one delivery of an attempt can claim it. Running attempts whose lease
+    has expired are run again or failed (see
     :func:`~invenio_wtflow.engine.orchestrator.recover_expired`), and delegated
     tasks still waiting after their deadline are failed (see
     :func:`~invenio_wtflow.engine.delegation.expire`).
@@ -320,11 +318,8 @@ def requeue_stale(older_than=None):
         .order_by(TaskRun.id)
         .all()
     )
-    forgotten = _claims_forgotten_before()
     messages = []
     for task in stale:
-        if forgotten is not None and _may_still_run(task, forgotten, now):
-            continue
         touched = (
             db.session.query(TaskRun)
             .filter(
@@ -357,41 +352,6 @@ def requeue_stale(older_than=None):
         )
     publish(messages)
     return len(messages) + recovered
-
-
-def _claims_forgotten_before():
-    """When PostgreSQL last started, if a crash may have forgotten claims; else ``None``.
-
-    With ``WTFLOW_CLAIM_SYNCHRONOUS_COMMIT = False`` a claim commits without
-    waiting for its WAL flush: a crash of the database forgets one made just
-    before it, and its attempt is ``queued`` again while its body may still
-    run. Before the crash means before the server's start.
-    """
-    if current_app.config["WTFLOW_CLAIM_SYNCHRONOUS_COMMIT"]:
-        return None
-    if db.session.get_bind().dialect.name != "postgresql":
-        return None
-    started = db.session.execute(text("SELECT pg_postmaster_start_time()")).scalar()
-    return started.astimezone(timezone.utc)
-
-
-def _may_still_run(task, started, now):
-    """Whether a queued attempt may be running under a claim the database forgot.
-
-    Queued before the database's start, it may have been claimed before the
-    crash, and its body began then at the latest: until its lease would end
-    after that start, it is not published again, as a running attempt is
-    not run again before its lease ends. The worst a crash does is then what
-    a lost worker does: the attempt runs again once its lease ends, never
-    beside a body that still runs within it.
-
-    :param started: the database's start (see :func:`_claims_forgotten_before`).
-    """
-    if task.queued_at >= started:
-        return False
-    own = current_celery_app.tasks.get(task.name)
-    lease = getattr(own, "lease", None) or current_app.config["WTFLOW_TASK_LEASE"]
-    return now < started + timedelta(seconds=lease)
 
 
 def _stale_orchestrations(now, deadline):
