@@ -55,7 +55,12 @@ VARIANT_QUEUE = "wtflow_bench_variant"
 
 
 class _QueueWorker(Worker):
-    """A benchmark worker that consumes :data:`VARIANT_QUEUE` only."""
+    """A benchmark worker that consumes :data:`VARIANT_QUEUE` only.
+
+    Its :meth:`~benchmarks.common.Worker.start` returns once any worker
+    answers a ping (the first one does): the variant's warm block, whose
+    runs wait for it, is what waits until it consumes.
+    """
 
     def command(self):
         """The usual command line, on the variant's queue."""
