@@ -116,6 +116,8 @@ def main(argv=None):
         sides = {"engine": _engine("bench-one"), "celery": _celery}
         if args.setting:
             name, _, text = args.setting.partition("=")
+            if name not in app.config:
+                parser.error(f"--setting: the application has no setting {name!r}")
             changed, usual = _value(text), app.config[name]
             engine = sides["engine"]
 
