@@ -579,21 +579,20 @@ def _create_statement(transactions, columns, dialect):
     )
 
 
-def create(session, run, tasks, edges, alone=False, published=False):
+def create(session, run, tasks, edges, published=False):
     """Insert a run, its tasks and their edges with their first versions, at once.
 
     For a transaction that writes nothing else: the rows are not noted for
-    the commit (see :func:`~invenio_wtflow.engine.versioning.insert`). Sent
-    ``alone``, it is the whole transaction; a retry with the same run id,
-    after an answer was lost, finds the run there and inserts nothing (no
-    second run, no orphan tasks).
+    the commit (see :func:`~invenio_wtflow.engine.versioning.insert`). Where
+    the session has begun no transaction, it is the whole transaction, sent
+    in autocommit mode on a connection of its own (see
+    :func:`~invenio_wtflow.engine.prepared.alone`); a retry with the same
+    run id, after an answer was lost, finds the run there and inserts
+    nothing (no second run, no orphan tasks). Else it goes in the session's.
 
     :param run: the run's row, with every column of its table.
     :param tasks: the tasks' rows, likewise.
     :param edges: the edges' rows.
-    :param alone: it is the whole transaction: sent in autocommit mode on a
-        connection of its own where the session has begun none (see
-        :func:`~invenio_wtflow.engine.prepared.alone`).
     :param published: some of its tasks are queued, to publish after the
         commit. Sent alone, the commit then does not wait for its WAL flush:
         the session waits for it after the publish, before the caller gets
@@ -615,8 +614,6 @@ def create(session, run, tasks, edges, alone=False, published=False):
         "edges": _document(edges),
         **{f"tx_{name}": value for name, value in values.items()},
     }
-    if not alone:
-        return bool(prepared.execute(session, statement, params).all())
     with prepared.alone(session) as own:
         later = published and prepared.commits_unflushed(session, own)
         if later:

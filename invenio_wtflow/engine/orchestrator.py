@@ -652,7 +652,7 @@ def create(
     ]
     if at_once:
         # One round trip, no BEGIN and no COMMIT, before the session begins.
-        if not fused.create(db.session, row, rows, edges, alone=True, published=start):
+        if not fused.create(db.session, row, rows, edges, published=start):
             _publish_committed(uow, workflow_id)
         shell = workflow if light else WorkflowRun(id=workflow_id)
         return (known(shell) if attach else shell), True
