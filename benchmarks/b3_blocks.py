@@ -22,15 +22,13 @@ The variant, if any, is one of:
   ``WTFLOW_BENCH_EXPERIMENTS=EXPERIMENTS`` (see :mod:`benchmarks.common`),
   consumes a queue of its own, to which a copy of ``bench-one`` routes its
   task: for what the worker reads, as ``async-claim`` (the claim without
-  its flush). Both workers have the same processes and command line;
-- ``--execute``: the same runs made by ``Workflow.execute`` (create,
-  start and wait in one call) instead of ``create`` then ``wait``.
+  its flush). Both workers have the same processes and command line.
 
 Without a variant it compares the engine with plain Celery alone: B3's
 ratio measured by blocks. Nothing is written to ``results/``; not run by
 ``run.sh``::
 
-    python -m benchmarks.b3_blocks [--blocks 40] [--setting NAME=VALUE | --worker EXPERIMENTS | --execute]
+    python -m benchmarks.b3_blocks [--blocks 40] [--setting NAME=VALUE | --worker EXPERIMENTS]
 """
 
 import argparse
@@ -98,16 +96,6 @@ def _engine(name):
     return run
 
 
-def _executed(name):
-    """One run of definition ``name`` made by ``Workflow.execute``."""
-
-    def run():
-        assert Workflow.execute(name, timeout=60).status == "success"
-        db.session.remove()
-
-    return run
-
-
 def _celery():
     """One plain Celery call: B3's baseline."""
     plain_noop.apply_async().get(timeout=60)
@@ -120,7 +108,6 @@ def main(argv=None):
     variant = parser.add_mutually_exclusive_group()
     variant.add_argument("--setting", metavar="NAME=VALUE")
     variant.add_argument("--worker", metavar="EXPERIMENTS")
-    variant.add_argument("--execute", action="store_true")
     args = parser.parse_args(argv)
     with ExitStack() as stack:
         app = stack.enter_context(bench_app())
@@ -149,8 +136,6 @@ def main(argv=None):
                 "bench-one-variant", wf_noop.si().set(queue=VARIANT_QUEUE)
             )
             sides["variant"] = _engine("bench-one-variant")
-        elif args.execute:
-            sides["variant"] = _executed("bench-one")
         warm_up()
         truncate_runs()
         for run in sides.values():

@@ -19,14 +19,13 @@ answer is read (``caller sql 1 sent``, ``worker sql 2 back``...): the time
 between the two is its round trip, the rest of a step is Python.
 
 It prints the median of each step since the submit, and since the step
-before. With ``--execute``, the runs alternate between ``create`` then
-``wait`` and ``Workflow.execute``, and each way gets its own table. :mod:`benchmarks.b3_timeline` reads the times the rows record
+before. :mod:`benchmarks.b3_timeline` reads the times the rows record
 instead; this script sees the statements from the client's side, which is
 how they cost: in this flow each takes about twice as long as the same
 statement sent in a tight loop. No baseline, no pairs: a diagnostic, not a
 scenario (not run by ``run.sh``)::
 
-    python -m benchmarks.b3_steps [runs] [--execute]
+    python -m benchmarks.b3_steps [runs]
 """
 
 import os
@@ -119,12 +118,9 @@ def install_worker_marks():
     install_marks(mark, caller=False)
 
 
-def main(runs=RUNS, execute=False):
-    """Print the median of each step over ``runs`` runs, in milliseconds.
-
-    :param execute: alternate ``create`` then ``wait`` with ``execute``.
-    """
-    marks, ways = [], ["create, wait", "execute"] if execute else ["create, wait"]
+def main(runs=RUNS):
+    """Print the median of each step over ``runs`` runs, in milliseconds."""
+    marks = []
 
     def mark(label):
         marks.append((time.monotonic_ns(), label))
@@ -139,28 +135,22 @@ def main(runs=RUNS, execute=False):
             for path in Path(where).glob("worker.*"):
                 path.write_text("")
             marks.clear()
-            for i in range(runs):
+            for _ in range(runs):
                 mark("submit")
-                if ways[i % len(ways)] == "execute":
-                    Workflow.execute("bench-one", timeout=60)
-                else:
-                    workflow = Workflow.create("bench-one", start=True)
-                    mark("create returned")
-                    workflow.wait(timeout=60)
+                workflow = Workflow.create("bench-one", start=True)
+                mark("create returned")
+                workflow.wait(timeout=60)
                 mark("wait returned")
                 db.session.remove()
         for path in Path(where).glob("worker.*"):
             for line in path.read_text().splitlines():
                 stamp, label = line.split(" ", 1)
                 marks.append((int(stamp), label))
-    report(sorted(marks), runs, ways)
+    report(sorted(marks), runs)
 
 
-def report(marks, runs, ways):
-    """Print each step's median time since the submit and since the step before.
-
-    :param ways: how the runs were made, in turn (a table for each).
-    """
+def report(marks, runs):
+    """Print each step's median time since the submit and since the step before."""
     since = {}
     run = None
     for stamp, label in marks:
@@ -171,28 +161,19 @@ def report(marks, runs, ways):
             continue  # before the first submit, or a late mark of the run before
         seen.add(label)
         run[label] = (stamp - start) / 1e6
-    made = since.get("runs", [])
-    for index, way in enumerate(ways):
-        complete = [r for r in made[index :: len(ways)] if "wait returned" in r]
-        steps = sorted(
-            {label for r in complete for label in r},
-            key=lambda label: statistics.median(
-                r[label] for r in complete if label in r
-            ),
-        )
-        print(
-            f"{len(complete)} of {runs} one-task runs in sequence ({way}); median ms:"
-        )
-        print(f"  {'step':<20} {'since submit':>12} {'since previous':>15}")
-        previous = 0.0
-        for label in steps:
-            at = statistics.median(r[label] for r in complete if label in r)
-            print(f"  {label:<20} {at:12.2f} {at - previous:15.2f}")
-            previous = at
+    complete = [r for r in since.get("runs", []) if "wait returned" in r]
+    steps = sorted(
+        {label for r in complete for label in r},
+        key=lambda label: statistics.median(r[label] for r in complete if label in r),
+    )
+    print(f"{runs} one-task runs in sequence; median ms:")
+    print(f"  {'step':<20} {'since submit':>12} {'since previous':>15}")
+    previous = 0.0
+    for label in steps:
+        at = statistics.median(r[label] for r in complete if label in r)
+        print(f"  {label:<20} {at:12.2f} {at - previous:15.2f}")
+        previous = at
 
 
 if __name__ == "__main__":
-    main(
-        *(int(arg) for arg in sys.argv[1:] if arg.isdigit()),
-        execute="--execute" in sys.argv[1:],
-    )
+    main(*(int(arg) for arg in sys.argv[1:2]))

@@ -20,7 +20,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy_continuum import version_class
 from werkzeug.routing import BuildError
 
-from .engine import children, delegation, orchestrator, prepared, waiting
+from .engine import children, delegation, orchestrator, waiting
 from .engine.dynamic import callback_results, populate_node, populates
 from .engine.graph import Graph, compile_canvas, ensure_json, ensure_object, resolve
 from .engine.status import default_rule, default_status
@@ -355,54 +355,6 @@ class Workflow:
         :raises UnknownWorkflowError: when no definition has that name.
         :raises InvalidDataError: when ``data`` is not a JSON object.
         """
-        return cls._create(name, data, key, created_by, start, uuid.uuid4())
-
-    @classmethod
-    def execute(
-        cls, name, data=None, key=None, created_by=None, timeout=None, interval=1.0
-    ):
-        """Create a run, start it and wait for it to finish.
-
-        :meth:`create` with ``start``, then :meth:`wait`: what Celery's
-        ``apply_async().get()`` is to a task, or Temporal's
-        ``execute_workflow`` to a workflow. On PostgreSQL through psycopg2
-        (with ``WTFLOW_PREPARED_STATEMENTS``), in a round trip fewer, on one
-        connection: the creation's own message listens for the run's
-        finish, and the wait then sleeps on that connection at once.
-
-        :param name: the name the definition is registered under.
-        :param data: JSON-serialisable workflow data (kwargs of bare tasks).
-        :param key: optional idempotency key: a run with the same name and
-            key is waited for as it is, and not started again.
-        :param created_by: optional id of the user creating the run.
-        :param timeout: seconds to wait at most (``None``: no limit).
-        :param interval: seconds between two reads of the status when
-            nothing is heard (the polling period off PostgreSQL).
-        :returns: the run, finished: read its :attr:`status` and
-            :attr:`result`.
-        :raises UnknownWorkflowError: when no definition has that name.
-        :raises InvalidDataError: when ``data`` is not a JSON object.
-        :raises WaitTimeoutError: when the run is still unfinished at
-            ``timeout`` (it goes on: its id is on the error).
-        :raises ValueError: when ``interval`` is not positive or
-            ``timeout`` is negative (before anything is created).
-        """
-        _check_wait(timeout, interval)
-        workflow_id = uuid.uuid4()
-        channel = waiting.run_channel(workflow_id)
-        with prepared.lent(db.session, channel) as connection:
-            workflow = cls._create(name, data, key, created_by, True, workflow_id)
-            if (
-                connection is not None
-                and workflow.created_now
-                and waiting.listens(connection, workflow_id)
-            ):
-                return workflow._wait(timeout, interval, listening=connection)
-        return workflow._wait(timeout, interval)
-
-    @classmethod
-    def _create(cls, name, data, key, created_by, start, workflow_id):
-        """:meth:`create`, with the new run's id given."""
         klass = current_wtflow.get_workflow_class(name)
         data = _check_data(data)
         if key is not None and (not isinstance(key, str) or not key):
@@ -416,7 +368,7 @@ class Workflow:
             key=key,
             created_by=created_by,
             started=bool(start),
-            workflow_id=workflow_id,  # the same if the transaction is retried
+            workflow_id=uuid.uuid4(),  # the same if the transaction is retried
             attach=False,
         )
         workflow = klass._created(model)
@@ -647,26 +599,18 @@ class Workflow:
         :raises ValueError: when ``interval`` is not positive or
             ``timeout`` is negative.
         """
-        _check_wait(timeout, interval)
-        return self._wait(timeout, interval)
-
-    def _wait(self, timeout, interval, listening=None):
-        """:meth:`wait`, its arguments checked.
-
-        :param listening: a connection that listens on the run's channel
-            since before the run could finish (see
-            :meth:`execute`): the wait sleeps on it at once.
-        """
+        if not interval > 0:
+            raise ValueError(
+                f"interval must be a positive number of seconds, not {interval!r}."
+            )
+        if timeout is not None and not timeout >= 0:
+            raise ValueError(
+                f"timeout must be None or a number of seconds >= 0, not {timeout!r}."
+            )
         # A run just created joins the session now, not on the path from the
         # notification to the return.
         model = self.model
         db.session.commit()
-        if listening is not None:
-            status = waiting.wait(
-                db.engine, self.id, timeout, interval, listening=listening
-            )
-            set_committed_value(model, "status", status)
-            return self
         listening = waiting.notifies(db.session)
         # Polled, the first read is the session's; listening, the listener's.
         status = None if listening else self._committed_status()
@@ -936,18 +880,6 @@ def check_children(task_run_id, ids):
             "join() only waits for the task's own children."
         )
     return ids
-
-
-def _check_wait(timeout, interval):
-    """Refuse a wait's bad ``timeout`` or ``interval`` with a ``ValueError``."""
-    if not interval > 0:
-        raise ValueError(
-            f"interval must be a positive number of seconds, not {interval!r}."
-        )
-    if timeout is not None and not timeout >= 0:
-        raise ValueError(
-            f"timeout must be None or a number of seconds >= 0, not {timeout!r}."
-        )
 
 
 def _uuid(value):

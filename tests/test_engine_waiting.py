@@ -1,7 +1,7 @@
 # SPDX-FileCopyrightText: 2026 invenio-wtflow authors.
 # SPDX-License-Identifier: MIT
 
-"""Waiting for a run to finish: ``Workflow.wait``, ``Workflow.execute`` and the notification."""
+"""Waiting for a run to finish: ``Workflow.wait`` and its notification."""
 
 import threading
 import time
@@ -12,9 +12,8 @@ import sqlalchemy as sa
 from invenio_db import db as _db
 
 from invenio_wtflow import Workflow
-from invenio_wtflow.engine import orchestrator, prepared, waiting
+from invenio_wtflow.engine import orchestrator, waiting
 from invenio_wtflow.errors import WaitTimeoutError, WorkflowNotFoundError
-from invenio_wtflow.models import WorkflowRun
 
 from .test_engine_orchestrator import count_statements
 
@@ -434,171 +433,3 @@ def test_bad_wait_arguments_are_refused(app, db, arguments, error):
     with pytest.raises(ValueError, match=error):
         wf.wait(**arguments)
     assert Workflow.get(wf.id).status == "pending"
-    with pytest.raises(ValueError, match=error):
-        Workflow.execute("add-chain", **arguments)
-    assert WorkflowRun.query.count() == 1  # nothing created
-
-
-#
-# Workflow.execute: create, start and wait
-#
-def finish_once_published(app, broker, delay=0.2):
-    """Deliver the kept attempts ``delay`` seconds after the first is published."""
-
-    def deliver():
-        deadline = time.monotonic() + 20
-        while not broker.messages and time.monotonic() < deadline:
-            time.sleep(0.005)
-        time.sleep(delay)
-        with app.app_context():
-            try:
-                broker.deliver_all()
-            finally:
-                _db.session.remove()
-
-    thread = threading.Thread(target=deliver)
-    thread.start()
-    return thread
-
-
-@contextmanager
-def driver_messages():
-    """Record the messages this thread sends on the application's psycopg2 connections.
-
-    At the driver's cursor, under SQLAlchemy and the engine's own raw
-    cursors alike (a wait's are); ``PREPARE`` is left out.
-    """
-    psycopg2 = pytest.importorskip("psycopg2")
-    if _db.engine.dialect.driver != "psycopg2":
-        pytest.skip("recorded at psycopg2's cursor")
-    caller, sent, touched = threading.get_ident(), [], []
-
-    class Recording(psycopg2.extensions.cursor):
-        def execute(self, query, vars=None):
-            if threading.get_ident() == caller and not query.startswith("PREPARE "):
-                sent.append(query)
-            return super().execute(query, vars)
-
-    def record(dbapi_connection, record, proxy):
-        dbapi_connection.cursor_factory = Recording
-        touched.append(dbapi_connection)
-
-    sa.event.listen(_db.engine, "checkout", record)
-    try:
-        yield sent
-    finally:
-        sa.event.remove(_db.engine, "checkout", record)
-        for dbapi_connection in touched:
-            dbapi_connection.cursor_factory = None
-
-
-def test_execute_creates_starts_and_waits_for_the_run(app, clean, broker):
-    thread = finish_once_published(app, broker)
-    interval = 30 if _db.engine.dialect.name == "postgresql" else 0.05
-    start = time.monotonic()
-    try:
-        wf = Workflow.execute("add-chain", data={}, timeout=20, interval=interval)
-    finally:
-        thread.join()
-    assert time.monotonic() - start < 10  # woken, not polled
-    assert (wf.status, wf.result, wf.created_now) == ("success", 60, True)
-    assert [run.id for run in WorkflowRun.query] == [wf.id]
-
-
-@pytest.mark.parametrize("in_transaction", [False, True])
-def test_execute_in_eager_mode_returns_the_finished_run(app, clean, in_transaction):
-    """Eager, the run finishes during the publish: on PostgreSQL, the
-    success on the listening connection itself tells it (a 30 s interval
-    would show a missed notification). A session inside a transaction
-    creates the run in it, and waits as :meth:`Workflow.wait` does."""
-    if in_transaction:
-        _db.session.execute(sa.text("SELECT 1"))
-    start = time.monotonic()
-    wf = Workflow.execute("add-chain", timeout=20, interval=30)
-    assert time.monotonic() - start < 10
-    assert (wf.status, wf.result) == ("success", 60)
-
-
-def test_execute_listens_with_the_creation_and_sleeps_at_once(app, clean, broker):
-    """A round trip fewer than ``create`` then ``wait``: the creation's
-    message listens, so no ``LISTEN`` and read are sent before the sleep
-    (the run cannot finish before the creation commits); the wait for the
-    creation's flush still overlaps the delivery, on the same connection."""
-    with driver_messages() as sent:
-        thread = finish_once_published(app, broker)
-        try:
-            wf = Workflow.execute("add-chain", timeout=20, interval=30)
-        finally:
-            thread.join()
-    assert wf.status == "success"
-    assert len(sent) == 2, sent
-    listen = f"LISTEN {waiting.run_channel(wf.id)}; SET LOCAL synchronous_commit"
-    assert listen in sent[0] and "EXECUTE wtflow_" in sent[0]
-    assert sent[1] == prepared._FLUSH
-
-    with driver_messages() as sent:  # what create then wait send
-        other = Workflow.create("add-chain", start=True)
-        thread = finish_once_published(app, broker)
-        try:
-            other.wait(timeout=20, interval=30)
-        finally:
-            thread.join()
-    assert other.status == "success"
-    assert len(sent) == 3, sent
-    assert sent[1].endswith(prepared._FLUSH)
-    assert sent[2].startswith("BEGIN; LISTEN")
-
-
-def test_a_wait_on_a_listening_connection_sends_nothing_before_it_sleeps(
-    app, clean, broker
-):
-    """Given a connection that listens already (as an ``execute`` creation
-    leaves it), the wait sleeps on it at once, and leaves its channel for
-    the connection's next message to drop, as any wait does."""
-    postgresql_only()
-    wf = Workflow.create("add-chain", start=True)
-    channel = waiting.run_channel(wf.id)
-    with driver_messages() as sent, _db.engine.connect() as connection:
-        raw = connection.connection.driver_connection
-        raw.autocommit = True
-        connection.exec_driver_sql(f"LISTEN {channel}")
-        connection.info[waiting.LISTENS_FOR] = channel
-        assert waiting.listens(connection, wf.id)
-        del sent[:]
-        thread = finish_once_published(app, broker, delay=0.3)
-        try:
-            status = waiting.wait(
-                _db.engine, wf.id, timeout=20, interval=30, listening=connection
-            )
-        finally:
-            thread.join()
-        assert (status, sent) == ("success", [])
-        assert connection.info[waiting.LISTENING] == channel
-        assert waiting.LISTENS_FOR not in connection.info
-        assert listened(connection) == [channel]
-        raw.autocommit = False
-
-
-def test_execute_gives_up_at_its_timeout_and_the_run_goes_on(app, clean, broker):
-    start = time.monotonic()
-    with pytest.raises(WaitTimeoutError, match="is still running") as info:
-        Workflow.execute("add-chain", timeout=0.3, interval=0.1)
-    assert 0.3 <= time.monotonic() - start < 5
-    assert not _db.session.info.get(prepared._UNFLUSHED)
-    workflow_id = info.value.workflow_id
-    assert Workflow.get(workflow_id).status == "running"
-    broker.deliver_all()
-    assert Workflow.get(workflow_id).wait(timeout=5).status == "success"
-
-
-def test_execute_with_a_timeout_of_zero_says_where_the_run_is(app, clean, broker):
-    with pytest.raises(WaitTimeoutError, match="is still running") as info:
-        Workflow.execute("add-chain", timeout=0)
-    assert info.value.status == "running"
-
-
-def test_execute_with_a_known_key_waits_for_that_run(app, clean):
-    first = Workflow.create("add-chain", key="once", start=True)  # eager: finished
-    again = Workflow.execute("add-chain", key="once", timeout=5, interval=30)
-    assert (again.id, again.created_now, again.status) == (first.id, False, "success")
-    assert WorkflowRun.query.count() == 1

@@ -46,7 +46,7 @@ from sqlalchemy import Engine, event
 from sqlalchemy.exc import MultipleResultsFound, NoResultFound
 from sqlalchemy.orm import scoped_session
 
-from .waiting import LISTENING, LISTENS_FOR
+from .waiting import LISTENING
 
 _PREPARED = "wtflow_prepared"
 """Key, in a connection's ``info``, of the names prepared on it."""
@@ -98,10 +98,6 @@ def alone(session):
     ):
         yield None
         return
-    connection = session.info.get(_LENT)
-    if connection is not None and not (connection.invalidated or connection.closed):
-        yield connection
-        return
     if engine not in _SWITCHING:
         event.listen(engine, "reset", _back_to_transactions)
         _SWITCHING.add(engine)
@@ -115,12 +111,6 @@ def alone(session):
 _ALONE = "wtflow_alone"
 """Key, in a pooled connection's ``info``, of a connection :func:`alone` switched."""
 
-_LENT = "wtflow_lent"
-"""Key, in a session's ``info``, of the connection :func:`lent` lends it."""
-
-_LISTEN = "wtflow_listen"
-"""Key, in a pooled connection's ``info``, of a channel its next message listens on."""
-
 _SWITCHING = weakref.WeakSet()
 """The engines whose pool switches connections back (see :func:`alone`)."""
 
@@ -131,46 +121,6 @@ def _back_to_transactions(dbapi_connection, record, reset_state):
         return
     if record.info.pop(_ALONE, False) and not dbapi_connection.closed:
         dbapi_connection.autocommit = False
-
-
-@contextmanager
-def lent(session, channel):
-    """Lend the session a connection of its own whose first message listens on ``channel``.
-
-    For a caller that creates a run, then waits on that connection for the
-    run's finish, heard on ``channel`` (see
-    :meth:`~invenio_wtflow.api.Workflow.execute`). While lent, :func:`alone`
-    yields this connection (while it is usable), and the first message sent
-    on it begins with ``LISTEN``, committed with it; from then on
-    :func:`~invenio_wtflow.engine.waiting.listens` says so, until a wait on
-    it ends. A channel no wait took is left for the connection's next
-    message to drop, as a finished wait leaves its own.
-
-    :param session: the session whose messages sent alone go on it.
-    :param channel: the channel to listen on.
-    :returns: the connection, or ``None`` (nothing is lent) where
-        :func:`alone` yields none or statements are not prepared.
-    """
-    if isinstance(session, scoped_session):
-        session = session()
-    if not enabled(session):
-        yield None
-        return
-    with alone(session) as connection:
-        if connection is None:
-            yield None
-            return
-        connection.info[_LISTEN] = channel
-        session.info[_LENT] = connection
-        try:
-            yield connection
-        finally:
-            del session.info[_LENT]
-            if not connection.invalidated:
-                info = connection.info
-                info.pop(_LISTEN, None)
-                if LISTENS_FOR in info:  # listened on, not waited for
-                    info[LISTENING] = info.pop(LISTENS_FOR)
 
 
 def execute(
@@ -235,36 +185,26 @@ def execute(
         return _run(connection, plan, sql, values)
     if not synchronous_commit:
         sql = f"{_UNFLUSHED_COMMIT}{sql}"
-    with _channels(connection, sql) as message:
+    with _unlistening(connection, sql) as message:
         return _run(connection, plan, message, values)
 
 
 @contextmanager
-def _channels(connection, sql):
+def _unlistening(connection, sql):
     """The message ``sql``, made to drop a channel the connection still listens on.
 
     A channel a finished wait left listening on a connection of its own
     (see :func:`~invenio_wtflow.engine.waiting.wait`) is dropped by the next
-    message sent alone on it, and a channel :func:`lent` asks for is
-    listened on from it: in autocommit mode, the ``UNLISTEN`` and the
-    ``LISTEN`` commit with the statement, and are forgotten with it if the
-    message fails.
+    message sent alone on it: in autocommit mode, the ``UNLISTEN`` commits
+    with the statement, and is forgotten with it if the message fails.
     """
-    info = connection.info
-    stale, asked = info.pop(LISTENING, None), info.pop(_LISTEN, None)
-    prefix = "" if stale is None else f"UNLISTEN {stale}; "
-    if asked is not None:
-        prefix += f"LISTEN {asked}; "
+    stale = connection.info.pop(LISTENING, None)
     try:
-        yield prefix + sql
+        yield sql if stale is None else f"UNLISTEN {stale}; {sql}"
     except BaseException:
-        if not connection.invalidated:  # rolled back with the statement
-            for key, channel in ((LISTENING, stale), (_LISTEN, asked)):
-                if channel is not None:
-                    info[key] = channel
+        if stale is not None and not connection.invalidated:
+            connection.info[LISTENING] = stale  # rolled back with the statement
         raise
-    if asked is not None:
-        info[LISTENS_FOR] = asked
 
 
 _UNFLUSHED_COMMIT = "SET LOCAL synchronous_commit TO off; "
@@ -323,7 +263,7 @@ def await_flush(session):
                 connection.exec_driver_sql(_FLUSH)
                 connection.commit()
         else:
-            with _channels(own, _FLUSH) as message:
+            with _unlistening(own, _FLUSH) as message:
                 if _watched(own):
                     own.exec_driver_sql(message)
                 else:

@@ -64,14 +64,6 @@ statements only without parameters.
 LISTENING = "wtflow_listening"
 """Key, in a pooled connection's ``info``, of the channel a finished wait left."""
 
-LISTENS_FOR = "wtflow_listens_for"
-"""Key, in a pooled connection's ``info``, of the channel a wait to come listens on.
-
-Set when a run's creation listened in its own message (see
-:func:`~invenio_wtflow.engine.prepared.lent`); unlike :data:`LISTENING`,
-the connection's next message keeps it.
-"""
-
 FINISHED = frozenset(s.value for s in WorkflowStatus if s.is_terminal)
 
 _IDLE = 0
@@ -103,21 +95,7 @@ def run_channel_sql(column):
     return f"'{RUN_CHANNEL_PREFIX}' || replace(CAST({column} AS text), '-', '')"
 
 
-def listens(connection, workflow_id):
-    """Whether ``connection`` listens on the channel of run ``workflow_id``'s finish.
-
-    :param connection: a SQLAlchemy connection in autocommit mode, whose
-        message that listened on the channel was sent alone (see
-        :func:`~invenio_wtflow.engine.prepared.lent`).
-    """
-    return (
-        not connection.invalidated
-        and connection.info.get(LISTENS_FOR) == run_channel(workflow_id)
-        and _receiver(connection.connection.driver_connection) is not None
-    )
-
-
-def wait(engine, workflow_id, timeout=None, interval=1.0, listening=None):
+def wait(engine, workflow_id, timeout=None, interval=1.0):
     """Block until run ``workflow_id`` is finished; return its status.
 
     Uses connections of its own, so it sees what other transactions commit.
@@ -129,10 +107,6 @@ def wait(engine, workflow_id, timeout=None, interval=1.0, listening=None):
     :param timeout: seconds to wait at most (``None``: no limit).
     :param interval: seconds between two reads of the status when nothing
         is heard (on PostgreSQL, a safety net: a notification wakes it).
-    :param listening: a connection that :func:`listens` on the run's
-        channel since before the run could finish (its creation's own
-        message listened): the wait sleeps on it at once, without a first
-        message, and leaves it open.
     :raises WorkflowNotFoundError: when there is no such run.
     :raises WaitTimeoutError: when the run is still unfinished at ``timeout``.
     """
@@ -141,11 +115,6 @@ def wait(engine, workflow_id, timeout=None, interval=1.0, listening=None):
     except ValueError:
         raise WorkflowNotFoundError(workflow_id) from None
     deadline = None if timeout is None else time.monotonic() + timeout
-    if listening is not None:
-        raw = listening.connection.driver_connection
-        receive = _receiver(raw)
-        info = listening.connection.info
-        return _listen(raw, info, receive, workflow_id, deadline, interval, True)
     if engine.dialect.name == "postgresql":
         connection = engine.raw_connection()
         try:
@@ -187,7 +156,7 @@ def _received_psycopg2(conn, seconds):
     return payloads
 
 
-def _listen(conn, info, receive, workflow_id, deadline, interval, listens=False):
+def _listen(conn, info, receive, workflow_id, deadline, interval):
     """Wait on ``LISTEN`` until a read or a notification says the run finished.
 
     A notification heard after ``LISTEN`` ends the wait even when a read
@@ -196,31 +165,22 @@ def _listen(conn, info, receive, workflow_id, deadline, interval, listens=False)
 
     :param info: the pooled connection's ``info``, where a finished wait
         leaves the name of the channel it still listens on.
-    :param listens: the connection listens on the run's channel already,
-        since before the run could finish: nothing is sent before the sleep
-        (and nothing it heard is dropped), unless the deadline has passed.
     """
     channel, stale = run_channel(workflow_id), info.pop(LISTENING, None)
-    if listens:
-        info.pop(LISTENS_FOR)
     autocommit = conn.autocommit
     conn.autocommit = True
     cursor = conn.cursor()
     finished = False
     try:
-        status = None
         if stale is not None:
             # Apart from the LISTEN: listening on nothing, the session
             # starts again at the queue's head, past what the channel had.
             cursor.execute(f"UNLISTEN {stale}")
-        if not listens:
-            _forget(conn, receive)
-            cursor.execute(
-                _LISTEN_THEN_READ.format(channel=channel, workflow_id=workflow_id)
-            )
-            status = _checked(_last_row(cursor), workflow_id)
-        elif deadline is not None and deadline <= time.monotonic():
-            status = _read(cursor, workflow_id)  # the timeout's error says it
+        _forget(conn, receive)
+        cursor.execute(
+            _LISTEN_THEN_READ.format(channel=channel, workflow_id=workflow_id)
+        )
+        status = _checked(_last_row(cursor), workflow_id)
         while status not in FINISHED:
             pause = _pause(deadline, interval, workflow_id, status)
             told = _sleep_until_told(conn, receive, str(workflow_id), pause)
