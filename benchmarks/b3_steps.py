@@ -19,7 +19,10 @@ answer is read (``caller sql 1 sent``, ``worker sql 2 back``...): the time
 between the two is its round trip, the rest of a step is Python.
 
 It prints the median of each step since the submit, and since the step
-before. :mod:`benchmarks.b3_timeline` reads the times the rows record
+before. A worker's marks belong to the run whose attempt (by Celery id) the
+pool process is running: with several pool processes, a run's last marks
+(the success's answer) may come after the next run's submit, and from
+another process than the next run's. :mod:`benchmarks.b3_timeline` reads the times the rows record
 instead; this script sees the statements from the client's side, which is
 how they cost: in this flow each takes about twice as long as the same
 statement sent in a tight loop. No baseline, no pairs: a diagnostic, not a
@@ -54,19 +57,24 @@ def install_marks(mark, caller):
     :func:`~invenio_wtflow.engine.prepared._sent`: nothing watches the
     benchmark's engine) is marked too, as it leaves and as its answer is
     read: ``caller sql 1 sent``, ``worker sql 2 back``..., counted from the
-    creation (caller) or the task's call (worker).
+    creation (caller) or the task's call (worker). The caller also marks
+    ``attempt <celery id>`` as it publishes; the worker's marks are
+    ``mark(label, celery_id)``, with the id of the attempt it runs.
 
     :param caller: wrap the caller's steps (else the worker's).
     """
     from invenio_wtflow import tasks
     from invenio_wtflow.engine import dispatch, fused, prepared, waiting
 
-    sent, side = [0], "caller" if caller else "worker"
+    sent, side, attempt = [0], "caller" if caller else "worker", [None]
 
     def step(label):
         if label in ("creation sent", "task called"):
             sent[0] = 0
-        mark(label)
+        if caller:
+            mark(label)
+        else:
+            mark(label, attempt[0])
 
     def around(owner, name, begin, end=None):
         inner = getattr(owner, name)
@@ -87,19 +95,33 @@ def install_marks(mark, caller):
     def on_the_wire(*args, **kwargs):
         sent[0] += 1
         number = sent[0]
-        mark(f"{side} sql {number} sent")
+        step(f"{side} sql {number} sent")
         try:
             return send(*args, **kwargs)
         finally:
-            mark(f"{side} sql {number} back")
+            step(f"{side} sql {number} back")
 
     prepared._sent = on_the_wire
     if caller:
+        publish = dispatch._send
+
+        def published(message):
+            mark(f"attempt {message.celery_id}")
+            return publish(message)
+
+        dispatch._send = published
         around(fused, "create", "creation sent", "creation answered")
         around(dispatch, "_send", "publish begun", "publish done")
         around(waiting, "_sleep_until_told", "wait sleeps", "wait heard")
         return
     around(tasks.WorkflowTask, "__call__", "task called")
+    call = tasks.WorkflowTask.__call__
+
+    def called(task, *args, **kwargs):
+        attempt[0] = task.request.id  # before "task called" is marked
+        return call(task, *args, **kwargs)
+
+    tasks.WorkflowTask.__call__ = called
     around(fused, "claim", "claim sent", "claim answered")
     around(tasks, "_execution", None, "arguments ready")
     around(fused, "finish", "success sent")
@@ -112,8 +134,8 @@ def install_worker_marks():
         return
     out = open(f"{prefix}.{os.getpid()}", "a", buffering=1)  # one per process
 
-    def mark(label):
-        out.write(f"{time.monotonic_ns()} {label}\n")
+    def mark(label, attempt):
+        out.write(f"{time.monotonic_ns()} {attempt} {label}\n")
 
     install_marks(mark, caller=False)
 
@@ -142,26 +164,37 @@ def main(runs=RUNS):
                 workflow.wait(timeout=60)
                 mark("wait returned")
                 db.session.remove()
+        worker = []
         for path in Path(where).glob("worker.*"):
             for line in path.read_text().splitlines():
-                stamp, label = line.split(" ", 1)
-                marks.append((int(stamp), label))
-    report(sorted(marks), runs)
+                stamp, attempt, label = line.split(" ", 2)
+                worker.append((int(stamp), attempt, label))
+    report(sorted(marks), worker, runs)
 
 
-def report(marks, runs):
-    """Print each step's median time since the submit and since the step before."""
-    since = {}
+def report(marks, worker, runs):
+    """Print each step's median time since the submit and since the step before.
+
+    :param marks: the caller's ``(stamp, label)``, in order.
+    :param worker: the worker's ``(stamp, celery id, label)``.
+    """
+    runs_made, by_attempt = [], {}
     run = None
     for stamp, label in marks:
         if label == "submit":
-            run, start, seen = {}, stamp, set()
-            since.setdefault("runs", []).append(run)
-        if run is None or label in seen:
-            continue  # before the first submit, or a late mark of the run before
-        seen.add(label)
+            run, start = {}, stamp
+            runs_made.append(run)
+        if run is None or label in run:
+            continue  # before the first submit
+        if label.startswith("attempt "):
+            by_attempt[label.split(" ", 1)[1]] = (run, start)
+            continue
         run[label] = (stamp - start) / 1e6
-    complete = [r for r in since.get("runs", []) if "wait returned" in r]
+    for stamp, attempt, label in worker:
+        if attempt in by_attempt:
+            run, start = by_attempt[attempt]
+            run.setdefault(label, (stamp - start) / 1e6)
+    complete = [r for r in runs_made if "wait returned" in r]
     steps = sorted(
         {label for r in complete for label in r},
         key=lambda label: statistics.median(r[label] for r in complete if label in r),
