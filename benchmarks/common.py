@@ -48,6 +48,10 @@ BACKEND_URL = f"{REDIS_URL}/{os.environ.get('WTFLOW_BENCH_BACKEND_DB', '12')}"
 PAIRS = int(os.environ.get("WTFLOW_BENCH_PAIRS", "3"))
 """A/B pairs per scenario (at least 3)."""
 
+B3_PAIRS = int(os.environ.get("WTFLOW_BENCH_B3_PAIRS", "12"))
+"""B3's pairs, their order reversed every other pair (before the twentieth
+session: ``PAIRS``, always in the same order)."""
+
 CONCURRENCY = int(os.environ.get("WTFLOW_BENCH_CONCURRENCY", "4"))
 """Prefork worker processes (the same for both sides)."""
 

@@ -13,7 +13,15 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from .common import CONCURRENCY, DB_URI, PAIRS, ROOT, machine, worker_url
+from .common import (
+    B3_PAIRS,
+    CONCURRENCY,
+    DB_URI,
+    PAIRS,
+    ROOT,
+    machine,
+    worker_url,
+)
 
 ORDER = (
     "B1",
@@ -168,6 +176,7 @@ def main(parts, output):
         "machine": dict(machine(), platform=platform.platform()),
         "git": git(),
         "pairs": PAIRS,
+        "b3_pairs": B3_PAIRS,
         "concurrency": CONCURRENCY,
         "drivers": {
             "caller": make_url(DB_URI).drivername,
@@ -184,7 +193,8 @@ def main(parts, output):
         f"Machine: {m.get('cpus')} CPUs ({m.get('cpu', '?')}), "
         f"{m.get('memory_gib', '?')} GiB, Python {m.get('python')}; "
         + package(info["git"])
-        + f"; {PAIRS} A/B pairs; {CONCURRENCY} prefork worker processes; "
+        + f"; {PAIRS} A/B pairs (B3: {B3_PAIRS}, their order reversed every "
+        f"other pair); {CONCURRENCY} prefork worker processes; "
         f"database drivers: `{info['drivers']['caller']}` (caller), "
         f"`{info['drivers']['worker']}` (worker).",
         "",

@@ -13,6 +13,7 @@
 # `wtflow_bench` is created and dropped (WTFLOW_BENCH_DB to rename it), and
 # Redis on 127.0.0.1:6379: databases 11 (broker) and 12 (result backend) are
 # flushed. Knobs: WTFLOW_BENCH_PAIRS (A/B pairs, default 3),
+# WTFLOW_BENCH_B3_PAIRS (B3's pairs, default 12),
 # WTFLOW_BENCH_CONCURRENCY (worker processes, default 4),
 # WTFLOW_BENCH_B7_TASKS (B7's task count; run.sh defaults to 2000 to stay
 # near 10 minutes on 2 cores, the scenario's own default is 10000),
