@@ -22,10 +22,10 @@ It prints the median of each step since the submit, and since the step
 before. A worker's marks belong to the run whose attempt (by Celery id) the
 pool process is running: with several pool processes, a run's last marks
 (the success's answer) may come after the next run's submit, and from
-another process than the next run's. :mod:`benchmarks.b3_timeline` reads the times the rows record
-instead; this script sees the statements from the client's side, which is
-how they cost: in this flow each takes about twice as long as the same
-statement sent in a tight loop. No baseline, no pairs: a diagnostic, not a
+another process than the next run's. :mod:`benchmarks.b3_timeline` reads
+the times the rows record instead; this script sees the statements from
+the client's side, which is how they cost: in this flow each takes about
+twice as long as the same statement sent in a tight loop. No baseline, no pairs: a diagnostic, not a
 scenario (not run by ``run.sh``)::
 
     python -m benchmarks.b3_steps [runs]
