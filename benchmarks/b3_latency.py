@@ -4,9 +4,10 @@
 """B3: one-task workflow, submit to success recorded, 200 in sequence (p50, p99).
 
 Each pair is 200 engine runs and 200 plain calls; the order of the two
-sides is reversed every other pair (A B, B A, A B...), and there are
-``B3_PAIRS`` of them (12; see :mod:`benchmarks.common`): the ratio is the
-median of the pairs' ratios. A pair lasts a second or two, and on a shared
+sides is reversed every other pair (A B, B A, A B...), so that with an even
+number of pairs each side runs second, later in a drifting minute, in half
+of them. There are ``B3_PAIRS`` (12; see :mod:`benchmarks.common`), and the
+ratio is the median of the pairs' ratios. A pair lasts a second or two, and on a shared
 machine one pair's ratio can be a third away from the next one's
 (benchmarks/README.md, twentieth session): the median of three pairs, as
 the other scenarios take, moves by as much as B3's distance to its target.

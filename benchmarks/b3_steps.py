@@ -25,8 +25,8 @@ pool process is running: with several pool processes, a run's last marks
 another process than the next run's. :mod:`benchmarks.b3_timeline` reads
 the times the rows record instead; this script sees the statements from
 the client's side, which is how they cost: in this flow each takes about
-twice as long as the same statement sent in a tight loop. No baseline, no pairs: a diagnostic, not a
-scenario (not run by ``run.sh``)::
+twice as long as the same statement sent in a tight loop. No baseline, no
+pairs: a diagnostic, not a scenario (not run by ``run.sh``)::
 
     python -m benchmarks.b3_steps [runs]
 """
@@ -185,7 +185,7 @@ def report(marks, worker, runs):
             run, start = {}, stamp
             runs_made.append(run)
         if run is None or label in run:
-            continue  # before the first submit
+            continue  # before the first submit, or a label the run has already
         if label.startswith("attempt "):
             by_attempt[label.split(" ", 1)[1]] = (run, start)
             continue

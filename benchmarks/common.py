@@ -50,7 +50,9 @@ PAIRS = int(os.environ.get("WTFLOW_BENCH_PAIRS", "3"))
 
 B3_PAIRS = int(os.environ.get("WTFLOW_BENCH_B3_PAIRS", "12"))
 """B3's pairs, their order reversed every other pair (before the twentieth
-session: ``PAIRS``, always in the same order)."""
+session: ``PAIRS``, always in the same order). Keep it even: each order then
+runs as often, and a side that runs second in a pair does so in half of
+them."""
 
 CONCURRENCY = int(os.environ.get("WTFLOW_BENCH_CONCURRENCY", "4"))
 """Prefork worker processes (the same for both sides)."""

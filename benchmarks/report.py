@@ -13,15 +13,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from .common import (
-    B3_PAIRS,
-    CONCURRENCY,
-    DB_URI,
-    PAIRS,
-    ROOT,
-    machine,
-    worker_url,
-)
+from .common import CONCURRENCY, DB_URI, PAIRS, ROOT, machine, worker_url
 
 ORDER = (
     "B1",
@@ -48,25 +40,36 @@ def git():
             ["git", *args], cwd=ROOT, capture_output=True, text=True
         ).stdout.strip()
 
-    dirty = [
-        line
-        for line in out("status", "--porcelain").splitlines()
-        if line[3:].startswith("invenio_wtflow/")
-    ]
+    changed = [line[3:] for line in out("status", "--porcelain").splitlines()]
     return {
         "commit": out("rev-parse", "--short", "HEAD"),
         "commit_at_start": os.environ.get("WTFLOW_BENCH_GIT_START"),
-        "dirty": bool(dirty),
+        "dirty": any(path.startswith("invenio_wtflow/") for path in changed),
+        "scripts_dirty": any(
+            path.startswith("benchmarks/")
+            and not path.startswith("benchmarks/results/")
+            for path in changed
+        ),
     }
 
 
 def package(info):
-    """Which commit was measured (two when it moved during the run)."""
+    """Which commit was measured (two when it moved during the run), and what was not committed."""
     text = f"package at `{info['commit']}`"
     start = info.get("commit_at_start")
     if start and start != info["commit"]:
         text = f"package moved from `{start}` to `{info['commit']}` during the run"
-    return text + (" (with local changes)" if info["dirty"] else "")
+    text += " (with local changes)" if info["dirty"] else ""
+    if info.get("scripts_dirty"):
+        text += ", benchmark scripts with local changes"
+    return text
+
+
+def b3_pairs(result):
+    """B3's own number of pairs, as its result gives them, if B3 ran."""
+    if result is None:
+        return ""
+    return f" (B3: {len(result['ratios'])}, their order reversed every other pair)"
 
 
 def fmt(value, unit):
@@ -176,7 +179,6 @@ def main(parts, output):
         "machine": dict(machine(), platform=platform.platform()),
         "git": git(),
         "pairs": PAIRS,
-        "b3_pairs": B3_PAIRS,
         "concurrency": CONCURRENCY,
         "drivers": {
             "caller": make_url(DB_URI).drivername,
@@ -193,8 +195,8 @@ def main(parts, output):
         f"Machine: {m.get('cpus')} CPUs ({m.get('cpu', '?')}), "
         f"{m.get('memory_gib', '?')} GiB, Python {m.get('python')}; "
         + package(info["git"])
-        + f"; {PAIRS} A/B pairs (B3: {B3_PAIRS}, their order reversed every "
-        f"other pair); {CONCURRENCY} prefork worker processes; "
+        + f"; {PAIRS} A/B pairs{b3_pairs(results.get('B3'))}; "
+        f"{CONCURRENCY} prefork worker processes; "
         f"database drivers: `{info['drivers']['caller']}` (caller), "
         f"`{info['drivers']['worker']}` (worker).",
         "",
