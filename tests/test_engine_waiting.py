@@ -170,9 +170,18 @@ def listener(app):
         yield raw
 
 
-def heard(raw, seconds=0.5):
-    """The payloads notified within ``seconds``."""
-    return waiting._receiver(raw)(raw, seconds)
+def heard(raw, seconds=0.5, quiet=0.2):
+    """The payloads notified within ``seconds``, and those that follow them.
+
+    Two notifications committed one after the other may reach the client
+    in two reads: after the first payloads, it keeps reading until nothing
+    more comes for ``quiet`` seconds.
+    """
+    receive = waiting._receiver(raw)
+    payloads = receive(raw, seconds)
+    while payloads and (more := receive(raw, quiet)):
+        payloads += more
+    return payloads
 
 
 def test_each_postgresql_driver_is_woken_by_the_notification(
