@@ -4,9 +4,11 @@
 """B3 in short interleaved blocks: the engine, a variant of it and plain Celery, at one moment.
 
 :mod:`benchmarks.b3_latency` and :mod:`benchmarks.b3_floor` switch sides
-every 200 runs; on a machine whose speed drifts from one minute to the
-next, that drift lands on one side or the other (benchmarks/README.md,
-nineteenth session). This script runs blocks of :data:`PER_BLOCK` runs of
+every 200 runs (B3 reverses their order every other pair since the
+twentieth session; B3-floor keeps one order); on a machine whose speed
+drifts from one minute to the next, a side's second or two can land on a
+slow stretch (benchmarks/README.md, nineteenth and twentieth sessions).
+This script runs blocks of :data:`PER_BLOCK` runs of
 each side in turn, reverses the order every other block, drops the first
 :data:`WARM` runs of each block, and reports per side the median of the
 blocks' p50s, each engine side's ratio to plain Celery (median of the
