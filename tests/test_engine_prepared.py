@@ -396,6 +396,53 @@ def test_a_message_alone_may_commit_without_waiting_for_its_flush(
     assert [m.split(None, 1)[0] for m in messages[1:]] == ["EXECUTE", "EXECUTE"]
 
 
+def caught_up_setting(connection, before=""):
+    """The ``synchronous_commit`` a message beginning with the guard commits with.
+
+    :param before: statements sent in the same message ahead of it.
+    """
+    guard = prepared._UNFLUSHED_IF_CAUGHT_UP
+    with connection.connection.dbapi_connection.cursor() as cursor:
+        cursor.execute(f"{before}{guard}SHOW synchronous_commit")
+        return cursor.fetchone()[0]
+
+
+def test_a_message_commits_unflushed_only_once_earlier_commits_are_flushed(
+    psycopg2_clean, clean
+):
+    """``IF_CAUGHT_UP``: ``off`` when the WAL is flushed up to the message,
+    ``on`` when something before it is not flushed yet (here, a
+    non-transactional logical message: written, never waited for). Sent
+    alone, the claim of ``execute`` begins with it."""
+    setting = select(
+        func.current_setting(bindparam("name", type_=WorkflowRun.name.type)).label(
+            "setting"
+        )
+    )
+    unflushed = "SELECT pg_logical_emit_message(false, 'wtflow-test', 'x'); "
+    with prepared.alone(_db.session) as own:
+        assert caught_up_setting(own, unflushed) == "on"
+        seen = set()
+        for _ in range(5):  # another backend's WAL may come between the two
+            own.exec_driver_sql(prepared._FLUSH)
+            seen.add(caught_up_setting(own))
+            if "off" in seen:
+                break
+        assert "off" in seen
+        with sent_statements() as sent:
+            during = prepared.execute(
+                _db.session,
+                setting,
+                {"name": "synchronous_commit"},
+                None,
+                own,
+                synchronous_commit=prepared.IF_CAUGHT_UP,
+            ).one()
+    assert during.setting in ("on", "off")
+    [(message, _)] = sent
+    assert message.startswith(prepared._UNFLUSHED_IF_CAUGHT_UP + "EXECUTE ")
+
+
 def test_await_flush_commits_one_wal_write_after_an_unflushed_commit(
     psycopg2_clean, clean
 ):

@@ -145,7 +145,10 @@ def execute(
         message; see :func:`commits_unflushed`). Other transactions see the
         changes at once; a crash of the server before the flush forgets
         them, and any later commit that waits for its own flush makes them
-        durable too (the WAL is flushed in order).
+        durable too (the WAL is flushed in order). :data:`IF_CAUGHT_UP`:
+        the same, only when every commit before the message is flushed
+        already; otherwise wait, so that the crash could forget this
+        transaction alone.
     :returns: the result, as ``session.execute`` returns it; prepared, or on
         a connection of its own, a :class:`Rows` with the same ``all``,
         ``one`` and ``one_or_none``.
@@ -183,7 +186,9 @@ def execute(
         )
     if not own:
         return _run(connection, plan, sql, values)
-    if not synchronous_commit:
+    if synchronous_commit == IF_CAUGHT_UP:
+        sql = f"{_UNFLUSHED_IF_CAUGHT_UP}{sql}"
+    elif not synchronous_commit:
         sql = f"{_UNFLUSHED_COMMIT}{sql}"
     with _unlistening(connection, sql) as message:
         return _run(connection, plan, message, values)
@@ -209,6 +214,23 @@ def _unlistening(connection, sql):
 
 _UNFLUSHED_COMMIT = "SET LOCAL synchronous_commit TO off; "
 """What a message begins with to commit without waiting for its flush."""
+
+IF_CAUGHT_UP = "if-caught-up"
+"""``synchronous_commit`` of :func:`execute`: unflushed only if nothing before it is."""
+
+_UNFLUSHED_IF_CAUGHT_UP = (
+    "SELECT set_config('synchronous_commit', CASE WHEN pg_current_wal_flush_lsn() "
+    ">= pg_current_wal_insert_lsn() THEN 'off' ELSE 'on' END, true); "
+)
+"""What a message begins with to commit unflushed only if the WAL is flushed up to it.
+
+Read before the message's own statements write anything: the WAL
+inserted so far (every commit before it, and what transactions in progress
+wrote) is all flushed, or the commit waits for its flush as usual. The
+setting is read at the commit, and ends with the message's transaction.
+Conservative: WAL written by a transaction still in progress, or an insert
+position just past a page header, makes the commit wait when it need not.
+"""
 
 _UNFLUSHED = "wtflow_unflushed"
 """Key, in a session's ``info``: a commit it sent is not known to be flushed."""
