@@ -18,6 +18,7 @@ import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from numbers import Number
 
 from celery import shared_task
@@ -125,12 +126,13 @@ class WorkflowTask(AppContextTask):
         """Claim the attempt, run the body, record the outcome."""
         request = self.request
         retries = request.retries or 0
+        lease = getattr(self, "lease", None)
         task = orchestrator.atomic(
             orchestrator.claim,
             task_run_id,
             request.id,
             retries,
-            getattr(self, "lease", None),
+            lease,
             upstream=_header(request, INPUT_HEADER) is not False,
         )
         if task is None:
@@ -140,6 +142,7 @@ class WorkflowTask(AppContextTask):
                 task_run_id,
             )
             return None
+        attempt = (task_run_id, request.id, retries, lease)
         # The claim is committed (on PostgreSQL, as its statement ends): a
         # transient error while the arguments are read retries the reads only.
         try:
@@ -147,7 +150,7 @@ class WorkflowTask(AppContextTask):
                 _execution, task, request.id, retries, self.run
             )
         except Exception as exc:
-            _record_failure(task_run_id, request.id, retries, exc)
+            _record_failure(attempt, exc)
             raise
         request.wtflow = execution
         _task_stack.push(self)
@@ -163,37 +166,33 @@ class WorkflowTask(AppContextTask):
                 db.session.commit()
         except Retry as exc:
             db.session.rollback()
-            orchestrator.atomic(
-                orchestrator.retry,
-                task_run_id,
-                request.id,
-                retries,
-                str(exc.exc if exc.exc is not None else exc),
-                _eta(exc.when),
-            )
+            reason = str(exc.exc if exc.exc is not None else exc)
+            _reported(attempt, orchestrator.retry, retries, reason, _eta(exc.when))
             raise
         except Exception as exc:
-            _record_failure(task_run_id, request.id, retries, exc)
+            _record_failure(attempt, exc)
             raise
         finally:
             _task_stack.pop()
         if joining:
-            orchestrator.atomic(children.join, task_run_id, request.id, retries, result)
+            _reported(attempt, children.join, retries, result)
             return None
         if delegated:
             # The token stays out of Celery's result backend and logs.
-            orchestrator.atomic(
-                delegation.wait, task_run_id, request.id, retries, result
-            )
+            _reported(attempt, delegation.wait, retries, result)
             return None
-        orchestrator.record_success(
-            task_run_id,
-            request.id,
-            stored,
-            retries,
-            execution.dependants,
-            (execution.root_id, execution.workflow_id),
-            execution.workflow_name,
+        orchestrator.reclaiming(
+            partial(
+                orchestrator.record_success,
+                task_run_id,
+                request.id,
+                stored,
+                retries,
+                execution.dependants,
+                (execution.root_id, execution.workflow_id),
+                execution.workflow_name,
+            ),
+            *attempt,
         )
         return result
 
@@ -247,14 +246,15 @@ class WorkflowTask(AppContextTask):
         execution = self._require_execution()
         if progress is not None and not 0 <= progress <= 1:
             raise ValueError(f"progress must be between 0 and 1, not {progress!r}")
-        return orchestrator.atomic(
+        lease = getattr(self, "lease", None)
+        attempt = (execution.task_run_id, execution.celery_id, execution.retries, lease)
+        return _reported(
+            attempt,
             orchestrator.report,
-            execution.task_run_id,
-            execution.celery_id,
             message,
             progress,
             execution.retries,
-            getattr(self, "lease", None),
+            lease,
         )
 
     def heartbeat(self):
@@ -406,17 +406,28 @@ class WorkflowTask(AppContextTask):
         return found[0].result
 
 
-def _record_failure(task_run_id, celery_id, retries, exc):
-    """Roll back, then record that the attempt failed with ``exc`` (being handled)."""
-    db.session.rollback()
-    orchestrator.atomic(
-        orchestrator.fail,
-        task_run_id,
-        celery_id,
-        f"{type(exc).__name__}: {exc}",
-        traceback.format_exc(),
-        retries,
+def _reported(attempt, func, *args):
+    """Apply ``func(uow, task_run_id, celery_id, *args)`` for an attempt, in a transaction.
+
+    :param attempt: ``(task_run_id, celery_id, retries, lease)``; claimed
+        again if its claim was lost (see
+        :func:`~invenio_wtflow.engine.orchestrator.reclaiming`).
+    :returns: whether the report was applied.
+    """
+    task_run_id, celery_id = attempt[:2]
+    return orchestrator.reclaiming(
+        partial(orchestrator.atomic, func, task_run_id, celery_id, *args), *attempt
     )
+
+
+def _record_failure(attempt, exc):
+    """Roll back, then record that the attempt failed with ``exc`` (being handled).
+
+    :param attempt: ``(task_run_id, celery_id, retries, lease)``.
+    """
+    db.session.rollback()
+    error, trace = f"{type(exc).__name__}: {exc}", traceback.format_exc()
+    _reported(attempt, orchestrator.fail, error, trace, attempt[2])
 
 
 class _LazyData(Mapping):

@@ -147,6 +147,33 @@ def whoami(self):
 
 
 @workflow_task(bind=True)
+def loses_its_claim(self, then="done"):
+    """Lose its claim as a database crash before the claim's flush would, then go on.
+
+    The task is ``queued`` again under the same attempt, never started, as
+    a claim committed without waiting for its flush leaves it after such a
+    crash; then the body returns ``then``, or, with ``then`` set to
+    ``"fail"``, ``"heartbeat"`` or ``"spawn"``, fails, returns what a
+    heartbeat returns, or spawns a child and returns its id.
+    """
+    from invenio_db import db
+
+    from invenio_wtflow.models import TaskRun
+
+    db.session.query(TaskRun).filter_by(id=self.execution.task_run_id).update(
+        {"status": "queued", "started_at": None, "lease_expires_at": None}
+    )
+    db.session.commit()
+    if then == "fail":
+        raise RuntimeError("failed after losing its claim")
+    if then == "heartbeat":
+        return self.heartbeat()
+    if then == "spawn":
+        return str(self.spawn("add-chain").id)
+    return then
+
+
+@workflow_task(bind=True)
 def told_input(self, *upstream):
     """Return the upstream results and what the message said of them."""
     return [*upstream, _header(self.request, INPUT_HEADER)]

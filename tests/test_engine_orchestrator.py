@@ -21,10 +21,11 @@ from invenio_wtflow import Workflow, current_wtflow
 from invenio_wtflow.api import Task
 from invenio_wtflow.engine import dispatch, orchestrator
 from invenio_wtflow.engine.status import default_status
+from invenio_wtflow.errors import InvalidStateError
 from invenio_wtflow.models import TaskRun, WorkflowRun, utcnow
 from invenio_wtflow.tasks import requeue_stale
 
-from .example_tasks import add, tsum
+from .example_tasks import add, loses_its_claim, tsum
 
 
 @contextmanager
@@ -375,6 +376,110 @@ def test_reporting_renews_the_lease(app, db, monkeypatch):
     renewed = TaskRun.query.get(task_id).lease_expires_at
     assert renewed > utcnow() + timedelta(seconds=50)
     assert dispatch.requeue_stale(older_than=3600) == 0
+
+
+def lose_claim(db, task_id):
+    """Leave a claimed task as a crash before the claim's flush would: ``queued``."""
+    db.session.query(TaskRun).filter_by(id=task_id).update(
+        {TaskRun.status: "queued", TaskRun.started_at: None}
+    )
+    db.session.commit()
+
+
+def test_a_lost_claim_is_claimed_again_by_the_attempts_next_report(
+    app, db, monkeypatch, caplog
+):
+    wf, task_id = claimed_run(monkeypatch)
+    celery_id = TaskRun.query.get(task_id).celery_id
+    lose_claim(db, task_id)
+
+    def report():
+        return orchestrator.atomic(
+            orchestrator.report, task_id, celery_id, "alive", None, 0, 60
+        )
+
+    assert orchestrator.reclaiming(report, task_id, celery_id, 0, 60) is True
+    task = TaskRun.query.get(task_id)
+    assert (task.status, task.message) == ("running", "alive")
+    assert task.started_at is not None
+    assert task.lease_expires_at > utcnow() + timedelta(seconds=50)
+    assert "its claim was lost" in caplog.text
+
+
+def test_a_lost_claim_is_claimed_again_before_a_body_acts(app, db, monkeypatch):
+    wf, task_id = claimed_run(monkeypatch)
+    celery_id = TaskRun.query.get(task_id).celery_id
+    lose_claim(db, task_id)
+
+    def spawn():
+        locked = orchestrator.lock_acting(task_id, celery_id, 0, None, "spawn")
+        return locked[1].status
+
+    def act():
+        return orchestrator.atomic(lambda uow: spawn())
+
+    assert orchestrator.reclaiming(act, task_id, celery_id) == "running"
+
+
+def test_a_stale_report_claims_nothing_again(app, db, monkeypatch):
+    """Stopped, or another attempt's: the report stays unapplied, the
+    attempt acting stays refused, and nothing is claimed."""
+    wf, task_id = claimed_run(monkeypatch)
+    celery_id = TaskRun.query.get(task_id).celery_id
+    queued = TaskRun.query.get(wf.tasks[1].id)
+
+    def report(task, attempt):
+        return lambda: orchestrator.atomic(
+            orchestrator.report, task, attempt, "late", None, 0, None
+        )
+
+    # A queued task of another attempt (a restart gives a new Celery id).
+    assert queued.status == "pending"
+    assert not orchestrator.reclaiming(report(task_id, "other"), task_id, "other")
+    wf.stop()
+    assert not orchestrator.reclaiming(report(task_id, celery_id), task_id, celery_id)
+    with pytest.raises(InvalidStateError):
+        orchestrator.reclaiming(
+            lambda: orchestrator.lock_acting(task_id, celery_id, 0, None, "spawn"),
+            task_id,
+            celery_id,
+        )
+    assert TaskRun.query.get(task_id).status == "cancelled"
+
+
+@pytest.mark.parametrize(
+    "then, status, result",
+    [
+        ("done", "success", "done"),
+        ("heartbeat", "success", True),
+        ("fail", "failure", None),
+    ],
+)
+def test_a_body_that_lost_its_claim_has_its_outcome_recorded(
+    app, db, then, status, result
+):
+    """The claim lost while the body ran (a crash before its flush): the
+    body's heartbeat or outcome claims the attempt again, and the outcome
+    is recorded, not refused as a stale one's."""
+    name = f"loses-its-claim-{then}"
+    current_wtflow.register(name, chain(loses_its_claim.si(then), add.si(1, 2)))
+    wf = Workflow.create(name).start()
+    lost, after = wf.tasks
+    assert (wf.status, lost.status, lost.result) == (status, status, result)
+    assert after.status == ("success" if status == "success" else "cancelled")
+    # Versions: the claim's (here not lost with it), the new claim's, the outcome's.
+    statuses = [h["status"] for h in lost.history()]
+    assert statuses[-3:] == ["running", "running", status]
+    if status == "failure":
+        assert lost.error.startswith("RuntimeError: failed after losing its claim")
+
+
+def test_a_body_that_lost_its_claim_can_spawn(app, db):
+    current_wtflow.register("loses-its-claim-spawn", loses_its_claim.si("spawn"))
+    wf = Workflow.create("loses-its-claim-spawn").start()
+    [lost] = wf.tasks
+    assert (wf.status, lost.status) == ("success", "success")
+    assert Workflow.get(lost.result).status == "success"
 
 
 class Recorder(Operation):

@@ -902,6 +902,49 @@ def _lease_end(lease, now=None):
     return (now or utcnow()) + timedelta(seconds=seconds)
 
 
+def reclaiming(act, task_id, celery_id, retries=0, lease=None):
+    """Let an attempt act (report, spawn...); if its claim was lost, claim it again first.
+
+    A claim committed without waiting for its flush
+    (``WTFLOW_CLAIM_SYNCHRONOUS_COMMIT = False``) is forgotten by a crash of
+    the database before the flush: the task is ``queued`` again under the
+    same attempt while the body runs on, and what the body does next finds
+    it not running. The attempt is then claimed again, by the claim's own
+    conditional update (which claims nothing else: a task stopped,
+    restarted, retried or finished stays as it is), and ``act`` runs once
+    more. The claim's new ``started_at`` is when it was claimed again.
+
+    :param act: a function of no argument that acts in a transaction of its
+        own and returns ``False`` or raises
+        :class:`~invenio_wtflow.errors.InvalidStateError` when the attempt
+        is not running.
+    :param lease: the attempt's lease in seconds (see :func:`claim`).
+    :returns: what ``act`` returned.
+    """
+    try:
+        done = act()
+    except InvalidStateError:
+        if not _claimed_again(task_id, celery_id, retries, lease):
+            raise
+        return act()
+    if done is False and _claimed_again(task_id, celery_id, retries, lease):
+        return act()
+    return done
+
+
+def _claimed_again(task_id, celery_id, retries, lease):
+    """Claim an attempt found not running; whether it was ``queued`` (its claim lost)."""
+    if atomic(claim, task_id, celery_id, retries, lease, upstream=False) is None:
+        return False
+    logger.warning(
+        "Attempt %s of task run %s was queued while its body ran: its claim was "
+        "lost (a database crash before the claim was flushed?); claimed it again.",
+        celery_id,
+        task_id,
+    )
+    return True
+
+
 def workflow_data(workflow_id):
     """Return a run's data."""
     return db.session.execute(
