@@ -82,10 +82,12 @@ experiments change nothing; they are kept to measure older trees.
 ``async-claim`` (2026-12-05; since 2026-12-06 the package's own setting,
 ``WTFLOW_CLAIM_SYNCHRONOUS_COMMIT = False``, in the claim's own message):
 the claim's transaction commits without waiting for PostgreSQL to flush its
-WAL. A database crash could then forget a claim (the attempt is published
-again by the sweeper, and may run a second time while the first still
-runs), never a later outcome. Off by default (see benchmarks/README.md,
-eighteenth and nineteenth sessions).
+WAL, when everything before it is flushed (since the twenty-first
+session). A database crash could then forget a claim, never what came
+before it nor a later outcome: the body's next report claims the attempt
+again, and if the sweeper publishes it first, it may run a second time
+while the first still runs. Off by default (see benchmarks/README.md,
+eighteenth to twenty-first sessions).
 """
 
 WTFLOW_TABLES = (
