@@ -9,7 +9,6 @@ publish the Celery messages of the tasks they queue after that commit.
 
 import uuid
 from datetime import timedelta
-from functools import partial
 from numbers import Real
 
 from flask import current_app, url_for
@@ -735,21 +734,14 @@ def spawn_children(execution, definition, data, keys=None, lease=None):
     klass = current_wtflow.get_workflow_class(name)
     if not items:
         return []
-    spawned = orchestrator.reclaiming(
-        partial(
-            orchestrator.atomic,
-            children.spawn_many,
-            execution.task_run_id,
-            execution.celery_id,
-            execution.retries,
-            name,
-            klass.compile(),
-            items,
-            lease,
-        ),
+    spawned = orchestrator.atomic(
+        children.spawn_many,
         execution.task_run_id,
         execution.celery_id,
         execution.retries,
+        name,
+        klass.compile(),
+        items,
         lease,
     )
     return [klass._lazy(child_id) for child_id, _ in spawned]
@@ -773,20 +765,13 @@ def delegate_attempt(execution, timeout=None, lease=None):
     url = completion_url(execution.workflow_id, execution.task_run_id)
     token = delegation.new_token()
     deadline = utcnow() + timeout
-    attempt = orchestrator.reclaiming(
-        partial(
-            orchestrator.atomic,
-            delegation.delegate,
-            execution.task_run_id,
-            execution.celery_id,
-            execution.retries,
-            delegation.hash_token(token),
-            deadline,
-            lease,
-        ),
+    attempt = orchestrator.atomic(
+        delegation.delegate,
         execution.task_run_id,
         execution.celery_id,
         execution.retries,
+        delegation.hash_token(token),
+        deadline,
         lease,
     )
     return delegation.Ticket(

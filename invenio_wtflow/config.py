@@ -59,26 +59,27 @@ WTFLOW_CLAIM_SYNCHRONOUS_COMMIT = True
 """Whether an attempt's claim waits for PostgreSQL to flush it before the body runs.
 
 ``False`` (PostgreSQL through psycopg2 with ``WTFLOW_PREPARED_STATEMENTS``):
-the claim commits with ``synchronous_commit`` off for its own transaction
-when every commit before it is flushed already (the usual case: the run's
-creation, or the success that queued the task, was flushed while its
-message was delivered), and the task's body starts one flush of the
-database's disk sooner (an ``fsync``: a fraction of a millisecond on a
-local SSD, milliseconds on some network disks). Otherwise the claim waits
-as with ``True``, so the body never runs for a run or a transition that a
-crash could still forget. Every other transaction sees the claim at once,
-so a duplicate delivery still claims nothing.
+the claim commits with ``synchronous_commit`` off for its own transaction,
+and the task's body starts one flush of the database's disk sooner (an
+``fsync``: a fraction of a millisecond on a local SSD, milliseconds on some
+network disks). Every other transaction sees the claim at once, so a
+duplicate delivery still claims nothing. The first attempts of a run
+created at once are published before the creation is flushed (their
+message says so): their claim skips the flush only when the WAL is flushed
+up to it, and otherwise waits, flushing the creation too, so that no body
+runs for a run a crash could still forget. The check sees the server's own
+flush, not a synchronous standby's: keep ``True`` where a failover must
+not lose what a body has started on.
 
 What it costs: a crash of the database before its WAL writer flushes the
 claim (``wal_writer_delay``, 200 ms by default) forgets the claim, and the
 task is ``queued`` again under the same attempt while its body runs on.
 The body's next heartbeat, progress report, spawn or delegation, or its
-outcome, claims the attempt again and is applied (see
-:func:`~invenio_wtflow.engine.orchestrator.reclaiming`). Until then the
-sweeper may publish the attempt again (after ``WTFLOW_REQUEUE_AFTER``, from
-when it was queued): a second worker then claims it and runs the body a
-second time beside the first, and the first outcome is recorded. Outcomes
-are durable either way.
+outcome, claims the attempt again in its own transaction and is applied.
+Until then the sweeper may publish the attempt again (after
+``WTFLOW_REQUEUE_AFTER``, counted from when it was queued): a second worker
+then claims it and runs the body a second time beside the first, and the
+first outcome is recorded. Outcomes are durable either way.
 """
 
 WTFLOW_SQLITE_SERIALIZE = True

@@ -18,7 +18,6 @@ import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from functools import partial
 from numbers import Number
 
 from celery import shared_task
@@ -32,7 +31,13 @@ from invenio_db import db
 from .engine import children, delegation, dynamic, orchestrator
 from .engine.children import Join
 from .engine.delegation import Ticket
-from .engine.dispatch import HEADER, INPUT_HEADER, Message, publish
+from .engine.dispatch import (
+    HEADER,
+    INPUT_HEADER,
+    UNFLUSHED_HEADER,
+    Message,
+    publish,
+)
 from .engine.dispatch import requeue_stale as _requeue_stale
 from .engine.dynamic import ORCHESTRATE_TASK, SUBWORKFLOW_TASK
 from .engine.graph import BARE_OPTION, call_arguments, ensure_json, resolve
@@ -126,14 +131,14 @@ class WorkflowTask(AppContextTask):
         """Claim the attempt, run the body, record the outcome."""
         request = self.request
         retries = request.retries or 0
-        lease = getattr(self, "lease", None)
         task = orchestrator.atomic(
             orchestrator.claim,
             task_run_id,
             request.id,
             retries,
-            lease,
+            getattr(self, "lease", None),
             upstream=_header(request, INPUT_HEADER) is not False,
+            unflushed=_header(request, UNFLUSHED_HEADER) is True,
         )
         if task is None:
             logger.info(
@@ -142,7 +147,6 @@ class WorkflowTask(AppContextTask):
                 task_run_id,
             )
             return None
-        attempt = (task_run_id, request.id, retries, lease)
         # The claim is committed (on PostgreSQL, as its statement ends): a
         # transient error while the arguments are read retries the reads only.
         try:
@@ -150,7 +154,7 @@ class WorkflowTask(AppContextTask):
                 _execution, task, request.id, retries, self.run
             )
         except Exception as exc:
-            _record_failure(attempt, exc)
+            _record_failure(task_run_id, request.id, retries, exc)
             raise
         request.wtflow = execution
         _task_stack.push(self)
@@ -166,33 +170,38 @@ class WorkflowTask(AppContextTask):
                 db.session.commit()
         except Retry as exc:
             db.session.rollback()
-            reason = str(exc.exc if exc.exc is not None else exc)
-            _reported(attempt, orchestrator.retry, retries, reason, _eta(exc.when))
+            orchestrator.atomic(
+                orchestrator.retry,
+                task_run_id,
+                request.id,
+                retries,
+                str(exc.exc if exc.exc is not None else exc),
+                _eta(exc.when),
+            )
             raise
         except Exception as exc:
-            _record_failure(attempt, exc)
+            _record_failure(task_run_id, request.id, retries, exc)
             raise
         finally:
             _task_stack.pop()
         if joining:
-            _reported(attempt, children.join, retries, result)
+            orchestrator.atomic(children.join, task_run_id, request.id, retries, result)
             return None
         if delegated:
             # The token stays out of Celery's result backend and logs.
-            _reported(attempt, delegation.wait, retries, result)
+            orchestrator.atomic(
+                delegation.wait, task_run_id, request.id, retries, result
+            )
             return None
-        orchestrator.reclaiming(
-            partial(
-                orchestrator.record_success,
-                task_run_id,
-                request.id,
-                stored,
-                retries,
-                execution.dependants,
-                (execution.root_id, execution.workflow_id),
-                execution.workflow_name,
-            ),
-            *attempt,
+        orchestrator.record_success(
+            task_run_id,
+            request.id,
+            stored,
+            retries,
+            execution.dependants,
+            (execution.root_id, execution.workflow_id),
+            execution.workflow_name,
+            getattr(self, "lease", None),
         )
         return result
 
@@ -246,15 +255,14 @@ class WorkflowTask(AppContextTask):
         execution = self._require_execution()
         if progress is not None and not 0 <= progress <= 1:
             raise ValueError(f"progress must be between 0 and 1, not {progress!r}")
-        lease = getattr(self, "lease", None)
-        attempt = (execution.task_run_id, execution.celery_id, execution.retries, lease)
-        return _reported(
-            attempt,
+        return orchestrator.atomic(
             orchestrator.report,
+            execution.task_run_id,
+            execution.celery_id,
             message,
             progress,
             execution.retries,
-            lease,
+            getattr(self, "lease", None),
         )
 
     def heartbeat(self):
@@ -406,28 +414,17 @@ class WorkflowTask(AppContextTask):
         return found[0].result
 
 
-def _reported(attempt, func, *args):
-    """Apply ``func(uow, task_run_id, celery_id, *args)`` for an attempt, in a transaction.
-
-    :param attempt: ``(task_run_id, celery_id, retries, lease)``; claimed
-        again if its claim was lost (see
-        :func:`~invenio_wtflow.engine.orchestrator.reclaiming`).
-    :returns: whether the report was applied.
-    """
-    task_run_id, celery_id = attempt[:2]
-    return orchestrator.reclaiming(
-        partial(orchestrator.atomic, func, task_run_id, celery_id, *args), *attempt
-    )
-
-
-def _record_failure(attempt, exc):
-    """Roll back, then record that the attempt failed with ``exc`` (being handled).
-
-    :param attempt: ``(task_run_id, celery_id, retries, lease)``.
-    """
+def _record_failure(task_run_id, celery_id, retries, exc):
+    """Roll back, then record that the attempt failed with ``exc`` (being handled)."""
     db.session.rollback()
-    error, trace = f"{type(exc).__name__}: {exc}", traceback.format_exc()
-    _reported(attempt, orchestrator.fail, error, trace, attempt[2])
+    orchestrator.atomic(
+        orchestrator.fail,
+        task_run_id,
+        celery_id,
+        f"{type(exc).__name__}: {exc}",
+        traceback.format_exc(),
+        retries,
+    )
 
 
 class _LazyData(Mapping):

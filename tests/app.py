@@ -68,6 +68,7 @@ EXAMPLE_WORKFLOWS = {
     "video": {"definition": "tests.example_tasks:VideoProcessing"},
     "encode-video": {"definition": "tests.example_tasks:EncodeVideo"},
     "add-chain": {"definition": "tests.example_tasks:add_chain"},
+    "unflushed-chain": {"definition": "tests.example_tasks:unflushed_chain"},
     "told-input": {"definition": "tests.example_tasks:told_input_chain"},
     "fan-out": {"definition": "tests.example_tasks:fan_out"},
     "flaky": {"definition": "tests.example_tasks:flaky_workflow"},

@@ -10,7 +10,7 @@ import time
 from celery import chain, chord, group
 
 from invenio_wtflow import Workflow, workflow_task
-from invenio_wtflow.engine.dispatch import INPUT_HEADER
+from invenio_wtflow.engine.dispatch import INPUT_HEADER, UNFLUSHED_HEADER
 from invenio_wtflow.tasks import _header
 
 
@@ -154,13 +154,15 @@ def loses_its_claim(self, then="done"):
     a claim committed without waiting for its flush leaves it after such a
     crash; then the body returns ``then``, or, with ``then`` set to
     ``"fail"``, ``"heartbeat"`` or ``"spawn"``, fails, returns what a
-    heartbeat returns, or spawns a child and returns its id.
+    heartbeat returns, or spawns a child and returns its id (with its run's
+    data changed in the session, not committed).
     """
     from invenio_db import db
 
-    from invenio_wtflow.models import TaskRun
+    from invenio_wtflow.models import TaskRun, WorkflowRun
 
-    db.session.query(TaskRun).filter_by(id=self.execution.task_run_id).update(
+    execution = self.execution
+    db.session.query(TaskRun).filter_by(id=execution.task_run_id).update(
         {"status": "queued", "started_at": None, "lease_expires_at": None}
     )
     db.session.commit()
@@ -169,8 +171,38 @@ def loses_its_claim(self, then="done"):
     if then == "heartbeat":
         return self.heartbeat()
     if then == "spawn":
+        db.session.query(WorkflowRun).filter_by(id=execution.workflow_id).update(
+            {"data": {"pending": "kept"}}
+        )
         return str(self.spawn("add-chain").id)
     return then
+
+
+UNFLUSHED_QUEUE = "wtflow-unflushed-claims"
+"""Queue of the integration tests' worker whose claims commit unflushed."""
+
+
+@workflow_task(bind=True)
+def told_unflushed(self):
+    """Return whether the message said its queuing commit may not be flushed."""
+    return _header(self.request, UNFLUSHED_HEADER)
+
+
+unflushed_chain = chain(
+    *(
+        signature.set(queue=UNFLUSHED_QUEUE)
+        for signature in (
+            told_unflushed.si(),
+            told_unflushed.si(),
+            loses_its_claim.si("done"),
+            loses_its_claim.si("heartbeat"),
+        )
+    )
+)
+"""Two tasks telling their message's header, two that lose their claim.
+
+All on :data:`UNFLUSHED_QUEUE`.
+"""
 
 
 @workflow_task(bind=True)

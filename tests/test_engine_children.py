@@ -474,11 +474,12 @@ def test_a_stale_attempt_cannot_spawn(app, db, broker):
         "transcode-all", data={"video_id": 1, "qualities": ["a"]}
     ).start()
     task = wf.tasks[0].model
+    # (The queued attempt itself would be taken for one whose claim was lost.)
     with pytest.raises(InvalidStateError, match="no longer running"):
         orchestrator.atomic(
             children.spawn,
             task.id,
-            task.celery_id,
+            "an earlier attempt",
             0,
             "transcode-one",
             current_wtflow.get_workflow_class("transcode-one").compile(),

@@ -193,8 +193,9 @@ def test_a_stale_claim_or_success_writes_nothing(postgresql, started, db):
     transactions = versioning_manager.transaction_cls
     before = db.session.query(transactions).count()
     assert orchestrator.atomic(orchestrator.claim, first.id, "not-the-attempt") is None
-    assert not orchestrator.record_success(first.id, first.celery_id, 1, 0, 1)
-    assert not orchestrator.atomic(orchestrator.succeed, first.id, "other", 1)
+    # (A success of the queued attempt itself is taken for a lost claim.)
+    assert not orchestrator.record_success(first.id, "not-the-attempt", 1, 0, 1)
+    assert not orchestrator.atomic(orchestrator.succeed, first.id, first.celery_id, 1)
     assert db.session.query(transactions).count() == before
     assert [v[0] for v in task_versions(db, first.id)] == ["queued"]
 
@@ -530,34 +531,60 @@ def test_a_lost_wait_for_the_flush_is_retried_before_the_call_returns(
 
 def test_a_claim_may_commit_without_waiting_for_its_flush(app, clean, monkeypatch):
     """``WTFLOW_CLAIM_SYNCHRONOUS_COMMIT = False``: the claim's message turns
-    ``synchronous_commit`` off for itself when the WAL is flushed up to it;
-    the claim is seen at once (a duplicate delivery claims nothing). By
-    default the claim waits."""
+    ``synchronous_commit`` off for itself, and for an attempt whose message
+    says its queuing commit may not be flushed, only once the WAL is flushed
+    up to it; the claim is seen at once (a duplicate delivery claims
+    nothing). By default the claim waits."""
     if not prepared.enabled(_db.session):
         pytest.skip("a message with SET LOCAL: prepared statements (psycopg2)")
     monkeypatch.setattr(dispatch, "_send", lambda m: True)
     attempts = []
-    for _ in range(2):
+    for _ in range(3):
         task = Workflow.create("add-chain", start=True).tasks[0]
         attempts.append((task.id, task.model.celery_id))
     _db.session.commit()
     claim = orchestrator.claim
     with sent_statements() as sent:
-        assert orchestrator.atomic(claim, *attempts[0])
+        assert orchestrator.atomic(claim, *attempts[0], unflushed=True)
     [(default, _)] = sent
     monkeypatch.setitem(app.config, "WTFLOW_CLAIM_SYNCHRONOUS_COMMIT", False)
     with sent_statements() as sent:
         assert orchestrator.atomic(claim, *attempts[1])
         assert orchestrator.atomic(claim, *attempts[1]) is None  # a duplicate
+        assert orchestrator.atomic(claim, *attempts[2], unflushed=True)
     assert default.startswith("EXECUTE ")
     guard = prepared._UNFLUSHED_IF_CAUGHT_UP
-    assert [s[: len(guard)] for s, _ in sent] == [guard] * 2
+    assert [s.split("; ")[0] for s, _ in sent[:2]] == [
+        "SET LOCAL synchronous_commit TO off"
+    ] * 2
+    assert sent[2][0].startswith(guard + "EXECUTE ")
     assert {
         t.status
         for t in _db.session.query(TaskRun).filter(
             TaskRun.id.in_([task_id for task_id, _ in attempts])
         )
     } == {"running"}
+
+
+def test_the_attempts_of_a_run_created_unflushed_say_so(app, clean, monkeypatch):
+    """Published before the creation's flush, a run's first attempts carry
+    ``UNFLUSHED_HEADER``; an attempt queued by a success (flushed before its
+    publish) or by a creation in the caller's transaction does not."""
+    sent = []
+    monkeypatch.setattr(dispatch, "_send", lambda m: sent.append(m) or True)
+    wf = Workflow.create("add-chain", start=True)
+    unflushed = prepared.enabled(_db.session)
+    [first] = sent
+    assert first.headers.get(dispatch.UNFLUSHED_HEADER, False) is unflushed
+    assert orchestrator.atomic(orchestrator.claim, first.task_run_id, first.celery_id)
+    orchestrator.record_success(first.task_run_id, first.celery_id, 3, 0, 1)
+    [_, second] = sent
+    assert second.task_run_id == str(wf.tasks[1].id)
+    assert dispatch.UNFLUSHED_HEADER not in second.headers
+    _db.session.execute(sa.text("SELECT 1"))  # the caller's transaction
+    Workflow.create("add-chain", start=True)
+    _db.session.commit()
+    assert dispatch.UNFLUSHED_HEADER not in sent[2].headers
 
 
 def test_a_run_inserted_again_under_its_id_inserts_nothing(app, clean, monkeypatch):

@@ -381,9 +381,18 @@ def test_reporting_renews_the_lease(app, db, monkeypatch):
 def lose_claim(db, task_id):
     """Leave a claimed task as a crash before the claim's flush would: ``queued``."""
     db.session.query(TaskRun).filter_by(id=task_id).update(
-        {TaskRun.status: "queued", TaskRun.started_at: None}
+        {
+            TaskRun.status: "queued",
+            TaskRun.started_at: None,
+            TaskRun.lease_expires_at: None,
+        }
     )
     db.session.commit()
+
+
+def versions(task_id):
+    """How many versions a task has."""
+    return len(Task.get(task_id).history())
 
 
 def test_a_lost_claim_is_claimed_again_by_the_attempts_next_report(
@@ -392,57 +401,81 @@ def test_a_lost_claim_is_claimed_again_by_the_attempts_next_report(
     wf, task_id = claimed_run(monkeypatch)
     celery_id = TaskRun.query.get(task_id).celery_id
     lose_claim(db, task_id)
-
-    def report():
-        return orchestrator.atomic(
-            orchestrator.report, task_id, celery_id, "alive", None, 0, 60
-        )
-
-    assert orchestrator.reclaiming(report, task_id, celery_id, 0, 60) is True
+    assert orchestrator.atomic(
+        orchestrator.report, task_id, celery_id, "alive", None, 0, 60
+    )
     task = TaskRun.query.get(task_id)
     assert (task.status, task.message) == ("running", "alive")
     assert task.started_at is not None
-    assert task.lease_expires_at > utcnow() + timedelta(seconds=50)
+    assert utcnow() + timedelta(seconds=50) < task.lease_expires_at
+    assert task.lease_expires_at < utcnow() + timedelta(seconds=70)
     assert "its claim was lost" in caplog.text
 
 
-def test_a_lost_claim_is_claimed_again_before_a_body_acts(app, db, monkeypatch):
+def test_a_lost_claim_is_claimed_again_by_a_body_acting(app, db, monkeypatch):
     wf, task_id = claimed_run(monkeypatch)
     celery_id = TaskRun.query.get(task_id).celery_id
     lose_claim(db, task_id)
 
-    def spawn():
-        locked = orchestrator.lock_acting(task_id, celery_id, 0, None, "spawn")
-        return locked[1].status
+    def spawn(uow):
+        return orchestrator.lock_acting(task_id, celery_id, 0, 60, "spawn")[1].status
 
-    def act():
-        return orchestrator.atomic(lambda uow: spawn())
-
-    assert orchestrator.reclaiming(act, task_id, celery_id) == "running"
+    assert orchestrator.atomic(spawn) == "running"
+    assert TaskRun.query.get(task_id).status == "running"
 
 
-def test_a_stale_report_claims_nothing_again(app, db, monkeypatch):
-    """Stopped, or another attempt's: the report stays unapplied, the
-    attempt acting stays refused, and nothing is claimed."""
+def test_a_lost_claim_of_another_attempt_is_not_claimed(app, db, monkeypatch):
+    wf, task_id = claimed_run(monkeypatch)
+    lose_claim(db, task_id)
+    before = versions(task_id)
+    assert not orchestrator.atomic(
+        orchestrator.report, task_id, "another attempt", "late", None, 0, None
+    )
+    assert not orchestrator.atomic(
+        orchestrator.fail, task_id, "another attempt", "Late", None, 0
+    )
+    assert not orchestrator.record_success(task_id, "another attempt", 1)
+    assert TaskRun.query.get(task_id).status == "queued"
+    assert versions(task_id) == before
+
+
+def test_a_recorded_retry_is_not_taken_for_a_lost_claim(app, db, monkeypatch):
+    """Queued again by a recorded retry, under the same Celery id: a late
+    report of the try before it (a lower retry count) claims nothing."""
     wf, task_id = claimed_run(monkeypatch)
     celery_id = TaskRun.query.get(task_id).celery_id
-    queued = TaskRun.query.get(wf.tasks[1].id)
+    assert orchestrator.atomic(orchestrator.retry, task_id, celery_id, 0, "again")
+    before = versions(task_id)
+    assert not orchestrator.atomic(
+        orchestrator.report, task_id, celery_id, "late", None, 0, None
+    )
+    assert not orchestrator.atomic(
+        orchestrator.fail, task_id, celery_id, "Late", None, 0
+    )
+    assert not orchestrator.record_success(task_id, celery_id, 1, 0)
+    task = TaskRun.query.get(task_id)
+    assert (task.status, task.retries) == ("queued", 1)
+    assert versions(task_id) == before
 
-    def report(task, attempt):
-        return lambda: orchestrator.atomic(
-            orchestrator.report, task, attempt, "late", None, 0, None
-        )
 
-    # A queued task of another attempt (a restart gives a new Celery id).
-    assert queued.status == "pending"
-    assert not orchestrator.reclaiming(report(task_id, "other"), task_id, "other")
+def test_a_stale_attempt_is_not_claimed_again(app, db, monkeypatch):
+    """Recovered after its lease (a new attempt), or stopped: the old
+    attempt's reports stay unapplied and its acts refused."""
+    wf, task_id = claimed_run(monkeypatch)
+    old = TaskRun.query.get(task_id).celery_id
+    expire_lease(db, task_id)
+    monkeypatch.setattr(dispatch, "_send", lambda message: None)
+    assert dispatch.requeue_stale(older_than=3600) == 1
+    task = TaskRun.query.get(task_id)
+    assert (task.status, task.attempt) == ("queued", 2)
+    assert not orchestrator.atomic(orchestrator.report, task_id, old, "late", None, 0)
+    assert not orchestrator.record_success(task_id, old, 1, 0)
     wf.stop()
-    assert not orchestrator.reclaiming(report(task_id, celery_id), task_id, celery_id)
+    new = TaskRun.query.get(task_id).celery_id
+    assert not orchestrator.atomic(orchestrator.report, task_id, new, "late", None, 0)
     with pytest.raises(InvalidStateError):
-        orchestrator.reclaiming(
-            lambda: orchestrator.lock_acting(task_id, celery_id, 0, None, "spawn"),
-            task_id,
-            celery_id,
+        orchestrator.atomic(
+            lambda uow: orchestrator.lock_acting(task_id, new, 0, None, "spawn")
         )
     assert TaskRun.query.get(task_id).status == "cancelled"
 
@@ -467,19 +500,20 @@ def test_a_body_that_lost_its_claim_has_its_outcome_recorded(
     lost, after = wf.tasks
     assert (wf.status, lost.status, lost.result) == (status, status, result)
     assert after.status == ("success" if status == "success" else "cancelled")
-    # Versions: the claim's (here not lost with it), the new claim's, the outcome's.
-    statuses = [h["status"] for h in lost.history()]
-    assert statuses[-3:] == ["running", "running", status]
+    assert lost.model.started_at is not None
     if status == "failure":
         assert lost.error.startswith("RuntimeError: failed after losing its claim")
 
 
-def test_a_body_that_lost_its_claim_can_spawn(app, db):
+def test_a_body_that_lost_its_claim_spawns_with_its_pending_work(app, db):
+    """Spawning claims the attempt again in the spawn's own transaction,
+    which commits what the body left pending in the session."""
     current_wtflow.register("loses-its-claim-spawn", loses_its_claim.si("spawn"))
     wf = Workflow.create("loses-its-claim-spawn").start()
     [lost] = wf.tasks
     assert (wf.status, lost.status) == ("success", "success")
     assert Workflow.get(lost.result).status == "success"
+    assert Workflow.get(wf.id).data == {"pending": "kept"}
 
 
 class Recorder(Operation):

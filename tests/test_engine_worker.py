@@ -10,10 +10,12 @@ Selected when ``SQLALCHEMY_DATABASE_URI`` points to PostgreSQL and
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,7 +28,7 @@ from invenio_wtflow.engine import dispatch
 from invenio_wtflow.engine.check import check_workflow
 from invenio_wtflow.models import TaskRun, WorkflowRun
 
-from .example_tasks import JOIN_WIDTH, add, lost_once
+from .example_tasks import JOIN_WIDTH, UNFLUSHED_QUEUE, add, lost_once
 from .test_views_delegation import DONE, complete_at_once, post, statuses
 
 BROKER_URL = os.environ.get("WTFLOW_TEST_BROKER_URL")
@@ -53,52 +55,67 @@ def celery_config_ext(celery_config_ext):
     return celery_config_ext
 
 
-@pytest.fixture(scope="module")
-def worker(app, tmp_path_factory):
-    """Start a prefork worker with several processes; stop it at the end."""
+@contextmanager
+def running_worker(app, log, name, queues=None, **env):
+    """Run a prefork worker with several processes until the block ends.
+
+    :param name: the worker's node name, to ping it alone.
+    :param queues: the queues it consumes (Celery's default: ``celery``).
+    :param env: more environment variables for it.
+    """
     celery = app.extensions["flask-celeryext"].celery
-    celery.control.purge()
-    log = tmp_path_factory.mktemp("worker") / "worker.log"
     env = dict(
         os.environ,
         SQLALCHEMY_DATABASE_URI=DB_URI,
         WTFLOW_TEST_BROKER_URL=BROKER_URL,
         PYTHONPATH=str(ROOT),
+        **env,
     )
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tests.worker:celery",
+        "worker",
+        "--pool=prefork",
+        f"--concurrency={CONCURRENCY}",
+        "--loglevel=INFO",
+        "--without-gossip",
+        "--without-mingle",
+        "--prefetch-multiplier=1",
+        "-n",
+        f"{name}@%h",
+    ]
+    if queues:
+        command += ["-Q", ",".join(queues)]
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "tests.worker:celery",
-                "worker",
-                "--pool=prefork",
-                f"--concurrency={CONCURRENCY}",
-                "--loglevel=INFO",
-                "--without-gossip",
-                "--without-mingle",
-                "--prefetch-multiplier=1",
-                "-n",
-                f"wtflow-test-{os.getpid()}@%h",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
+            command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
         )
     deadline = time.monotonic() + 60
-    while not celery.control.ping(timeout=0.5):
+    node = f"{name}@{socket.gethostname()}"
+    while not celery.control.ping(destination=[node], timeout=0.5):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             pytest.fail(f"worker did not start:\n{log.read_text()[-3000:]}")
-    yield proc
-    proc.terminate()
     try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:  # pragma: no cover
-        proc.kill()
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # pragma: no cover
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def worker(app, tmp_path_factory):
+    """Start a prefork worker with several processes; stop it at the end."""
+    app.extensions["flask-celeryext"].celery.control.purge()
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    with running_worker(app, log, f"wtflow-test-{os.getpid()}") as proc:
+        yield proc
 
 
 def wait(workflow_ids, timeout=120, until=TERMINAL):
@@ -148,6 +165,29 @@ def test_the_message_tells_the_claim_whether_to_read_upstream_results(worker, cl
     (wf,) = wait([Workflow.create("told-input", start=True).id])
     assert wf.status == "success"
     assert wf.result == [[False], True]
+
+
+def test_unflushed_claims_on_a_real_worker(app, clean, tmp_path):
+    """A worker whose claims commit unflushed, on a queue of its own: a run
+    created at once runs to the end, its first attempt's message saying
+    that the creation may not be flushed yet, the next one's not; bodies
+    that find their claim lost have it claimed again by their heartbeat or
+    their outcome."""
+    log = tmp_path / "worker.log"
+    with running_worker(
+        app,
+        log,
+        f"wtflow-unflushed-{os.getpid()}",
+        queues=[UNFLUSHED_QUEUE],
+        WTFLOW_TEST_WORKER_UNFLUSHED_CLAIMS="1",
+    ):
+        runs = [Workflow.create("unflushed-chain", start=True) for _ in range(5)]
+        wait([run.id for run in runs])
+    for run in runs:
+        run = Workflow.get(run.id)
+        assert run.status == "success", run.tasks
+        assert [t.result for t in run.tasks] == [True, None, "done", True]
+    assert log.read_text().count("its claim was lost") == 10
 
 
 def test_failure_propagates(worker, clean):

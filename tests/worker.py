@@ -7,7 +7,8 @@ Reads ``SQLALCHEMY_DATABASE_URI`` and ``WTFLOW_TEST_BROKER_URL`` from the
 environment, like the integration tests that start it.
 ``WTFLOW_TEST_WORKER_DATABASE_URI``, when set, is the worker's own URL of the
 same database: through another driver (psycopg 3 while the tests use
-psycopg2, say).
+psycopg2, say). ``WTFLOW_TEST_WORKER_UNFLUSHED_CLAIMS``, when set, makes its
+claims commit unflushed (``WTFLOW_CLAIM_SYNCHRONOUS_COMMIT = False``).
 """
 
 import os
@@ -23,5 +24,8 @@ app = create_test_app(
     CELERY_TASK_ACKS_LATE=True,
     CELERY_WORKER_PREFETCH_MULTIPLIER=1,
     WTFLOW_ORCHESTRATION_DELAY=0.1,
+    WTFLOW_CLAIM_SYNCHRONOUS_COMMIT=not os.environ.get(
+        "WTFLOW_TEST_WORKER_UNFLUSHED_CLAIMS"
+    ),
 )
 celery = app.extensions["flask-celeryext"].celery

@@ -14,7 +14,7 @@ import logging
 import threading
 import uuid
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from celery import current_app as current_celery_app
@@ -40,6 +40,15 @@ INPUT_HEADER = "wtflow_input"
 before the header existed), the claim reads them if the task takes any.
 """
 
+UNFLUSHED_HEADER = "wtflow_unflushed"
+"""Message header saying that the commit that queued the attempt may not be flushed.
+
+Present (``True``) on the attempts of a run created at once (see
+:func:`~invenio_wtflow.engine.fused.create`), published before the
+creation's flush: a claim that commits unflushed checks the flush first
+(see ``WTFLOW_CLAIM_SYNCHRONOUS_COMMIT``).
+"""
+
 
 @dataclass(frozen=True)
 class Message:
@@ -52,13 +61,17 @@ class Message:
     retries: int = 0
     args: tuple = ()
     takes_input: bool = True
+    unflushed: bool = False
 
     @property
     def headers(self):
-        """The message's headers: its task run and whether it takes input."""
+        """The message's headers: its task run, its input, whether unflushed."""
         if self.task_run_id is None:
             return {}
-        return {HEADER: self.task_run_id, INPUT_HEADER: self.takes_input}
+        headers = {HEADER: self.task_run_id, INPUT_HEADER: self.takes_input}
+        if self.unflushed:
+            headers[UNFLUSHED_HEADER] = True
+        return headers
 
     @classmethod
     def for_task(cls, task):
@@ -267,12 +280,16 @@ class DispatchOp(Operation):
 
         A run created at once commits without waiting for its WAL flush
         (see :func:`~invenio_wtflow.engine.fused.create`): its first
-        attempts are published as soon as it is committed, and the unit of
-        work ends once it is flushed.
+        attempts are published as soon as it is committed, saying so
+        (:data:`UNFLUSHED_HEADER`), and the unit of work ends once it is
+        flushed.
         """
         revoke(self.revoked)
+        messages = self.messages
+        if prepared.awaits_flush(uow.session):
+            messages = [replace(message, unflushed=True) for message in messages]
         try:
-            publish(self.messages)
+            publish(messages)
         finally:
             prepared.await_flush(uow.session)
 

@@ -187,9 +187,10 @@ def claim(session, params, alone=False, upstream=True, synchronous_commit=True):
     :param upstream: read the upstream results too (``False``: the task takes
         none; ``upstream`` is then ``None``, and costs the statement nothing).
     :param synchronous_commit: ``False``: sent alone, the claim commits
-        without waiting for its WAL flush when every commit before it is
-        flushed already (see ``WTFLOW_CLAIM_SYNCHRONOUS_COMMIT`` and
-        :data:`~invenio_wtflow.engine.prepared.IF_CAUGHT_UP`).
+        without waiting for its WAL flush (see
+        ``WTFLOW_CLAIM_SYNCHRONOUS_COMMIT``);
+        :data:`~invenio_wtflow.engine.prepared.IF_CAUGHT_UP`: only when
+        every commit before it is flushed already.
     :returns: the row of :func:`~invenio_wtflow.engine.statements.claim`, with
         ``run_name`` (the run's definition name), ``data`` (the run's data,
         for a bare task) and ``upstream`` (the results of the upstream
@@ -206,7 +207,7 @@ def claim(session, params, alone=False, upstream=True, synchronous_commit=True):
         statement,
         {**params, **tx},
         alone=alone,
-        synchronous_commit=synchronous_commit or prepared.IF_CAUGHT_UP,
+        synchronous_commit=synchronous_commit,
     ).one_or_none()
 
 

@@ -850,7 +850,9 @@ def start_runs(uow, runs):
     refresh_statuses(uow, runs)
 
 
-def claim(uow, task_id, celery_id, retries=0, lease=None, upstream=True):
+def claim(
+    uow, task_id, celery_id, retries=0, lease=None, upstream=True, unflushed=False
+):
     """Move an attempt ``queued -> running`` and return the task's row, or ``None``.
 
     ``task.retries`` is the retry count the attempt expects next: a queued
@@ -869,6 +871,11 @@ def claim(uow, task_id, celery_id, retries=0, lease=None, upstream=True):
         the claim; ``False`` when the message says it takes none (see
         :data:`~invenio_wtflow.engine.dispatch.INPUT_HEADER`). A task that
         takes some reads them in :func:`inputs` all the same.
+    :param unflushed: the message says that the commit that queued the
+        attempt may not be flushed yet (see
+        :data:`~invenio_wtflow.engine.dispatch.UNFLUSHED_HEADER`): a claim
+        that commits unflushed (``WTFLOW_CLAIM_SYNCHRONOUS_COMMIT = False``)
+        does so only once everything before it is flushed.
     :returns: a row with the task's ``id``, ``workflow_id``, ``position``,
         ``name``, ``signature`` and number of ``dependants``, and the
         ``data`` and ``upstream`` results read with it (on PostgreSQL, with
@@ -883,12 +890,15 @@ def claim(uow, task_id, celery_id, retries=0, lease=None, upstream=True):
         "lease_end": _lease_end(lease, now),
     }
     if fused.available(db.session):
+        synchronous = current_app.config["WTFLOW_CLAIM_SYNCHRONOUS_COMMIT"]
+        if not synchronous and unflushed:
+            synchronous = prepared.IF_CAUGHT_UP
         return fused.claim(
             db.session,
             params,
             alone=True,
             upstream=upstream,
-            synchronous_commit=current_app.config["WTFLOW_CLAIM_SYNCHRONOUS_COMMIT"],
+            synchronous_commit=synchronous,
         )
     row = db.session.execute(statements.claim(), params).one_or_none()
     if row is not None:
@@ -902,47 +912,37 @@ def _lease_end(lease, now=None):
     return (now or utcnow()) + timedelta(seconds=seconds)
 
 
-def reclaiming(act, task_id, celery_id, retries=0, lease=None):
-    """Let an attempt act (report, spawn...); if its claim was lost, claim it again first.
+def _lost_claim(task, celery_id, retries):
+    """Whether a task is as it was before a lost claim of ``(celery_id, retries)``.
 
     A claim committed without waiting for its flush
     (``WTFLOW_CLAIM_SYNCHRONOUS_COMMIT = False``) is forgotten by a crash of
-    the database before the flush: the task is ``queued`` again under the
-    same attempt while the body runs on, and what the body does next finds
-    it not running. The attempt is then claimed again, by the claim's own
-    conditional update (which claims nothing else: a task stopped,
-    restarted, retried or finished stays as it is), and ``act`` runs once
-    more. The claim's new ``started_at`` is when it was claimed again.
-
-    :param act: a function of no argument that acts in a transaction of its
-        own and returns ``False`` or raises
-        :class:`~invenio_wtflow.errors.InvalidStateError` when the attempt
-        is not running.
-    :param lease: the attempt's lease in seconds (see :func:`claim`).
-    :returns: what ``act`` returned.
+    the database before the flush: the task is as before the claim while
+    the body runs on, ``queued`` under the same attempt (or ``running`` for
+    a lower retry count, when a Celery retry had claimed it before the
+    retry was recorded). The claim's own condition: it matches nothing
+    else, so no task stopped, restarted, retried or finished is taken.
     """
-    try:
-        done = act()
-    except InvalidStateError:
-        if not _claimed_again(task_id, celery_id, retries, lease):
-            raise
-        return act()
-    if done is False and _claimed_again(task_id, celery_id, retries, lease):
-        return act()
-    return done
-
-
-def _claimed_again(task_id, celery_id, retries, lease):
-    """Claim an attempt found not running; whether it was ``queued`` (its claim lost)."""
-    if atomic(claim, task_id, celery_id, retries, lease, upstream=False) is None:
+    if task.celery_id != celery_id:
         return False
+    if task.status == QUEUED.value:
+        return task.retries <= retries
+    return task.status == RUNNING.value and task.retries < retries
+
+
+def _claim_again(task, retries, lease=None):
+    """Claim a locked task whose claim was lost (see :func:`_lost_claim`) in place."""
     logger.warning(
-        "Attempt %s of task run %s was queued while its body ran: its claim was "
-        "lost (a database crash before the claim was flushed?); claimed it again.",
-        celery_id,
-        task_id,
+        "Attempt %s of task run %s was not running while its body ran: its claim "
+        "was lost (a database crash before the claim was flushed?); claimed again.",
+        task.celery_id,
+        task.id,
     )
-    return True
+    now = utcnow()
+    task.status = RUNNING.value
+    task.retries = retries
+    task.started_at = now
+    task.lease_expires_at = _lease_end(lease, now)
 
 
 def workflow_data(workflow_id):
@@ -984,7 +984,9 @@ def _lock_running(task_id, celery_id, retries, statuses=(RUNNING,)):
     workflow = lock_workflow(task_id=task_id)
     task = _lock_tasks(TaskRun.id == task_id)[0]
     allowed = {s.value for s in statuses}
-    if (
+    if _lost_claim(task, celery_id, retries):
+        _claim_again(task, retries)
+    elif (
         task.celery_id != celery_id
         or task.status not in allowed
         or task.retries != retries
@@ -1024,9 +1026,23 @@ class _RootLockNeeded(Exception):
 
 
 def record_success(
-    task_id, celery_id, result, retries=0, dependants=None, runs=None, name=None
+    task_id,
+    celery_id,
+    result,
+    retries=0,
+    dependants=None,
+    runs=None,
+    name=None,
+    lease=None,
 ):
     """Record a successful attempt in its own transaction, and commit it.
+
+    The success's statements record nothing for a task whose claim was
+    lost (a crash of the database before an unflushed claim's flush, see
+    ``WTFLOW_CLAIM_SYNCHRONOUS_COMMIT``): the attempt is then claimed again,
+    in a transaction of its own, and the success recorded (every other
+    report of an attempt claims it again in its own transaction, under its
+    lock).
 
     A task with exactly one dependant is first tried with
     :func:`succeed_shared`, which concurrent successes of the same run do not
@@ -1043,8 +1059,25 @@ def record_success(
     :param runs: ``(root_id, workflow_id)`` of the task's run, as the claim
         returned them (``None``: looked up).
     :param name: the run's definition name, as the claim returned it.
+    :param lease: the task's lease in seconds (see :func:`claim`).
     :returns: whether the report was applied (``False`` for a stale one).
     """
+    args = (task_id, celery_id, result, retries, dependants, runs, name)
+    if _record_success(*args):
+        return True
+    if atomic(claim, task_id, celery_id, retries, lease, upstream=False) is None:
+        return False
+    logger.warning(
+        "Attempt %s of task run %s was not running when it succeeded: its claim "
+        "was lost (a database crash before the claim was flushed?); claimed again.",
+        celery_id,
+        task_id,
+    )
+    return _record_success(*args)
+
+
+def _record_success(task_id, celery_id, result, retries, dependants, runs, name):
+    """Record a success by the cheapest way that proves what it needs."""
     shared = None
     if dependants == 1:
         if runs is not None and _shared_in_one_message(name):
@@ -1493,7 +1526,9 @@ def retry(uow, task_id, celery_id, retries, reason, eta=None):
     if not tasks:
         return False
     task = tasks[0]
-    if (
+    if _lost_claim(task, celery_id, retries):
+        _claim_again(task, retries)
+    elif (
         task.celery_id != celery_id
         or task.status != RUNNING.value
         or task.retries != retries
@@ -1516,7 +1551,9 @@ def report(uow, task_id, celery_id, message=None, progress=None, retries=0, leas
     if not tasks:
         return False
     task = tasks[0]
-    if (
+    if _lost_claim(task, celery_id, retries):
+        _claim_again(task, retries, lease)
+    elif (
         task.celery_id != celery_id
         or task.status != RUNNING.value
         or task.retries != retries

@@ -220,16 +220,18 @@ IF_CAUGHT_UP = "if-caught-up"
 
 _UNFLUSHED_IF_CAUGHT_UP = (
     "SELECT set_config('synchronous_commit', CASE WHEN pg_current_wal_flush_lsn() "
-    ">= pg_current_wal_insert_lsn() THEN 'off' ELSE 'on' END, true); "
+    ">= pg_current_wal_insert_lsn() THEN 'off' "
+    "ELSE current_setting('synchronous_commit') END, true); "
 )
 """What a message begins with to commit unflushed only if the WAL is flushed up to it.
 
 Read before the message's own statements write anything: the WAL
 inserted so far (every commit before it, and what transactions in progress
-wrote) is all flushed, or the commit waits for its flush as usual. The
-setting is read at the commit, and ends with the message's transaction.
+wrote) is all flushed, or the commit waits as the server's setting says.
+The setting is read at the commit, and ends with the message's transaction.
 Conservative: WAL written by a transaction still in progress, or an insert
 position just past a page header, makes the commit wait when it need not.
+It sees the server's own flush only, not a synchronous standby's.
 """
 
 _UNFLUSHED = "wtflow_unflushed"
@@ -264,6 +266,11 @@ def unflushed(session):
     have happened. :func:`await_flush` then waits for the flush.
     """
     session.info[_UNFLUSHED] = True
+
+
+def awaits_flush(session):
+    """Whether the session sent a commit not known to be flushed yet."""
+    return bool(session.info.get(_UNFLUSHED))
 
 
 def await_flush(session):
