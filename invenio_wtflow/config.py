@@ -76,10 +76,12 @@ claim (``wal_writer_delay``, 200 ms by default) forgets the claim, and the
 task is ``queued`` again under the same attempt while its body runs on.
 The body's next heartbeat, progress report, spawn or delegation, or its
 outcome, claims the attempt again in its own transaction and is applied.
-Until then the sweeper may publish the attempt again (after
-``WTFLOW_REQUEUE_AFTER``, counted from when it was queued): a second worker
-then claims it and runs the body a second time beside the first, and the
-first outcome is recorded. Outcomes are durable either way.
+The sweeper, finding that the database has recovered from a crash (an
+``UNLOGGED`` row is gone), does not publish again the attempts queued
+before it noticed for ``WTFLOW_TASK_LEASE``, the time a body may go
+without a sign of life; a body silent for longer may then run a second
+time beside the first (the first outcome is recorded), as after any
+expired lease. Outcomes are durable either way.
 """
 
 WTFLOW_SQLITE_SERIALIZE = True

@@ -8,6 +8,7 @@ import uuid
 from datetime import datetime, timezone
 
 from invenio_db import db
+from sqlalchemy import DDL, event
 from sqlalchemy.dialects import postgresql
 from sqlalchemy_utils.types import JSONType, UUIDType
 
@@ -364,3 +365,28 @@ class TaskDelegation(db.Model, db.Timestamp):
 
     completed_at = db.Column(db.UTCDateTime, nullable=True)
     """When the external system's completion was applied."""
+
+
+class Uptime(db.Model):
+    """Since when the database has run without a crash, as far as the engine knows.
+
+    One row, in a table that is ``UNLOGGED`` on PostgreSQL: recovering from
+    a crash empties it. The sweeper writes the row when it finds none, and
+    then holds back the attempts queued before (see
+    :mod:`~invenio_wtflow.engine.uptime`).
+    """
+
+    __tablename__ = "wtflow_uptime"
+
+    id = db.Column(db.Integer, primary_key=True, autoincrement=False)
+    """Always 1."""
+
+    since = db.Column(db.UTCDateTime, nullable=False)
+    """When the sweeper found the table empty (created, or emptied by a crash)."""
+
+
+event.listen(
+    Uptime.__table__,
+    "after_create",
+    DDL("ALTER TABLE wtflow_uptime SET UNLOGGED").execute_if(dialect="postgresql"),
+)

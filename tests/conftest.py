@@ -61,6 +61,7 @@ def clean(app):
     for table in (
         "wtflow_task_dependency",
         "wtflow_task_delegation",
+        "wtflow_uptime",
         "wtflow_task_version",
         "wtflow_workflow_version",
         "wtflow_task",

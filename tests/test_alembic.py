@@ -31,6 +31,7 @@ TABLES = {
     "wtflow_task_version",
     "wtflow_task_dependency",
     "wtflow_task_delegation",
+    "wtflow_uptime",
 }
 """The tables of this package."""
 
@@ -77,6 +78,13 @@ def table_names():
     return set(sa.inspect(db.engine).get_table_names())
 
 
+def unlogged():
+    """Return the names of the unlogged tables in the database."""
+    query = "SELECT relname FROM pg_class WHERE relkind = 'r' AND relpersistence = 'u'"
+    with db.engine.connect() as connection:
+        return set(connection.exec_driver_sql(query).scalars())
+
+
 def test_alembic(migration_app):
     """Upgrade creates the models' tables; downgrading the branch drops them."""
     alembic = migration_app.extensions["invenio-db"].alembic
@@ -87,6 +95,7 @@ def test_alembic(migration_app):
     with migration_app.app_context():
         assert TABLES <= table_names()
         assert wtflow_diff(alembic) == []
+        assert unlogged() == {"wtflow_uptime"}
 
     with migration_app.app_context():
         alembic.downgrade(target="invenio_wtflow@base")

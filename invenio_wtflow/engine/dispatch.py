@@ -25,7 +25,7 @@ from invenio_db.uow import Operation
 from sqlalchemy import select, update
 
 from ..models import TaskRun, TaskStatus, WorkflowRun, utcnow
-from . import prepared
+from . import prepared, uptime
 from .graph import ROUTING_OPTIONS
 
 logger = logging.getLogger(__name__)
@@ -315,7 +315,9 @@ def requeue_stale(older_than=None):
     has expired are run again or failed (see
     :func:`~invenio_wtflow.engine.orchestrator.recover_expired`), and delegated
     tasks still waiting after their deadline are failed (see
-    :func:`~invenio_wtflow.engine.delegation.expire`).
+    :func:`~invenio_wtflow.engine.delegation.expire`). After a crash of the
+    database, where claims commit unflushed, the attempts queued before it
+    are held back for a lease (see :mod:`~invenio_wtflow.engine.uptime`).
 
     :param older_than: seconds; defaults to ``WTFLOW_REQUEUE_AFTER``.
     :returns: the number of attempts published again, recovered or timed out,
@@ -325,16 +327,15 @@ def requeue_stale(older_than=None):
         older_than = current_app.config["WTFLOW_REQUEUE_AFTER"]
     now = utcnow()
     deadline = now - timedelta(seconds=older_than)
-    stale = (
-        db.session.query(TaskRun)
-        .filter(
-            TaskRun.status == TaskStatus.QUEUED.value,
-            TaskRun.queued_at <= deadline,
-            TaskRun.kind.is_(None),  # the orchestrator's nodes have no message
-        )
-        .order_by(TaskRun.id)
-        .all()
-    )
+    filters = [
+        TaskRun.status == TaskStatus.QUEUED.value,
+        TaskRun.queued_at <= deadline,
+        TaskRun.kind.is_(None),  # the orchestrator's nodes have no message
+    ]
+    crash = uptime.held_back_before(db.session, now)
+    if crash is not None:  # their claims may be lost, their bodies running
+        filters.append(TaskRun.queued_at >= crash)
+    stale = db.session.query(TaskRun).filter(*filters).order_by(TaskRun.id).all()
     messages = []
     for task in stale:
         touched = (

@@ -1,0 +1,105 @@
+# SPDX-FileCopyrightText: 2026 invenio-wtflow authors.
+# SPDX-License-Identifier: MIT
+
+"""After a crash of PostgreSQL, the sweeper holds back what was queued before it."""
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import delete, select, text
+
+from invenio_wtflow import Workflow
+from invenio_wtflow.engine import dispatch
+from invenio_wtflow.models import TaskRun, Uptime, utcnow
+
+
+@pytest.fixture()
+def postgresql(db):
+    """Skip unless the database is PostgreSQL (unlogged tables)."""
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("unlogged tables are PostgreSQL's")
+
+
+@pytest.fixture()
+def unflushed_claims(app, monkeypatch):
+    """Claims commit unflushed, and a lease of three hours."""
+    monkeypatch.setitem(app.config, "WTFLOW_CLAIM_SYNCHRONOUS_COMMIT", False)
+    monkeypatch.setitem(app.config, "WTFLOW_TASK_LEASE", 3 * 3600)
+
+
+@pytest.fixture()
+def sent(monkeypatch):
+    """The ids of the task runs whose attempts are published."""
+    published = []
+    monkeypatch.setattr(dispatch, "_send", lambda m: published.append(m.task_run_id))
+    return published
+
+
+def queued(db, ago):
+    """A run whose first attempt was queued ``ago`` and never claimed; its id."""
+    task_id = Workflow.create("add-chain", start=True).tasks[0].id
+    db.session.query(TaskRun).filter_by(id=task_id).update(
+        {TaskRun.queued_at: utcnow() - ago}
+    )
+    db.session.commit()
+    return str(task_id)
+
+
+def crash(db):
+    """Do to the uptime table what PostgreSQL's crash recovery does: empty it."""
+    db.session.execute(delete(Uptime))
+    db.session.commit()
+
+
+def noticed(db, ago):
+    """Move back when the sweeper noticed the crash."""
+    db.session.query(Uptime).update({Uptime.since: utcnow() - ago})
+    db.session.commit()
+
+
+def test_the_uptime_table_is_unlogged(postgresql, db):
+    persistence = db.session.execute(
+        text("SELECT relpersistence FROM pg_class WHERE relname = 'wtflow_uptime'")
+    ).scalar_one()
+    assert persistence == "u"
+
+
+def test_after_a_crash_attempts_queued_before_it_are_held_back_for_a_lease(
+    postgresql, db, unflushed_claims, sent, caplog
+):
+    hour = timedelta(hours=1)
+    before = queued(db, 2 * hour)
+    crash(db)
+    sent.clear()
+    assert dispatch.requeue_stale(older_than=60) == 0
+    assert sent == []
+    assert "recovered from a crash" in caplog.text
+    noticed(db, 1.5 * hour)
+    after = queued(db, hour)  # queued once the crash was noticed
+    sent.clear()
+    assert dispatch.requeue_stale(older_than=60) == 1
+    assert sent == [after]
+    noticed(db, 3 * hour + timedelta(seconds=1))  # a lease later
+    sent.clear()
+    assert dispatch.requeue_stale(older_than=60) == 1
+    assert sent == [before]
+
+
+def test_no_attempt_is_held_back_without_a_crash(
+    postgresql, db, unflushed_claims, sent
+):
+    dispatch.requeue_stale(older_than=60)  # writes the row, if none yet
+    noticed(db, 4 * timedelta(hours=1))
+    task_id = queued(db, timedelta(minutes=5))
+    sent.clear()
+    assert dispatch.requeue_stale(older_than=60) == 1
+    assert sent == [task_id]
+
+
+def test_claims_that_wait_for_their_flush_hold_nothing_back(postgresql, db, sent):
+    task_id = queued(db, timedelta(hours=1))
+    crash(db)
+    sent.clear()
+    assert dispatch.requeue_stale(older_than=60) == 1
+    assert sent == [task_id]
+    assert db.session.execute(select(Uptime.since)).all() == []
