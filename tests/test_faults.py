@@ -10,13 +10,16 @@ to a Redis broker. The shared broker is used on database 8 (or at
 own queue, consumed by its own worker of eight processes. The broker outage
 test starts (and stops) its own ``redis-server`` on port 6391 (or
 ``WTFLOW_TEST_PRIVATE_REDIS_PORT``) and never touches the shared one. Set both
-to run two suites side by side.
+to run two suites side by side. The crash test crashes the PostgreSQL server
+itself, every database on it: it runs only with
+``WTFLOW_TEST_CRASH_POSTGRESQL=1``, as root, on a server of your own.
 """
 
 import logging
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -44,10 +47,17 @@ from invenio_wtflow.api import Task
 from invenio_wtflow.engine import dispatch
 from invenio_wtflow.engine.check import check_workflow
 from invenio_wtflow.errors import InvalidStateError
-from invenio_wtflow.models import TaskRun
+from invenio_wtflow.models import TaskRun, Uptime
 from invenio_wtflow.permissions import wtflow_admin_action
 
-from .example_tasks import CHAOS_QUEUE, chaos_record, gated_record, record, slow_record
+from .example_tasks import (
+    CHAOS_QUEUE,
+    UNFLUSHED_QUEUE,
+    chaos_record,
+    gated_record,
+    record,
+    slow_record,
+)
 
 
 def _db8(url):
@@ -100,18 +110,20 @@ def celery_config_ext(celery_config_ext):
     return celery_config_ext
 
 
-def _start_worker(broker_url, node, log, concurrency=CONCURRENCY, queues=None):
+def _start_worker(broker_url, node, log, concurrency=CONCURRENCY, queues=None, **env):
     """Start a prefork worker consuming from ``broker_url``, logging to ``log``.
 
     :param concurrency: number of pool processes.
     :param queues: the queues to consume (comma-separated; Celery's default
         queue when ``None``).
+    :param env: more environment variables for it.
     """
     env = dict(
         os.environ,
         SQLALCHEMY_DATABASE_URI=DB_URI,
         WTFLOW_TEST_BROKER_URL=broker_url,
         PYTHONPATH=str(ROOT),
+        **env,
     )
     with open(log, "w") as out:
         proc = subprocess.Popen(
@@ -547,6 +559,153 @@ def test_a_dropped_database_connection_is_retried_and_recorded_once(
         history = task.history()
         assert statuses(history) == ["pending", "queued", "running", "success"]
         assert_no_repeated_transition(history)
+
+
+#
+# 4b. PostgreSQL crashes while a body runs, its claim not flushed yet
+#
+CRASH = os.environ.get("WTFLOW_TEST_CRASH_POSTGRESQL")
+
+
+def _admin_connection():
+    """A connection of its own (autocommit) to the test database's server."""
+    engine = sa.create_engine(
+        _db.engine.url.set(database="postgres"), isolation_level="AUTOCOMMIT"
+    )
+    return engine, engine.connect()
+
+
+def _make_tables_logged():
+    """Make the test database's tables logged again, but the uptime row's.
+
+    pytest-invenio creates them ``UNLOGGED`` (faster), which a crash
+    empties. A table can be made logged only once the tables it references
+    are, and runs and tasks reference each other: their foreign keys are
+    dropped meanwhile, and added again.
+    """
+    _db.session.rollback()  # its locks would hold the changes back
+    engine = sa.create_engine(_db.engine.url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text("SET lock_timeout = '10s'"))
+        tables = conn.execute(
+            sa.text(
+                "SELECT oid::regclass::text FROM pg_class WHERE relkind = 'r' "
+                "AND relpersistence = 'u' AND relname <> 'wtflow_uptime'"
+            )
+        ).scalars()
+        tables = list(tables)
+        keys = conn.execute(
+            sa.text(
+                "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) "
+                "FROM pg_constraint WHERE contype = 'f' "
+                "AND conrelid::regclass::text = ANY(:tables)"
+            ),
+            {"tables": tables},
+        ).all()
+        for table, name, _ in keys:
+            conn.execute(sa.text(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"'))
+        for table in tables:
+            conn.execute(sa.text(f"ALTER TABLE {table} SET LOGGED"))
+        for table, name, definition in keys:
+            conn.execute(
+                sa.text(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')
+            )
+    engine.dispose()
+
+
+def _wal_writer_pid():
+    """The process id of the server's WAL writer."""
+    engine, conn = _admin_connection()
+    try:
+        return conn.execute(
+            sa.text("SELECT pid FROM pg_stat_activity WHERE backend_type = 'walwriter'")
+        ).scalar_one()
+    finally:
+        conn.close()
+        engine.dispose()
+
+
+def _wait_for_postgresql(timeout=60):
+    """Wait until the server accepts connections again after its crash."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            engine, conn = _admin_connection()
+            conn.execute(sa.text("SELECT 1"))
+            conn.close()
+            engine.dispose()
+            return
+        except sa.exc.OperationalError:
+            assert time.monotonic() < deadline, "PostgreSQL did not come back"
+            time.sleep(0.2)
+
+
+@pytest.fixture()
+def unflushed_worker(app, tmp_path, monkeypatch):
+    """A worker whose claims commit unflushed, on a queue of its own."""
+    monkeypatch.setitem(app.config, "WTFLOW_CLAIM_SYNCHRONOUS_COMMIT", False)
+    worker = _start_worker(
+        BROKER_URL,
+        "wtflow-faults-unflushed",
+        tmp_path / "unflushed-worker.log",
+        queues=UNFLUSHED_QUEUE,
+        WTFLOW_TEST_WORKER_UNFLUSHED_CLAIMS="1",
+    )
+    try:
+        worker.wait_for(" ready.")
+        yield worker
+    finally:
+        _stop(worker.proc)
+
+
+@pytest.mark.skipif(
+    not CRASH,
+    reason="crashes the PostgreSQL server (kills its WAL writer, as root): "
+    "set WTFLOW_TEST_CRASH_POSTGRESQL=1 on a server of your own",
+)
+def test_a_claim_lost_in_a_crash_of_postgresql_is_claimed_again(
+    app, unflushed_worker, clean, marker_dir
+):
+    """With the WAL writer stopped, nothing flushes an unflushed claim; the
+    WAL writer is then killed while the body runs, and PostgreSQL recovers
+    from the crash without the claim: the task is ``queued`` again. The
+    sweeper holds it back (its uptime row is gone), and the body's outcome
+    claims the attempt again and is recorded: the body ran once."""
+    on_queue = {"queue": UNFLUSHED_QUEUE}
+    current_wtflow.register(
+        "faults-crash",
+        chain(
+            record.si(name="first").set(**on_queue),
+            gated_record.si(name="gated").set(**on_queue),
+            record.s(name="after").set(**on_queue),
+        ),
+    )
+    _make_tables_logged()
+    dispatch.requeue_stale()  # the uptime row, written before the crash
+    walwriter = _wal_writer_pid()
+    os.kill(walwriter, signal.SIGSTOP)
+    try:
+        wf = Workflow.create("faults-crash", data={"marker_dir": str(marker_dir)})
+        wf.start()
+        wf_id, gated_id = wf.id, wf.tasks[1].id
+        wait_for_file(marker_dir / "gated")  # claimed unflushed, body running
+    finally:
+        os.kill(walwriter, signal.SIGKILL)  # crash: every backend goes
+    _wait_for_postgresql()
+    _db.session().invalidate()  # its connection died with the server's backends
+    _db.session.remove()
+    _db.engine.dispose()
+    assert Task.get(gated_id).status == "queued"  # the claim is lost
+    assert _db.session.execute(select(Uptime)).all() == []
+    assert dispatch.requeue_stale(older_than=0) == 0  # held back
+    assert _db.session.execute(select(Uptime)).all() != []
+    (marker_dir / "gated.go").write_text("")
+    (wf,) = wait([wf_id])
+    assert wf.status == "success" and wf.result == "after"
+    assert [t.attempt for t in wf.tasks] == [1, 1, 1]
+    assert marks(marker_dir, "first", "gated", "after") == ["x", "x", "x"]
+    assert unflushed_worker.count("its claim was lost") == 1
+    assert statuses(Task.get(gated_id).history())[-2:] == ["running", "success"]
 
 
 #
