@@ -932,17 +932,22 @@ def _lost_claim(task, celery_id, retries):
 
 def _claim_again(task, retries, lease=None):
     """Claim a locked task whose claim was lost (see :func:`_lost_claim`) in place."""
-    logger.warning(
-        "Attempt %s of task run %s was not running while its body ran: its claim "
-        "was lost (a database crash before the claim was flushed?); claimed again.",
-        task.celery_id,
-        task.id,
-    )
+    _warn_lost_claim(task.id, task.celery_id)
     now = utcnow()
     task.status = RUNNING.value
     task.retries = retries
     task.started_at = now
     task.lease_expires_at = _lease_end(lease, now)
+
+
+def _warn_lost_claim(task_id, celery_id):
+    """Log that an attempt is claimed again, its claim lost."""
+    logger.warning(
+        "Attempt %s of task run %s was not running while its body ran: its claim "
+        "was lost (a database crash before the claim was flushed?); claimed again.",
+        celery_id,
+        task_id,
+    )
 
 
 def workflow_data(workflow_id):
@@ -1067,12 +1072,7 @@ def record_success(
         return True
     if atomic(claim, task_id, celery_id, retries, lease, upstream=False) is None:
         return False
-    logger.warning(
-        "Attempt %s of task run %s was not running when it succeeded: its claim "
-        "was lost (a database crash before the claim was flushed?); claimed again.",
-        celery_id,
-        task_id,
-    )
+    _warn_lost_claim(task_id, celery_id)
     return _record_success(*args)
 
 
