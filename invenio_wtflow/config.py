@@ -75,13 +75,15 @@ What it costs: a crash of the database before its WAL writer flushes the
 claim (``wal_writer_delay``, 200 ms by default) forgets the claim, and the
 task is ``queued`` again under the same attempt while its body runs on.
 The body's next heartbeat, progress report, spawn or delegation, or its
-outcome, claims the attempt again in its own transaction and is applied.
-The sweeper, finding that the database has recovered from a crash (an
-``UNLOGGED`` row is gone), does not publish again the attempts queued
-before it noticed for ``WTFLOW_TASK_LEASE``, the time a body may go
+outcome, claims the attempt again (in the report's transaction; a success,
+in one just before) and is applied. The sweeper, finding that the database
+has recovered from a crash (an ``UNLOGGED`` row is gone), does not publish
+again the attempts queued before it noticed for their task's lease
+(``WTFLOW_TASK_LEASE`` or the task's ``lease``), the time a body may go
 without a sign of life; a body silent for longer may then run a second
 time beside the first (the first outcome is recorded), as after any
-expired lease. Outcomes are durable either way.
+expired lease. Outcomes are durable either way. Give the sweeper and the
+workers the same setting.
 """
 
 WTFLOW_SQLITE_SERIALIZE = True

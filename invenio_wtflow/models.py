@@ -371,9 +371,9 @@ class Uptime(db.Model):
     """Since when the database has run without a crash, as far as the engine knows.
 
     One row, in a table that is ``UNLOGGED`` on PostgreSQL: recovering from
-    a crash empties it. The sweeper writes the row when it finds none, and
-    then holds back the attempts queued before (see
-    :mod:`~invenio_wtflow.engine.uptime`).
+    a crash empties it. Written when the table is created; the sweeper
+    writes it again when it finds none, and then holds back the attempts
+    queued before (see :mod:`~invenio_wtflow.engine.uptime`).
     """
 
     __tablename__ = "wtflow_uptime"
@@ -382,11 +382,15 @@ class Uptime(db.Model):
     """Always 1."""
 
     since = db.Column(db.UTCDateTime, nullable=False)
-    """When the sweeper found the table empty (created, or emptied by a crash)."""
+    """When the table was created, or when the sweeper found it emptied by a crash."""
 
 
-event.listen(
-    Uptime.__table__,
-    "after_create",
-    DDL("ALTER TABLE wtflow_uptime SET UNLOGGED").execute_if(dialect="postgresql"),
-)
+for statement in (
+    "ALTER TABLE wtflow_uptime SET UNLOGGED",
+    "INSERT INTO wtflow_uptime (id, since) VALUES (1, now())",
+):
+    event.listen(
+        Uptime.__table__,
+        "after_create",
+        DDL(statement).execute_if(dialect="postgresql"),
+    )

@@ -95,8 +95,13 @@ def test_alembic(migration_app):
     with migration_app.app_context():
         assert TABLES <= table_names()
         assert wtflow_diff(alembic) == []
-        # (all of them once pytest-invenio's database fixture has run)
-        assert "wtflow_uptime" in unlogged()
+        if "wtflow_task" in unlogged():  # pytest-invenio's hook makes all so
+            assert "wtflow_uptime" in unlogged()
+        else:
+            assert unlogged() == {"wtflow_uptime"}
+        assert db.session.execute(sa.text("SELECT id FROM wtflow_uptime")).all() == [
+            (1,)
+        ]
 
     with migration_app.app_context():
         alembic.downgrade(target="invenio_wtflow@base")

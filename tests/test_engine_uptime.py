@@ -8,9 +8,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import delete, select, text
 
-from invenio_wtflow import Workflow
+from invenio_wtflow import Workflow, current_wtflow
 from invenio_wtflow.engine import dispatch
 from invenio_wtflow.models import TaskRun, Uptime, utcnow
+
+from .example_tasks import lost_once
 
 
 @pytest.fixture()
@@ -31,7 +33,9 @@ def unflushed_claims(app, monkeypatch):
 def sent(monkeypatch):
     """The ids of the task runs whose attempts are published."""
     published = []
-    monkeypatch.setattr(dispatch, "_send", lambda m: published.append(m.task_run_id))
+    monkeypatch.setattr(
+        dispatch, "_send", lambda m: published.append(m.task_run_id) or True
+    )
     return published
 
 
@@ -57,16 +61,18 @@ def noticed(db, ago):
     db.session.commit()
 
 
-def test_the_uptime_table_is_created_unlogged(postgresql, db):
+def test_the_uptime_table_is_created_unlogged_with_its_row(postgresql, db):
     """(pytest-invenio creates every table unlogged: made logged first.)"""
     persistence = text(
         "SELECT relpersistence FROM pg_class WHERE relname = 'wtflow_uptime'"
     )
     connection = db.session.connection()
     connection.execute(text("ALTER TABLE wtflow_uptime SET LOGGED"))
+    connection.execute(text("DELETE FROM wtflow_uptime"))
     assert connection.execute(persistence).scalar_one() == "p"
     Uptime.__table__.dispatch.after_create(Uptime.__table__, connection)
     assert connection.execute(persistence).scalar_one() == "u"
+    assert connection.execute(text("SELECT id FROM wtflow_uptime")).all() == [(1,)]
 
 
 def test_after_a_crash_attempts_queued_before_it_are_held_back_for_a_lease(
@@ -93,8 +99,7 @@ def test_after_a_crash_attempts_queued_before_it_are_held_back_for_a_lease(
 def test_no_attempt_is_held_back_without_a_crash(
     postgresql, db, unflushed_claims, sent
 ):
-    dispatch.requeue_stale(older_than=60)  # writes the row, if none yet
-    noticed(db, 4 * timedelta(hours=1))
+    noticed(db, 4 * timedelta(hours=1))  # the row written with the table
     task_id = queued(db, timedelta(minutes=5))
     sent.clear()
     assert dispatch.requeue_stale(older_than=60) == 1
@@ -102,9 +107,33 @@ def test_no_attempt_is_held_back_without_a_crash(
 
 
 def test_claims_that_wait_for_their_flush_hold_nothing_back(postgresql, db, sent):
+    """And the row is written all the same: choosing unflushed claims later
+    does not look like a crash."""
     task_id = queued(db, timedelta(hours=1))
     crash(db)
     sent.clear()
     assert dispatch.requeue_stale(older_than=60) == 1
     assert sent == [task_id]
-    assert db.session.execute(select(Uptime.since)).all() == []
+    assert len(db.session.execute(select(Uptime.since)).all()) == 1
+
+
+def test_a_task_is_held_back_for_its_own_lease(postgresql, db, unflushed_claims, sent):
+    """``lost_once`` has a lease of two seconds, ``add`` the configured
+    three hours."""
+    current_wtflow.register("short-lease", lost_once.si(marker_dir="unused"))
+    short = Workflow.create("short-lease", start=True).tasks[0].id
+    db.session.query(TaskRun).filter_by(id=short).update(
+        {TaskRun.queued_at: utcnow() - timedelta(hours=1)}
+    )
+    long = queued(db, timedelta(hours=1))
+    crash(db)
+    dispatch.requeue_stale(older_than=60)
+    noticed(db, timedelta(seconds=3))
+    sent.clear()
+    assert dispatch.requeue_stale(older_than=60) == 1
+    assert sent == [str(short)] and long not in sent
+
+
+def test_the_table_is_created_with_its_row(postgresql, db):
+    [(since,)] = db.session.execute(select(Uptime.since)).all()
+    assert since < utcnow()

@@ -23,6 +23,7 @@ def upgrade():
     )
     if op.get_bind().dialect.name == "postgresql":
         op.execute("ALTER TABLE wtflow_uptime SET UNLOGGED")
+        op.execute("INSERT INTO wtflow_uptime (id, since) VALUES (1, now())")
 
 
 def downgrade():

@@ -327,17 +327,21 @@ def requeue_stale(older_than=None):
         older_than = current_app.config["WTFLOW_REQUEUE_AFTER"]
     now = utcnow()
     deadline = now - timedelta(seconds=older_than)
-    filters = [
-        TaskRun.status == TaskStatus.QUEUED.value,
-        TaskRun.queued_at <= deadline,
-        TaskRun.kind.is_(None),  # the orchestrator's nodes have no message
-    ]
-    crash = uptime.held_back_before(db.session, now)
-    if crash is not None:  # their claims may be lost, their bodies running
-        filters.append(TaskRun.queued_at >= crash)
-    stale = db.session.query(TaskRun).filter(*filters).order_by(TaskRun.id).all()
+    stale = (
+        db.session.query(TaskRun)
+        .filter(
+            TaskRun.status == TaskStatus.QUEUED.value,
+            TaskRun.queued_at <= deadline,
+            TaskRun.kind.is_(None),  # the orchestrator's nodes have no message
+        )
+        .order_by(TaskRun.id)
+        .all()
+    )
+    crash = uptime.crash_noticed(db.session, now)
     messages = []
     for task in stale:
+        if uptime.held_back(task, crash, now):  # its claim lost, its body running?
+            continue
         touched = (
             db.session.query(TaskRun)
             .filter(

@@ -851,7 +851,14 @@ def start_runs(uow, runs):
 
 
 def claim(
-    uow, task_id, celery_id, retries=0, lease=None, upstream=True, unflushed=False
+    uow,
+    task_id,
+    celery_id,
+    retries=0,
+    lease=None,
+    upstream=True,
+    unflushed=False,
+    flushed=False,
 ):
     """Move an attempt ``queued -> running`` and return the task's row, or ``None``.
 
@@ -876,6 +883,8 @@ def claim(
         :data:`~invenio_wtflow.engine.dispatch.UNFLUSHED_HEADER`): a claim
         that commits unflushed (``WTFLOW_CLAIM_SYNCHRONOUS_COMMIT = False``)
         does so only once everything before it is flushed.
+    :param flushed: wait for the flush, whatever
+        ``WTFLOW_CLAIM_SYNCHRONOUS_COMMIT`` says (a claim taken again).
     :returns: a row with the task's ``id``, ``workflow_id``, ``position``,
         ``name``, ``signature`` and number of ``dependants``, and the
         ``data`` and ``upstream`` results read with it (on PostgreSQL, with
@@ -890,7 +899,7 @@ def claim(
         "lease_end": _lease_end(lease, now),
     }
     if fused.available(db.session):
-        synchronous = current_app.config["WTFLOW_CLAIM_SYNCHRONOUS_COMMIT"]
+        synchronous = flushed or current_app.config["WTFLOW_CLAIM_SYNCHRONOUS_COMMIT"]
         if not synchronous and unflushed:
             synchronous = prepared.IF_CAUGHT_UP
         return fused.claim(
@@ -1045,9 +1054,9 @@ def record_success(
     The success's statements record nothing for a task whose claim was
     lost (a crash of the database before an unflushed claim's flush, see
     ``WTFLOW_CLAIM_SYNCHRONOUS_COMMIT``): the attempt is then claimed again,
-    in a transaction of its own, and the success recorded (every other
-    report of an attempt claims it again in its own transaction, under its
-    lock).
+    in a transaction of its own that waits for its flush, and the success
+    recorded (every other report of an attempt claims it again in its own
+    transaction, under its lock).
 
     A task with exactly one dependant is first tried with
     :func:`succeed_shared`, which concurrent successes of the same run do not
@@ -1070,7 +1079,10 @@ def record_success(
     args = (task_id, celery_id, result, retries, dependants, runs, name)
     if _record_success(*args):
         return True
-    if atomic(claim, task_id, celery_id, retries, lease, upstream=False) is None:
+    claimed = atomic(
+        claim, task_id, celery_id, retries, lease, upstream=False, flushed=True
+    )
+    if claimed is None:
         return False
     _warn_lost_claim(task_id, celery_id)
     return _record_success(*args)
