@@ -11,12 +11,9 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 from celery import chain
@@ -29,6 +26,7 @@ from invenio_wtflow.engine.check import check_workflow
 from invenio_wtflow.models import TaskRun, WorkflowRun
 
 from .example_tasks import JOIN_WIDTH, UNFLUSHED_QUEUE, add, lost_once
+from .processes import start_worker, stop
 from .test_views_delegation import DONE, complete_at_once, post, statuses
 
 BROKER_URL = os.environ.get("WTFLOW_TEST_BROKER_URL")
@@ -42,7 +40,6 @@ pytestmark = [
     ),
 ]
 
-ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = 4
 TERMINAL = {"success", "failure", "cancelled"}
 
@@ -64,49 +61,19 @@ def running_worker(app, log, name, queues=None, **env):
     :param env: more environment variables for it.
     """
     celery = app.extensions["flask-celeryext"].celery
-    env = dict(
-        os.environ,
-        SQLALCHEMY_DATABASE_URI=DB_URI,
-        WTFLOW_TEST_BROKER_URL=BROKER_URL,
-        PYTHONPATH=str(ROOT),
-        **env,
+    proc = start_worker(
+        DB_URI, BROKER_URL, name, log, CONCURRENCY, ",".join(queues or ()), **env
     )
-    command = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "tests.worker:celery",
-        "worker",
-        "--pool=prefork",
-        f"--concurrency={CONCURRENCY}",
-        "--loglevel=INFO",
-        "--without-gossip",
-        "--without-mingle",
-        "--prefetch-multiplier=1",
-        "-n",
-        f"{name}@%h",
-    ]
-    if queues:
-        command += ["-Q", ",".join(queues)]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
-        )
     deadline = time.monotonic() + 60
     node = f"{name}@{socket.gethostname()}"
     while not celery.control.ping(destination=[node], timeout=0.5):
         if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
+            stop(proc)
             pytest.fail(f"worker did not start:\n{log.read_text()[-3000:]}")
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:  # pragma: no cover
-            proc.kill()
+        stop(proc)
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -58,6 +57,7 @@ from .example_tasks import (
     record,
     slow_record,
 )
+from .processes import start_worker, stop
 
 
 def _db8(url):
@@ -84,7 +84,6 @@ pytestmark = [
     ),
 ]
 
-ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = 4
 CHAOS_CONCURRENCY = 8
 TERMINAL = {"success", "failure", "cancelled"}
@@ -111,45 +110,10 @@ def celery_config_ext(celery_config_ext):
 
 
 def _start_worker(broker_url, node, log, concurrency=CONCURRENCY, queues=None, **env):
-    """Start a prefork worker consuming from ``broker_url``, logging to ``log``.
-
-    :param concurrency: number of pool processes.
-    :param queues: the queues to consume (comma-separated; Celery's default
-        queue when ``None``).
-    :param env: more environment variables for it.
-    """
-    env = dict(
-        os.environ,
-        SQLALCHEMY_DATABASE_URI=DB_URI,
-        WTFLOW_TEST_BROKER_URL=broker_url,
-        PYTHONPATH=str(ROOT),
-        **env,
+    """Start a worker of this module (see :func:`.processes.start_worker`)."""
+    proc = start_worker(
+        DB_URI, broker_url, f"{node}-{os.getpid()}", log, concurrency, queues, **env
     )
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "tests.worker:celery",
-                "worker",
-                "--pool=prefork",
-                f"--concurrency={concurrency}",
-                "--loglevel=INFO",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-                "--prefetch-multiplier=1",
-                "-n",
-                f"{node}-{os.getpid()}@%h",
-            ]
-            + ([] if queues is None else ["-Q", queues]),
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
     return Worker(proc, log)
 
 
@@ -174,18 +138,6 @@ class Worker:
             time.sleep(0.1)
 
 
-def _stop(proc, timeout=30):
-    """Terminate a process this module started, and reap it."""
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:  # pragma: no cover
-        proc.kill()
-        proc.wait()
-
-
 @pytest.fixture(scope="module")
 def worker(app, tmp_path_factory):
     """A prefork worker on database 8 of the shared Redis; yields its log."""
@@ -197,10 +149,10 @@ def worker(app, tmp_path_factory):
     deadline = time.monotonic() + 60
     while not celery.control.ping(timeout=0.5):
         if worker.proc.poll() is not None or time.monotonic() > deadline:
-            _stop(worker.proc)
+            stop(worker.proc)
             pytest.fail(f"worker did not start:\n{log.read_text()[-3000:]}")
     yield worker
-    _stop(worker.proc)
+    stop(worker.proc)
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +174,7 @@ def chaos_worker(app, tmp_path_factory):
         worker.wait_for(" ready.")
         yield worker
     finally:
-        _stop(worker.proc)
+        stop(worker.proc)
 
 
 @pytest.fixture()
@@ -324,7 +276,7 @@ class PrivateRedis:
 
     def stop(self):
         """Stop the server (SIGTERM; nothing is saved) and wait until it is gone."""
-        _stop(self.proc, timeout=10)
+        stop(self.proc, timeout=10)
         deadline = time.monotonic() + 10
         while _port_open(self.port):
             assert time.monotonic() < deadline, "redis-server still listening"
@@ -347,7 +299,7 @@ def private_broker(tmp_path_factory):
         worker.wait_for(" ready.")
         yield redis, worker
     finally:
-        _stop(worker.proc)
+        stop(worker.proc)
         redis.stop()
 
 
@@ -655,7 +607,7 @@ def unflushed_worker(app, tmp_path, monkeypatch):
         worker.wait_for(" ready.")
         yield worker
     finally:
-        _stop(worker.proc)
+        stop(worker.proc)
 
 
 @pytest.mark.skipif(
