@@ -82,12 +82,12 @@ experiments change nothing; they are kept to measure older trees.
 ``async-claim`` (2026-12-05; since 2026-12-06 the package's own setting,
 ``WTFLOW_CLAIM_SYNCHRONOUS_COMMIT = False``, in the claim's own message):
 the claim's transaction commits without waiting for PostgreSQL to flush its
-WAL, when everything before it is flushed (since the twenty-first
-session). A database crash could then forget a claim, never what came
-before it nor a later outcome: the body's next report claims the attempt
-again, and if the sweeper publishes it first, it may run a second time
-while the first still runs. Off by default (see benchmarks/README.md,
-eighteenth to twenty-first sessions).
+WAL (a run's first attempts, published before the creation's flush, once
+everything before them is flushed: since the twenty-first session). A
+database crash could then forget a claim, never what came before it nor a
+later outcome: the body's next report claims the attempt again, and the
+sweeper holds it back meanwhile for its task's lease. Off by default (see
+benchmarks/README.md, eighteenth to twenty-first sessions).
 """
 
 WTFLOW_TABLES = (
