@@ -371,9 +371,10 @@ class Uptime(db.Model):
     """Since when the database has run without a crash, as far as the engine knows.
 
     One row, in a table that is ``UNLOGGED`` on PostgreSQL: recovering from
-    a crash empties it. Written when the table is created; the sweeper
-    writes it again when it finds none, and then holds back the attempts
-    queued before (see :mod:`~invenio_wtflow.engine.uptime`).
+    a crash empties it. Written when the table is created, with the epoch
+    (no crash known: :data:`UPTIME_ROW`); the sweeper writes it again, with
+    its time, when it finds none, and then holds back the attempts queued
+    before (see :mod:`~invenio_wtflow.engine.uptime`).
     """
 
     __tablename__ = "wtflow_uptime"
@@ -382,13 +383,13 @@ class Uptime(db.Model):
     """Always 1."""
 
     since = db.Column(db.UTCDateTime, nullable=False)
-    """When the table was created, or when the sweeper found it emptied by a crash."""
+    """When the sweeper found the table emptied by a crash; the epoch before any."""
 
 
-for statement in (
-    "ALTER TABLE wtflow_uptime SET UNLOGGED",
-    "INSERT INTO wtflow_uptime (id, since) VALUES (1, now())",
-):
+UPTIME_ROW = "INSERT INTO wtflow_uptime (id, since) VALUES (1, 'epoch')"
+"""The uptime row of a new table (PostgreSQL): no crash known, nothing held back."""
+
+for statement in ("ALTER TABLE wtflow_uptime SET UNLOGGED", UPTIME_ROW):
     event.listen(
         Uptime.__table__,
         "after_create",

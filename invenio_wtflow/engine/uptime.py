@@ -17,9 +17,10 @@ It notices the crash by the row of :class:`~invenio_wtflow.models.Uptime`,
 in an ``UNLOGGED`` table, which PostgreSQL empties when it recovers from a
 crash (and which a promoted standby does not have): finding no row, the
 sweeper writes one with the time it found none. The row is written when
-the table is created, and kept whatever the setting, so that neither a
-new table nor choosing unflushed claims later looks like a crash. The
-setting must be the same for the sweeper and the workers.
+the table is created, with the epoch (no crash known: nothing is held
+back), and kept whatever the setting, so that neither a new table nor
+choosing unflushed claims later looks like a crash. The setting must be
+the same for the sweeper and the workers.
 """
 
 import logging
