@@ -178,8 +178,8 @@ def loses_its_claim(self, then="done"):
     return then
 
 
-UNFLUSHED_QUEUE = "wtflow-unflushed-claims"
-"""Queue of the integration tests' worker whose claims commit unflushed."""
+CLAIMS_QUEUE = "wtflow-claims"
+"""Queue of the integration tests' worker whose claims commit as a test says."""
 
 
 @workflow_task(bind=True)
@@ -190,7 +190,7 @@ def told_unflushed(self):
 
 unflushed_chain = chain(
     *(
-        signature.set(queue=UNFLUSHED_QUEUE)
+        signature.set(queue=CLAIMS_QUEUE)
         for signature in (
             told_unflushed.si(),
             told_unflushed.si(),
@@ -201,7 +201,7 @@ unflushed_chain = chain(
 )
 """Two tasks telling their message's header, two that lose their claim.
 
-All on :data:`UNFLUSHED_QUEUE`.
+All on :data:`CLAIMS_QUEUE`.
 """
 
 

@@ -25,7 +25,7 @@ from invenio_wtflow.engine import dispatch, prepared
 from invenio_wtflow.engine.check import check_workflow
 from invenio_wtflow.models import TaskRun, WorkflowRun
 
-from .example_tasks import JOIN_WIDTH, UNFLUSHED_QUEUE, add, lost_once
+from .example_tasks import CLAIMS_QUEUE, JOIN_WIDTH, add, lost_once
 from .processes import start_worker, stop
 from .test_views_delegation import DONE, complete_at_once, post, statuses
 
@@ -134,19 +134,20 @@ def test_the_message_tells_the_claim_whether_to_read_upstream_results(worker, cl
     assert wf.result == [[False], True]
 
 
-def test_unflushed_claims_on_a_real_worker(app, clean, tmp_path):
-    """A worker whose claims commit unflushed, on a queue of its own: a run
-    created at once runs to the end, its first attempt's message saying
-    that the creation may not be flushed yet, the next one's not; bodies
-    that find their claim lost have it claimed again by their heartbeat or
-    their outcome."""
+@pytest.mark.parametrize("synchronous", ["0", "1"], ids=["unflushed", "flushed"])
+def test_claims_on_a_real_worker(app, clean, tmp_path, synchronous):
+    """A worker of its own, claims committed unflushed (the default) or
+    flushed, on a queue of its own: a run created at once runs to the end,
+    its first attempt's message saying that the creation may not be flushed
+    yet, the next one's not; bodies that find their claim lost have it
+    claimed again by their heartbeat or their outcome."""
     log = tmp_path / "worker.log"
     with running_worker(
         app,
         log,
-        f"wtflow-unflushed-{os.getpid()}",
-        queues=[UNFLUSHED_QUEUE],
-        WTFLOW_TEST_WORKER_UNFLUSHED_CLAIMS="1",
+        f"wtflow-claims-{synchronous}-{os.getpid()}",
+        queues=[CLAIMS_QUEUE],
+        WTFLOW_TEST_WORKER_CLAIM_SYNCHRONOUS_COMMIT=synchronous,
     ):
         runs = [Workflow.create("unflushed-chain", start=True) for _ in range(5)]
         wait([run.id for run in runs])

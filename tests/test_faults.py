@@ -43,7 +43,7 @@ from sqlalchemy import select
 
 from invenio_wtflow import Workflow, current_wtflow
 from invenio_wtflow.api import Task
-from invenio_wtflow.engine import dispatch
+from invenio_wtflow.engine import dispatch, prepared
 from invenio_wtflow.engine.check import check_workflow
 from invenio_wtflow.errors import InvalidStateError
 from invenio_wtflow.models import TaskRun, Uptime
@@ -51,7 +51,7 @@ from invenio_wtflow.permissions import wtflow_admin_action
 
 from .example_tasks import (
     CHAOS_QUEUE,
-    UNFLUSHED_QUEUE,
+    CLAIMS_QUEUE,
     chaos_record,
     gated_record,
     record,
@@ -600,8 +600,8 @@ def unflushed_worker(app, tmp_path, monkeypatch):
         BROKER_URL,
         "wtflow-faults-unflushed",
         tmp_path / "unflushed-worker.log",
-        queues=UNFLUSHED_QUEUE,
-        WTFLOW_TEST_WORKER_UNFLUSHED_CLAIMS="1",
+        queues=CLAIMS_QUEUE,
+        WTFLOW_TEST_WORKER_CLAIM_SYNCHRONOUS_COMMIT="0",
     )
     try:
         worker.wait_for(" ready.")
@@ -623,7 +623,7 @@ def test_a_claim_lost_in_a_crash_of_postgresql_is_claimed_again(
     from the crash without the claim: the task is ``queued`` again. The
     sweeper holds it back (its uptime row is gone), and the body's outcome
     claims the attempt again and is recorded: the body ran once."""
-    on_queue = {"queue": UNFLUSHED_QUEUE}
+    on_queue = {"queue": CLAIMS_QUEUE}
     current_wtflow.register(
         "faults-crash",
         chain(
@@ -658,6 +658,62 @@ def test_a_claim_lost_in_a_crash_of_postgresql_is_claimed_again(
     assert marks(marker_dir, "first", "gated", "after") == ["x", "x", "x"]
     assert unflushed_worker.count("its claim was lost") == 1
     assert statuses(Task.get(gated_id).history())[-2:] == ["running", "success"]
+
+
+def _guarded_setting(conn):
+    """The ``synchronous_commit`` a caught-up claim's guard commits with.
+
+    ``off`` if any of five tries gives it (another backend's WAL may come
+    between the flush and the guard), else what the last one gave.
+    """
+    guard = prepared._UNFLUSHED_IF_CAUGHT_UP
+    for _ in range(5):
+        conn.exec_driver_sql(prepared._FLUSH)  # everything before it is flushed
+        setting = conn.exec_driver_sql(f"{guard}SHOW synchronous_commit").scalar()
+        if setting == "off":
+            break
+    return setting
+
+
+def _server_setting(admin, conn, name, value):
+    """Set ``name`` for the whole server; return once ``conn`` sees it."""
+    if value is None:
+        admin.execute(sa.text(f"ALTER SYSTEM RESET {name}"))
+    else:
+        admin.execute(sa.text(f"ALTER SYSTEM SET {name} = '{value}'"))
+    admin.execute(sa.text("SELECT pg_reload_conf()"))
+    deadline = time.monotonic() + 10
+    while conn.exec_driver_sql(f"SHOW {name}").scalar() != (value or ""):
+        assert time.monotonic() < deadline, f"{name} not reloaded"
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(
+    not CRASH,
+    reason="configures a synchronous standby for the whole server: "
+    "set WTFLOW_TEST_CRASH_POSTGRESQL=1 on a server of your own",
+)
+def test_a_claim_waits_where_a_synchronous_standby_is_configured(app):
+    """A caught-up server is not enough where a failover to a synchronous
+    standby could lose what it flushed: the guard of an unflushed claim
+    leaves ``synchronous_commit`` as it was (``local`` here, so that nothing
+    waits for the standby, which does not exist)."""
+    engine = sa.create_engine(_db.engine.url, isolation_level="AUTOCOMMIT")
+    admin_engine, admin = _admin_connection()
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SET synchronous_commit = local")
+            assert _guarded_setting(conn) == "off"
+            _server_setting(admin, conn, "synchronous_standby_names", "absent")
+            try:
+                assert _guarded_setting(conn) == "local"
+            finally:
+                _server_setting(admin, conn, "synchronous_standby_names", None)
+            assert _guarded_setting(conn) == "off"
+    finally:
+        admin.close()
+        admin_engine.dispose()
+        engine.dispose()
 
 
 #

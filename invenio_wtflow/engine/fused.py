@@ -190,7 +190,8 @@ def claim(session, params, alone=False, upstream=True, synchronous_commit=True):
         without waiting for its WAL flush (see
         ``WTFLOW_CLAIM_SYNCHRONOUS_COMMIT``);
         :data:`~invenio_wtflow.engine.prepared.IF_CAUGHT_UP`: only when
-        every commit before it is flushed already.
+        every commit before it is flushed already (and no synchronous
+        standby is configured).
     :returns: the row of :func:`~invenio_wtflow.engine.statements.claim`, with
         ``run_name`` (the run's definition name), ``data`` (the run's data,
         for a bare task) and ``upstream`` (the results of the upstream

@@ -147,8 +147,8 @@ def execute(
         them, and any later commit that waits for its own flush makes them
         durable too (the WAL is flushed in order). :data:`IF_CAUGHT_UP`:
         the same, only when every commit before the message is flushed
-        already; otherwise wait, so that the crash could forget this
-        transaction alone.
+        already and no synchronous standby is configured; otherwise wait,
+        so that a crash could forget this transaction alone.
     :returns: the result, as ``session.execute`` returns it; prepared, or on
         a connection of its own, a :class:`Rows` with the same ``all``,
         ``one`` and ``one_or_none``.
@@ -219,8 +219,9 @@ IF_CAUGHT_UP = "if-caught-up"
 """``synchronous_commit`` of :func:`execute`: unflushed only if nothing before it is."""
 
 _UNFLUSHED_IF_CAUGHT_UP = (
-    "SELECT set_config('synchronous_commit', CASE WHEN pg_current_wal_flush_lsn() "
-    ">= pg_current_wal_insert_lsn() THEN 'off' "
+    "SELECT set_config('synchronous_commit', CASE WHEN "
+    "current_setting('synchronous_standby_names') = '' AND "
+    "pg_current_wal_flush_lsn() >= pg_current_wal_insert_lsn() THEN 'off' "
     "ELSE current_setting('synchronous_commit') END, true); "
 )
 """What a message begins with to commit unflushed only if the WAL is flushed up to it.
@@ -231,7 +232,9 @@ wrote) is all flushed, or the commit waits as the server's setting says.
 The setting is read at the commit, and ends with the message's transaction.
 Conservative: WAL written by a transaction still in progress, or an insert
 position just past a page header, makes the commit wait when it need not.
-It sees the server's own flush only, not a synchronous standby's.
+The server's own flush is all it can see: where synchronous standbys are
+configured (``synchronous_standby_names``), the commit always waits, so
+that it waits for them as the server's setting says.
 """
 
 _UNFLUSHED = "wtflow_unflushed"
