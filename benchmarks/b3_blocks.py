@@ -23,7 +23,7 @@ The variant, if any, is one of:
 - ``--worker EXPERIMENTS``: a second worker, started with
   ``WTFLOW_BENCH_EXPERIMENTS=EXPERIMENTS`` (see :mod:`benchmarks.common`),
   consumes a queue of its own, to which a copy of ``bench-one`` routes its
-  task: for what the worker reads, as ``async-claim`` (the claim without
+  task: for what the worker reads, as ``flushed-claim`` (the claim with
   its flush). Both workers have the same processes and command line.
 
 Without a variant it compares the engine with plain Celery alone: B3's

@@ -79,15 +79,14 @@ Set in the environment, it applies to the worker and the caller alike.
 The package itself does all three since 2026-11-23 (``subquery`` versioning,
 ``EngineUnitOfWork``, attempts published with ``ignore_result``): on it, the
 experiments change nothing; they are kept to measure older trees.
-``async-claim`` (2026-12-05; since 2026-12-06 the package's own setting,
-``WTFLOW_CLAIM_SYNCHRONOUS_COMMIT = False``, in the claim's own message):
-the claim's transaction commits without waiting for PostgreSQL to flush its
-WAL (a run's first attempts, published before the creation's flush, once
-everything before them is flushed: since the twenty-first session). A
-database crash could then forget a claim, never what came before it nor a
-later outcome: the body's next report claims the attempt again, and the
-sweeper holds it back meanwhile for its task's lease. Off by default (see
-benchmarks/README.md, eighteenth to twenty-first sessions).
+``flushed-claim`` (2026-12-07): ``WTFLOW_CLAIM_SYNCHRONOUS_COMMIT = True``,
+every claim waiting for PostgreSQL to flush it before the body runs: the
+package's default until the twenty-second session. Since then the claim
+commits unflushed by default (a run's first attempts, published before the
+creation's flush, only once everything before them is flushed), and
+``async-claim``, the experiment that tried it (2026-12-05 to 2026-12-06),
+changes nothing (see benchmarks/README.md, eighteenth to twenty-second
+sessions).
 """
 
 WTFLOW_TABLES = (
@@ -116,7 +115,11 @@ def app_config(**config):
             "CELERY_TASK_ACKS_LATE": True,
             "CELERY_WORKER_PREFETCH_MULTIPLIER": 1,
             "WTFLOW_WORKFLOWS": WORKFLOWS,
-            "WTFLOW_CLAIM_SYNCHRONOUS_COMMIT": "async-claim" not in EXPERIMENTS,
+            **(
+                {"WTFLOW_CLAIM_SYNCHRONOUS_COMMIT": True}
+                if "flushed-claim" in EXPERIMENTS
+                else {}
+            ),
         },
         **config,
     )

@@ -55,35 +55,43 @@ pooler that shares a database session between clients, such as PgBouncer
 in transaction pooling mode.
 """
 
-WTFLOW_CLAIM_SYNCHRONOUS_COMMIT = True
+WTFLOW_CLAIM_SYNCHRONOUS_COMMIT = False
 """Whether an attempt's claim waits for PostgreSQL to flush it before the body runs.
 
-``False`` (PostgreSQL through psycopg2 with ``WTFLOW_PREPARED_STATEMENTS``):
-the claim commits with ``synchronous_commit`` off for its own transaction,
-and the task's body starts one flush of the database's disk sooner (an
-``fsync``: a fraction of a millisecond on a local SSD, milliseconds on some
-network disks). Every other transaction sees the claim at once, so a
-duplicate delivery still claims nothing. The first attempts of a run
-created at once are published before the creation is flushed (their
-message says so): their claim skips the flush only when the WAL is flushed
-up to it, and otherwise waits, flushing the creation too, so that no body
-runs for a run a crash could still forget. The check sees the server's own
-flush, not a synchronous standby's: keep ``True`` where a failover must
-not lose what a body has started on.
+``False`` (the default; PostgreSQL through psycopg2 with
+``WTFLOW_PREPARED_STATEMENTS``): the claim commits with ``synchronous_commit``
+off for its own transaction, and the task's body starts one flush of the
+database's disk sooner (an ``fsync``: a fraction of a millisecond on a local
+SSD, milliseconds on some network disks). Every other transaction sees the
+claim at once, so a duplicate delivery still claims nothing, and the next
+flushed commit (the attempt's outcome, at the latest) makes it durable. The
+first attempts of a run created at once are published before the creation
+is flushed (their message says so): their claim skips the flush only when
+the WAL is flushed up to it and no synchronous standby is configured
+(``synchronous_standby_names``), and otherwise waits as the server's
+``synchronous_commit`` says, flushing the creation too, so that no body
+runs for a run a crash or a failover could still forget. Outcomes,
+creations and every other transition always wait for their flush.
 
 What it costs: a crash of the database before its WAL writer flushes the
-claim (``wal_writer_delay``, 200 ms by default) forgets the claim, and the
-task is ``queued`` again under the same attempt while its body runs on.
-The body's next heartbeat, progress report, spawn or delegation, or its
-outcome, claims the attempt again (in the report's transaction; a success,
-in one just before) and is applied. The sweeper, finding that the database
-has recovered from a crash (an ``UNLOGGED`` row is gone), does not publish
-again the attempts queued before it noticed for their task's lease
+claim (``wal_writer_delay``, 200 ms by default), or a failover to a standby
+that had not received it, forgets the claim, and the task is ``queued``
+again under the same attempt while its body runs on. The body's next
+heartbeat, progress report, spawn or delegation, or its outcome, claims the
+attempt again (in the report's transaction; a success, in one just before)
+and is applied; the task's ``running`` version and ``started_at`` are then
+the second claim's. The sweeper, finding that the database has recovered
+from a crash or been promoted (an ``UNLOGGED`` row is gone), does not
+publish again the attempts queued before it noticed for their task's lease
 (``WTFLOW_TASK_LEASE`` or the task's ``lease``), the time a body may go
-without a sign of life; a body silent for longer may then run a second
-time beside the first (the first outcome is recorded), as after any
-expired lease. Outcomes are durable either way. Give the sweeper and the
-workers the same setting.
+without a sign of life; a body silent for longer may then run a second time
+beside the first (the first outcome is recorded), as after any expired
+lease. (Celery itself records that a task started only when asked to,
+``task_track_started``, and never durably.)
+
+``True``: every claim waits for its flush (and for a synchronous standby,
+where there is one) before the body runs; a crash never forgets a claim.
+Give the sweeper and the workers the same setting.
 """
 
 WTFLOW_SQLITE_SERIALIZE = True

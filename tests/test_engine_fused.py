@@ -13,7 +13,7 @@ from celery import chain, chord, group
 from invenio_db import db as _db
 from sqlalchemy_continuum import version_class, versioning_manager
 
-from invenio_wtflow import Workflow, current_wtflow
+from invenio_wtflow import Workflow, config, current_wtflow
 from invenio_wtflow.engine import (
     dispatch,
     fused,
@@ -530,11 +530,11 @@ def test_a_lost_wait_for_the_flush_is_retried_before_the_call_returns(
 
 
 def test_a_claim_may_commit_without_waiting_for_its_flush(app, clean, monkeypatch):
-    """``WTFLOW_CLAIM_SYNCHRONOUS_COMMIT = False``: the claim's message turns
-    ``synchronous_commit`` off for itself, and for an attempt whose message
-    says its queuing commit may not be flushed, only once the WAL is flushed
-    up to it; the claim is seen at once (a duplicate delivery claims
-    nothing). By default the claim waits."""
+    """``WTFLOW_CLAIM_SYNCHRONOUS_COMMIT = False`` (the default): the claim's
+    message turns ``synchronous_commit`` off for itself, and for an attempt
+    whose message says its queuing commit may not be flushed, only once the
+    WAL is flushed up to it; the claim is seen at once (a duplicate delivery
+    claims nothing). With ``True``, the claim waits."""
     if not prepared.enabled(_db.session):
         pytest.skip("a message with SET LOCAL: prepared statements (psycopg2)")
     monkeypatch.setattr(dispatch, "_send", lambda m: True)
@@ -544,15 +544,17 @@ def test_a_claim_may_commit_without_waiting_for_its_flush(app, clean, monkeypatc
         attempts.append((task.id, task.model.celery_id))
     _db.session.commit()
     claim = orchestrator.claim
+    monkeypatch.setitem(app.config, "WTFLOW_CLAIM_SYNCHRONOUS_COMMIT", True)
     with sent_statements() as sent:
         assert orchestrator.atomic(claim, *attempts[0], unflushed=True)
-    [(default, _)] = sent
+    [(flushed, _)] = sent
     monkeypatch.setitem(app.config, "WTFLOW_CLAIM_SYNCHRONOUS_COMMIT", False)
     with sent_statements() as sent:
         assert orchestrator.atomic(claim, *attempts[1])
         assert orchestrator.atomic(claim, *attempts[1]) is None  # a duplicate
         assert orchestrator.atomic(claim, *attempts[2], unflushed=True)
-    assert default.startswith("EXECUTE ")
+    assert config.WTFLOW_CLAIM_SYNCHRONOUS_COMMIT is False
+    assert flushed.startswith("EXECUTE ")
     guard = prepared._UNFLUSHED_IF_CAUGHT_UP
     assert [s.split("; ")[0] for s, _ in sent[:2]] == [
         "SET LOCAL synchronous_commit TO off"
