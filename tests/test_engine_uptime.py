@@ -107,12 +107,21 @@ def test_no_attempt_is_held_back_without_a_crash(
     assert sent == [task_id]
 
 
+@pytest.mark.parametrize(
+    "setting",
+    ["WTFLOW_CLAIM_SYNCHRONOUS_COMMIT", "WTFLOW_PREPARED_STATEMENTS"],
+    ids=["synchronous-claims", "no-prepared-statements"],
+)
 def test_claims_that_wait_for_their_flush_hold_nothing_back(
-    postgresql, db, sent, app, monkeypatch
+    postgresql, db, sent, app, monkeypatch, setting
 ):
-    """And the row is written all the same: choosing unflushed claims later
-    does not look like a crash."""
-    monkeypatch.setitem(app.config, "WTFLOW_CLAIM_SYNCHRONOUS_COMMIT", True)
+    """Claims wait for their flush when asked to, or without prepared
+    statements (they are sent in the session's transaction). The row is
+    written all the same: choosing unflushed claims later does not look
+    like a crash."""
+    monkeypatch.setitem(
+        app.config, setting, setting == "WTFLOW_CLAIM_SYNCHRONOUS_COMMIT"
+    )
     task_id = queued(db, timedelta(hours=1))
     crash(db)
     sent.clear()

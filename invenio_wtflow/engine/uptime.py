@@ -44,9 +44,11 @@ noticed is held back too."""
 def crash_noticed(session, now):
     """When the sweeper found the database recovered from a crash, or ``None``.
 
-    ``None`` off PostgreSQL, and where claims wait for their flush (nothing
-    to hold back); the uptime row is read, and written when missing, on
-    PostgreSQL all the same.
+    ``None`` off PostgreSQL, and where claims wait for their flush
+    (``WTFLOW_CLAIM_SYNCHRONOUS_COMMIT``, or no prepared statements:
+    nothing to hold back); the uptime row is read, and written when
+    missing, on PostgreSQL all the same. A sweeper on psycopg 3 holds back
+    all the same: the workers' driver may be psycopg2.
 
     :param session: the sweeper's session (the row is written in its
         transaction).
@@ -54,7 +56,11 @@ def crash_noticed(session, now):
     """
     if session.get_bind().dialect.name != "postgresql":
         return None
-    unflushed = not current_app.config["WTFLOW_CLAIM_SYNCHRONOUS_COMMIT"]
+    config = current_app.config
+    unflushed = (
+        not config["WTFLOW_CLAIM_SYNCHRONOUS_COMMIT"]
+        and config["WTFLOW_PREPARED_STATEMENTS"]
+    )
     since = _since(session)
     if since is None:
         written = session.execute(
