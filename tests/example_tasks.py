@@ -188,6 +188,14 @@ def told_unflushed(self):
     return _header(self.request, UNFLUSHED_HEADER)
 
 
+@workflow_task
+def claim_setting():
+    """Return the worker's ``WTFLOW_CLAIM_SYNCHRONOUS_COMMIT``."""
+    from flask import current_app
+
+    return current_app.config["WTFLOW_CLAIM_SYNCHRONOUS_COMMIT"]
+
+
 unflushed_chain = chain(
     *(
         signature.set(queue=CLAIMS_QUEUE)
@@ -196,10 +204,12 @@ unflushed_chain = chain(
             told_unflushed.si(),
             loses_its_claim.si("done"),
             loses_its_claim.si("heartbeat"),
+            claim_setting.si(),
         )
     )
 )
-"""Two tasks telling their message's header, two that lose their claim.
+"""Two tasks telling their message's header, two that lose their claim, and
+one telling how the worker's claims commit.
 
 All on :data:`CLAIMS_QUEUE`.
 """

@@ -155,7 +155,10 @@ def test_claims_on_a_real_worker(app, clean, tmp_path, synchronous):
     for run in runs:
         run = Workflow.get(run.id)
         assert run.status == "success", run.tasks
-        assert [t.result for t in run.tasks] == [unflushed, None, "done", True]
+        assert [t.result for t in run.tasks] == [
+            *(unflushed, None, "done", True),
+            synchronous == "1",  # the worker's own setting
+        ]
     assert log.read_text().count("its claim was lost") >= 10  # more if retried
 
 
