@@ -70,13 +70,15 @@ is flushed (their message says so): their claim skips the flush only when
 the WAL is flushed up to it and no synchronous standby is configured
 (``synchronous_standby_names``), and otherwise waits as the server's
 ``synchronous_commit`` says, flushing the creation too, so that no body
-runs for a run a crash or a failover could still forget. Outcomes,
-creations and every other transition always wait for their flush.
+runs for a run a crash (or, with synchronous replication, a failover) could
+still forget. Outcomes, creations and every other transition always wait
+for their flush. (psycopg 3, or ``WTFLOW_PREPARED_STATEMENTS = False``:
+every claim waits for its flush, whatever this setting says.)
 
 What it costs: a crash of the database before its WAL writer flushes the
-claim (``wal_writer_delay``, 200 ms by default), or a failover to a standby
-that had not received it, forgets the claim, and the task is ``queued``
-again under the same attempt while its body runs on. The body's next
+claim (up to three times ``wal_writer_delay``, 200 ms by default), or a
+failover to a standby that had not received it, forgets the claim, and the
+task is ``queued`` again under the same attempt while its body runs on. The body's next
 heartbeat, progress report, spawn or delegation, or its outcome, claims the
 attempt again (in the report's transaction; a success, in one just before)
 and is applied; the task's ``running`` version and ``started_at`` are then
@@ -90,8 +92,12 @@ lease. (Celery itself records that a task started only when asked to,
 ``task_track_started``, and never durably.)
 
 ``True``: every claim waits for its flush (and for a synchronous standby,
-where there is one) before the body runs; a crash never forgets a claim.
-Give the sweeper and the workers the same setting.
+where there is one) before the body runs; a crash never forgets a claim,
+and the sweeper holds nothing back after one.
+
+Give the sweeper and the workers the same setting (and the same
+``WTFLOW_PREPARED_STATEMENTS``). See :doc:`operations` for what to expect
+after a crash or a failover.
 """
 
 WTFLOW_SQLITE_SERIALIZE = True
