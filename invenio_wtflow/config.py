@@ -78,11 +78,11 @@ every claim waits for its flush, whatever this setting says.)
 What it costs: a crash of the database before its WAL writer flushes the
 claim (up to three times ``wal_writer_delay``, 200 ms by default), or a
 failover to a standby that had not received it, forgets the claim, and the
-task is ``queued`` again under the same attempt while its body runs on. The body's next
-heartbeat, progress report, spawn or delegation, or its outcome, claims the
-attempt again (in the report's transaction; a success, in one just before)
-and is applied; the task's ``running`` version and ``started_at`` are then
-the second claim's. The sweeper, finding that the database has recovered
+task is ``queued`` again under the same attempt while its body runs on.
+The body's next heartbeat, progress report, spawn or delegation, or its
+outcome, claims the attempt again (in the report's transaction; a success,
+in one just before) and is applied; the task's ``running`` version and
+``started_at`` are then the second claim's. The sweeper, finding that the database has recovered
 from a crash or been promoted (an ``UNLOGGED`` row is gone), does not
 publish again the attempts queued before it noticed for their task's lease
 (``WTFLOW_TASK_LEASE`` or the task's ``lease``), the time a body may go
