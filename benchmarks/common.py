@@ -79,7 +79,7 @@ Set in the environment, it applies to the worker and the caller alike.
 The package itself does all three since 2026-11-23 (``subquery`` versioning,
 ``EngineUnitOfWork``, attempts published with ``ignore_result``): on it, the
 experiments change nothing; they are kept to measure older trees.
-``flushed-claim`` (2026-12-07): ``WTFLOW_CLAIM_SYNCHRONOUS_COMMIT = True``,
+``flushed-claim`` (2026-12-06): ``WTFLOW_CLAIM_SYNCHRONOUS_COMMIT = True``,
 every claim waiting for PostgreSQL to flush it before the body runs: the
 package's default until the twenty-second session. Since then the claim
 commits unflushed by default (a run's first attempts, published before the

@@ -11,7 +11,8 @@ own queue, consumed by its own worker of eight processes. The broker outage
 test starts (and stops) its own ``redis-server`` on port 6391 (or
 ``WTFLOW_TEST_PRIVATE_REDIS_PORT``) and never touches the shared one. Set both
 to run two suites side by side. The crash test crashes the PostgreSQL server
-itself, every database on it: it runs only with
+itself, every database on it, and the synchronous standby test configures
+one for the whole server for a moment: they run only with
 ``WTFLOW_TEST_CRASH_POSTGRESQL=1``, as root, on a server of your own.
 """
 
