@@ -3,6 +3,7 @@
 
 """After a crash of PostgreSQL, the sweeper holds back what was queued before it."""
 
+import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -150,3 +151,42 @@ def test_a_task_is_held_back_for_its_own_lease(postgresql, db, unflushed_claims,
 def test_the_table_is_created_with_its_row(postgresql, db):
     [(since,)] = db.session.execute(select(Uptime.since)).all()
     assert since == datetime(1970, 1, 1, tzinfo=timezone.utc)  # no crash known
+
+
+@pytest.mark.parametrize("round_", range(5))
+def test_sweepers_finding_the_row_gone_at_once_agree(
+    app, clean, unflushed_claims, sent, caplog, round_
+):
+    """Eight sweepers, each with its own connection, find the uptime row gone
+    at the same moment: one row is written, one warning logged, and every
+    sweeper holds back the attempt queued before the crash."""
+    from invenio_db import db as _db
+
+    if _db.engine.dialect.name != "postgresql":
+        pytest.skip("unlogged tables are PostgreSQL's")
+    task_id = queued(_db, timedelta(hours=1))
+    crash(_db)
+    sent.clear()
+    sweepers = 8
+    barrier = threading.Barrier(sweepers)
+    published, errors = [], []
+
+    def sweep():
+        with app.app_context():
+            try:
+                barrier.wait(timeout=30)
+                published.append(dispatch.requeue_stale(older_than=60))
+            except Exception as error:  # reported below
+                errors.append(error)
+            finally:
+                _db.session.remove()
+
+    threads = [threading.Thread(target=sweep) for _ in range(sweepers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == [] and published == [0] * sweepers
+    assert task_id not in sent
+    assert len(_db.session.execute(select(Uptime.since)).all()) == 1
+    assert caplog.text.count("The uptime row was gone") == 1
