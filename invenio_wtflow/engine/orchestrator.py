@@ -939,14 +939,28 @@ def _lost_claim(task, celery_id, retries):
     return task.status == RUNNING.value and task.retries < retries
 
 
-def _claim_again(task, retries, lease=None):
-    """Claim a locked task whose claim was lost (see :func:`_lost_claim`) in place."""
-    _warn_lost_claim(task.id, task.celery_id)
-    now = utcnow()
-    task.status = RUNNING.value
-    task.retries = retries
-    task.started_at = now
-    task.lease_expires_at = _lease_end(lease, now)
+def _current_attempt(task, celery_id, retries, statuses=(RUNNING,), lease=None):
+    """Whether a locked task is still at the attempt ``(celery_id, retries)``.
+
+    A task whose claim of that attempt was lost (see :func:`_lost_claim`) is
+    claimed again in place first, with a lease of ``lease`` seconds (the
+    callers that pass none set the lease themselves or end it).
+
+    :param statuses: the statuses the attempt may be in.
+    """
+    if _lost_claim(task, celery_id, retries):
+        _warn_lost_claim(task.id, task.celery_id)
+        now = utcnow()
+        task.status = RUNNING.value
+        task.retries = retries
+        task.started_at = now
+        task.lease_expires_at = _lease_end(lease, now)
+        return True
+    return (
+        task.celery_id == celery_id
+        and task.status in {s.value for s in statuses}
+        and task.retries == retries
+    )
 
 
 def _warn_lost_claim(task_id, celery_id):
@@ -997,14 +1011,7 @@ def _lock_running(task_id, celery_id, retries, statuses=(RUNNING,)):
     """
     workflow = lock_workflow(task_id=task_id)
     task = _lock_tasks(TaskRun.id == task_id)[0]
-    allowed = {s.value for s in statuses}
-    if _lost_claim(task, celery_id, retries):
-        _claim_again(task, retries)
-    elif (
-        task.celery_id != celery_id
-        or task.status not in allowed
-        or task.retries != retries
-    ):
+    if not _current_attempt(task, celery_id, retries, statuses):
         logger.info(
             "Ignoring stale report of attempt %s for task %s (%s, attempt %s).",
             celery_id,
@@ -1538,13 +1545,7 @@ def retry(uow, task_id, celery_id, retries, reason, eta=None):
     if not tasks:
         return False
     task = tasks[0]
-    if _lost_claim(task, celery_id, retries):
-        _claim_again(task, retries)
-    elif (
-        task.celery_id != celery_id
-        or task.status != RUNNING.value
-        or task.retries != retries
-    ):
+    if not _current_attempt(task, celery_id, retries):
         return False
     task.status = QUEUED.value
     task.lease_expires_at = None
@@ -1563,13 +1564,7 @@ def report(uow, task_id, celery_id, message=None, progress=None, retries=0, leas
     if not tasks:
         return False
     task = tasks[0]
-    if _lost_claim(task, celery_id, retries):
-        _claim_again(task, retries, lease)
-    elif (
-        task.celery_id != celery_id
-        or task.status != RUNNING.value
-        or task.retries != retries
-    ):
+    if not _current_attempt(task, celery_id, retries, lease=lease):
         return False
     if message is not None:
         task.message = message

@@ -287,7 +287,7 @@ def await_flush(session):
 
     :param session: the session that sent the commits.
     """
-    if not session.info.get(_UNFLUSHED):
+    if not awaits_flush(session):
         return
     with alone(session) as own:
         if own is None:  # a transaction of the session's: commit one apart
