@@ -407,6 +407,20 @@ def caught_up_setting(connection, before=""):
         return cursor.fetchone()[0]
 
 
+def flushed_setting(connection):
+    """:func:`caught_up_setting` once everything before is flushed.
+
+    ``off`` if any of five tries gives it (another backend's WAL may come
+    between the flush and the guard), else what the last one gave.
+    """
+    for _ in range(5):
+        connection.exec_driver_sql(prepared._FLUSH)
+        setting = caught_up_setting(connection)
+        if setting == "off":
+            break
+    return setting
+
+
 def test_a_message_commits_unflushed_only_once_earlier_commits_are_flushed(
     psycopg2_clean, clean
 ):
@@ -422,13 +436,7 @@ def test_a_message_commits_unflushed_only_once_earlier_commits_are_flushed(
     unflushed = "SELECT pg_logical_emit_message(false, 'wtflow-test', 'x'); "
     with prepared.alone(_db.session) as own:
         assert caught_up_setting(own, unflushed) == "on"
-        seen = set()
-        for _ in range(5):  # another backend's WAL may come between the two
-            own.exec_driver_sql(prepared._FLUSH)
-            seen.add(caught_up_setting(own))
-            if "off" in seen:
-                break
-        assert "off" in seen
+        assert flushed_setting(own) == "off"
         with sent_statements() as sent:
             during = prepared.execute(
                 _db.session,

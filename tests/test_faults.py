@@ -44,7 +44,7 @@ from sqlalchemy import select
 
 from invenio_wtflow import Workflow, current_wtflow
 from invenio_wtflow.api import Task
-from invenio_wtflow.engine import dispatch, prepared
+from invenio_wtflow.engine import dispatch
 from invenio_wtflow.engine.check import check_workflow
 from invenio_wtflow.errors import InvalidStateError
 from invenio_wtflow.models import TaskRun, Uptime
@@ -59,6 +59,7 @@ from .example_tasks import (
     slow_record,
 )
 from .processes import start_worker, stop
+from .test_engine_prepared import flushed_setting
 
 
 def _db8(url):
@@ -661,21 +662,6 @@ def test_a_claim_lost_in_a_crash_of_postgresql_is_claimed_again(
     assert statuses(Task.get(gated_id).history())[-2:] == ["running", "success"]
 
 
-def _guarded_setting(conn):
-    """The ``synchronous_commit`` a caught-up claim's guard commits with.
-
-    ``off`` if any of five tries gives it (another backend's WAL may come
-    between the flush and the guard), else what the last one gave.
-    """
-    guard = prepared._UNFLUSHED_IF_CAUGHT_UP
-    for _ in range(5):
-        conn.exec_driver_sql(prepared._FLUSH)  # everything before it is flushed
-        setting = conn.exec_driver_sql(f"{guard}SHOW synchronous_commit").scalar()
-        if setting == "off":
-            break
-    return setting
-
-
 def _server_setting(admin, conn, name, value):
     """Set ``name`` for the whole server; return once ``conn`` sees it."""
     if value is None:
@@ -704,13 +690,13 @@ def test_a_claim_waits_where_a_synchronous_standby_is_configured(app):
     try:
         with engine.connect() as conn:
             conn.exec_driver_sql("SET synchronous_commit = local")
-            assert _guarded_setting(conn) == "off"
+            assert flushed_setting(conn) == "off"
             _server_setting(admin, conn, "synchronous_standby_names", "absent")
             try:
-                assert _guarded_setting(conn) == "local"
+                assert flushed_setting(conn) == "local"
             finally:
                 _server_setting(admin, conn, "synchronous_standby_names", None)
-            assert _guarded_setting(conn) == "off"
+            assert flushed_setting(conn) == "off"
     finally:
         admin.close()
         admin_engine.dispose()
