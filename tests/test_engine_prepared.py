@@ -10,6 +10,7 @@ from invenio_db import db as _db
 from sqlalchemy import bindparam, event, func, or_, select, text
 from sqlalchemy.exc import (
     DataError,
+    InvalidRequestError,
     MultipleResultsFound,
     NoResultFound,
     OperationalError,
@@ -163,6 +164,24 @@ def test_a_prepared_statement_takes_its_parameters_by_name_and_type(
     assert prepared.execute(db.session, core, {"workflow_id": run_id}).all() == [
         ("running",)
     ]
+
+
+def test_a_parameter_left_out_takes_its_bound_value_or_is_named(psycopg2, db, sent_sql):
+    """As SQLAlchemy binds them: a value bound in the statement, or an error."""
+    statement = text("SELECT :a AS a, :b AS b").bindparams(
+        bindparam("a"), bindparam("b", value="bound")
+    )
+    assert tuple(prepared.execute(db.session, statement, {"a": "given"}).one()) == (
+        "given",
+        "bound",
+    )
+    assert tuple(
+        prepared.execute(db.session, statement, {"a": "x", "b": "y"}).one()
+    ) == ("x", "y")
+    sent = list(sent_sql)
+    with pytest.raises(InvalidRequestError, match="bind parameter 'a'"):
+        prepared.execute(db.session, statement, {"b": "y"})
+    assert sent_sql == sent  # refused before anything is sent
 
 
 def test_prepared_rows_are_converted_as_the_session_converts_them(psycopg2, tasks, db):

@@ -56,8 +56,13 @@ _PARAMETER = re.compile(r"%\((\w+)\)s")
 
 def enabled(session):
     """Whether :func:`execute` prepares the session's statements (psycopg2)."""
+    return _enabled(session.get_bind().dialect)
+
+
+def _enabled(dialect):
+    """Whether :func:`execute` prepares statements on ``dialect``'s connections."""
     return (
-        session.get_bind().dialect.driver == "psycopg2"
+        dialect.driver == "psycopg2"
         and current_app.config["WTFLOW_PREPARED_STATEMENTS"]
     )
 
@@ -153,7 +158,8 @@ def execute(
         a connection of its own, a :class:`Rows` with the same ``all``,
         ``one`` and ``one_or_none``.
     """
-    if not enabled(session):
+    dialect = (session.get_bind() if connection is None else connection).dialect
+    if not _enabled(dialect):
         target = session if connection is None else connection
         if before is not None:
             if connection is not None:
@@ -164,7 +170,6 @@ def execute(
             target.execute(*before)
         result = target.execute(statement, params)
         return result if connection is None else Rows(result.all())
-    dialect = session.get_bind().dialect
     plan = _prepared(statement, dialect)
     plans = [plan] if before is None else [_prepared(before[0], dialect), plan]
     own = connection is not None
@@ -178,38 +183,45 @@ def execute(
     sql, values = plan.run, plan.parameters(params)
     if before is not None:
         first = plans[0]
-        # The first statement's parameters get a prefix of their own.
-        sql = _PARAMETER.sub(r"%(before_\1)s", first.run) + "; " + sql
-        values.update(
-            (f"before_{key}", value)
-            for key, value in first.parameters(before[1]).items()
-        )
+        sql = f"{first.run_before}; {sql}"
+        values.update(first.parameters(before[1], before=True))
     if not own:
         return _run(connection, plan, sql, values)
     if synchronous_commit == IF_CAUGHT_UP:
         sql = f"{_UNFLUSHED_IF_CAUGHT_UP}{sql}"
     elif not synchronous_commit:
         sql = f"{_UNFLUSHED_COMMIT}{sql}"
-    with _unlistening(connection, sql) as message:
+    with _Unlistening(connection, sql) as message:
         return _run(connection, plan, message, values)
 
 
-@contextmanager
-def _unlistening(connection, sql):
+class _Unlistening:
     """The message ``sql``, made to drop a channel the connection still listens on.
 
     A channel a finished wait left listening on a connection of its own
     (see :func:`~invenio_wtflow.engine.waiting.wait`) is dropped by the next
     message sent alone on it: in autocommit mode, the ``UNLISTEN`` commits
     with the statement, and is forgotten with it if the message fails.
+    (A class, not a generator: it wraps every message sent alone.)
     """
-    stale = connection.info.pop(LISTENING, None)
-    try:
-        yield sql if stale is None else f"UNLISTEN {stale}; {sql}"
-    except BaseException:
-        if stale is not None and not connection.invalidated:
+
+    __slots__ = ("connection", "stale", "message")
+
+    def __init__(self, connection, sql):
+        """Take the channel off the connection, and write it into the message."""
+        self.connection = connection
+        self.stale = stale = connection.info.pop(LISTENING, None)
+        self.message = sql if stale is None else f"UNLISTEN {stale}; {sql}"
+
+    def __enter__(self):
+        """The message to send."""
+        return self.message
+
+    def __exit__(self, kind, error, traceback):
+        """After a failed message, the connection still listens on the channel."""
+        stale, connection = self.stale, self.connection
+        if kind is not None and stale is not None and not connection.invalidated:
             connection.info[LISTENING] = stale  # rolled back with the statement
-        raise
 
 
 _UNFLUSHED_COMMIT = "SET LOCAL synchronous_commit TO off; "
@@ -295,7 +307,7 @@ def await_flush(session):
                 connection.exec_driver_sql(_FLUSH)
                 connection.commit()
         else:
-            with _unlistening(own, _FLUSH) as message:
+            with _Unlistening(own, _FLUSH) as message:
                 if _watched(own):
                     own.exec_driver_sql(message)
                 else:
@@ -398,11 +410,14 @@ class _Plan:
         :param order: its parameters' names, in the order ``run`` passes them.
         """
         self.name, self.prepare, self.run = name, prepare, run
+        # Sent just before another statement, its parameters get a prefix.
+        self.run_before = _PARAMETER.sub(r"%(before_\1)s", run)
         self.compiled_params = compiled.construct_params
-        self.binds = [
-            (key, _processor(compiled.binds[key].type, dialect, "bind"))
-            for key in order
+        converters = [
+            _processor(compiled.binds[k].type, dialect, "bind") for k in order
         ]
+        self.binds = [(key, key, c) for key, c in zip(order, converters)]
+        self.binds_before = [(f"before_{k}", k, c) for k, c in zip(order, converters)]
         statement = compiled.statement
         self.columns = {
             c.name: c.type for c in getattr(statement, "selected_columns", ())
@@ -410,13 +425,23 @@ class _Plan:
         self.dialect = dialect
         self.shapes = {}
 
-    def parameters(self, params):
-        """``EXECUTE``'s parameters, converted as SQLAlchemy binds them."""
-        values = self.compiled_params(params)
-        return {
-            key: (convert(values[key]) if convert else values[key])
-            for key, convert in self.binds
-        }
+    def parameters(self, params, before=False):
+        """``EXECUTE``'s parameters, converted as SQLAlchemy binds them.
+
+        :param before: name them as :attr:`run_before` does.
+        """
+        binds = self.binds_before if before else self.binds
+        try:
+            return {
+                name: (convert(params[key]) if convert else params[key])
+                for name, key, convert in binds
+            }
+        except KeyError:  # SQLAlchemy's defaults, or its error for a missing one
+            values = self.compiled_params(params)
+            return {
+                name: (convert(values[key]) if convert else values[key])
+                for name, key, convert in binds
+            }
 
     def rows(self, description, rows):
         """The cursor's rows as named tuples, their values converted by type."""

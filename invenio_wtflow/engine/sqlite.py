@@ -15,7 +15,6 @@ runs in WAL mode so that readers never block the writer.
 """
 
 import sqlite3
-from contextlib import contextmanager
 from contextvars import ContextVar
 
 from sqlalchemy import event
@@ -24,14 +23,22 @@ from sqlalchemy.engine import Engine
 _writing = ContextVar("wtflow_sqlite_writing", default=False)
 
 
-@contextmanager
-def writer():
-    """Begin SQLite transactions opened inside the block as writers."""
-    token = _writing.set(True)
-    try:
-        yield
-    finally:
-        _writing.reset(token)
+class writer:
+    """Begin SQLite transactions opened inside the block as writers.
+
+    A class rather than a generator: every engine transaction enters one,
+    on every database.
+    """
+
+    __slots__ = ("_token",)
+
+    def __enter__(self):
+        """Mark the transactions begun from now on as writers."""
+        self._token = _writing.set(True)
+
+    def __exit__(self, *exc_info):
+        """Restore the mark as it was before the block."""
+        _writing.reset(self._token)
 
 
 def _on_connect(dbapi_connection, connection_record):
