@@ -630,7 +630,7 @@ def create(session, run, tasks, edges, published=False):
 
 def _document(rows):
     """Rows as the JSON document ``jsonb_populate_record(set)`` reads."""
-    return json.dumps(rows, default=_json_value, separators=(",", ":"))
+    return _ENCODER.encode(rows)
 
 
 def _json_value(value):
@@ -645,3 +645,7 @@ def _json_value(value):
             value = value.replace(tzinfo=timezone.utc)
         return value.astimezone(timezone.utc).isoformat()
     return str(value)
+
+
+_ENCODER = json.JSONEncoder(default=_json_value, separators=(",", ":"))
+"""The encoder of :func:`_document` (``json.dumps`` would make one per call)."""

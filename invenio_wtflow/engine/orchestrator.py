@@ -564,7 +564,7 @@ def create(
     workflow_id = workflow_id or uuid.uuid4()
     now = utcnow()
     row = {
-        **dict.fromkeys(WorkflowRun.__table__.columns.keys()),
+        **_EMPTY_RUN,
         "id": workflow_id,
         "root_id": workflow_id,
         "name": name,
@@ -623,10 +623,9 @@ def create(
         workflow = known(workflow)
     ids = [uuid.uuid4() for _ in graph.nodes]
     now = utcnow()
-    empty = dict.fromkeys(TaskRun.__table__.columns.keys())
     rows = [
         {
-            **empty,
+            **_EMPTY_TASK,
             "id": ids[node.position],
             "workflow_id": workflow_id,
             "position": node.position,
@@ -663,6 +662,12 @@ def create(
         pending.execute()
     return workflow, True
 
+
+_EMPTY_RUN = dict.fromkeys(WorkflowRun.__table__.columns.keys())
+"""A run's row with every column ``None``, that :func:`create` fills."""
+
+_EMPTY_TASK = dict.fromkeys(TaskRun.__table__.columns.keys())
+"""A task's row with every column ``None``, that :func:`create` fills."""
 
 _QUEUED_COLUMNS = (
     "status",

@@ -160,13 +160,21 @@ def transaction_values(session):
     :returns: ``(table, values)``; ``values`` maps column names to values.
     """
     manager = current_app.extensions["invenio-db"].versioning_manager
-    transactions = manager.transaction_cls.__table__
+    transactions, issued_at = _transaction_table(manager.transaction_cls)
     # Continuum's plugins give them; a unit of work of its own asks them,
     # without the session's (which would begin the session's transaction).
     values = manager.uow_class(manager).transaction_args(session)
-    if "issued_at" in transactions.c and "issued_at" not in values:
-        values["issued_at"] = transactions.c.issued_at.default.arg(None)
+    if issued_at is not None and "issued_at" not in values:
+        values["issued_at"] = issued_at(None)
     return transactions, values
+
+
+@lru_cache(maxsize=None)
+def _transaction_table(transaction_cls):
+    """Continuum's transaction table, and its ``issued_at`` default (or ``None``)."""
+    transactions = transaction_cls.__table__
+    column = transactions.c.get("issued_at")
+    return transactions, None if column is None else column.default.arg
 
 
 def transaction_parameters(transactions, values):
