@@ -555,6 +555,26 @@ def compare(pairs):
     }
 
 
+@contextmanager
+def worktree(rev):
+    """Check ``rev`` out in a temporary git worktree; yield its path, then remove it."""
+    with tempfile.TemporaryDirectory(prefix="wtflow-tree-") as where:
+        tree = Path(where) / "tree"
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", "-q", str(tree), rev],
+            cwd=ROOT,
+            check=True,
+        )
+        try:
+            yield tree
+        finally:
+            subprocess.run(
+                ["git", "worktree", "remove", "--force", str(tree)],
+                cwd=ROOT,
+                check=True,
+            )
+
+
 def parts_dir():
     """Where scenario scripts write their result (``WTFLOW_BENCH_PARTS``)."""
     path = Path(

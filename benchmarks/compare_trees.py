@@ -26,7 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .common import ROOT
+from .common import ROOT, worktree
 
 PAIRS = "2"
 """Engine/floor/baseline rounds per run of ``b3_floor`` (each of 200 runs)."""
@@ -58,40 +58,29 @@ def b3_floor(tree):
 
 def main(rev, rounds=3):
     """Alternate ``rev`` and the working tree ``rounds`` times; print the ratios."""
-    with tempfile.TemporaryDirectory(prefix="wtflow-tree-") as where:
-        old = Path(where) / "tree"
-        subprocess.run(
-            ["git", "worktree", "add", "--detach", "-q", str(old), rev],
-            cwd=ROOT,
-            check=True,
+    with worktree(rev) as old:
+        trees = {rev: old, "working tree": ROOT}
+        ratios = {name: {"floor": [], "baseline": []} for name in trees}
+        print(
+            "| tree | engine p50 ms | floor | baseline | engine/floor | engine/baseline |"
         )
-        try:
-            trees = {rev: old, "working tree": ROOT}
-            ratios = {name: {"floor": [], "baseline": []} for name in trees}
+        print("| --- | --- | --- | --- | --- | --- |")
+        for _ in range(rounds):
+            for name, tree in trees.items():
+                for engine, floor, baseline in b3_floor(tree):
+                    ratios[name]["floor"].append(engine / floor)
+                    ratios[name]["baseline"].append(engine / baseline)
+                    print(
+                        f"| {name} | {engine:.2f} | {floor:.2f} | {baseline:.2f} "
+                        f"| {engine / floor:.2f} | {engine / baseline:.2f} |",
+                        flush=True,
+                    )
+        for name, by in ratios.items():
             print(
-                "| tree | engine p50 ms | floor | baseline | engine/floor | engine/baseline |"
-            )
-            print("| --- | --- | --- | --- | --- | --- |")
-            for _ in range(rounds):
-                for name, tree in trees.items():
-                    for engine, floor, baseline in b3_floor(tree):
-                        ratios[name]["floor"].append(engine / floor)
-                        ratios[name]["baseline"].append(engine / baseline)
-                        print(
-                            f"| {name} | {engine:.2f} | {floor:.2f} | {baseline:.2f} "
-                            f"| {engine / floor:.2f} | {engine / baseline:.2f} |",
-                            flush=True,
-                        )
-            for name, by in ratios.items():
-                print(
-                    f"{name}: median engine/floor "
-                    f"{statistics.median(by['floor']):.2f}, engine/baseline "
-                    f"{statistics.median(by['baseline']):.2f} "
-                    f"({len(by['floor'])} rounds)"
-                )
-        finally:
-            subprocess.run(
-                ["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, check=True
+                f"{name}: median engine/floor "
+                f"{statistics.median(by['floor']):.2f}, engine/baseline "
+                f"{statistics.median(by['baseline']):.2f} "
+                f"({len(by['floor'])} rounds)"
             )
 
 
