@@ -454,8 +454,11 @@ def _show_status(workflow, values):
     :param workflow: the run, loaded, or its row or id.
     """
     if not isinstance(workflow, WorkflowRun):
-        workflow_id = getattr(workflow, "id", workflow)
-        workflow = db.session.identity_map.get(identity_key(WorkflowRun, workflow_id))
+        loaded = db.session.identity_map
+        if not loaded:  # a worker's session, as a task's success finds it
+            return
+        workflow_id = uuid.UUID(str(getattr(workflow, "id", workflow)))
+        workflow = loaded.get(identity_key(WorkflowRun, workflow_id))
     if workflow is not None:
         for key, value in values.items():
             set_committed_value(workflow, key, value)
@@ -1428,8 +1431,7 @@ def _finish(
         return False
     _queue_ready(uow, [row for row in outcome.released if row.remaining == 0])
     if outcome.changed:
-        run_id = uuid.UUID(str(workflow_id))
-        _show_status(run_id, _status_values(outcome.status, None, now))
+        _show_status(workflow_id, _status_values(outcome.status, None, now))
     return True
 
 
