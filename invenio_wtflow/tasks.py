@@ -21,7 +21,6 @@ from datetime import datetime, timedelta, timezone
 from numbers import Number
 
 from celery import shared_task
-from celery._state import _task_stack
 from celery.exceptions import Retry
 from celery.local import Proxy
 from flask import has_app_context
@@ -157,8 +156,7 @@ class WorkflowTask(AppContextTask):
             _record_failure(task_run_id, request.id, retries, exc)
             raise
         request.wtflow = execution
-        _task_stack.push(self)
-        try:
+        try:  # current_task is this task already: Celery's tracer pushed it
             result = self.run(*execution.args, **execution.kwargs)
             joining = isinstance(result, Join)
             delegated = isinstance(result, Ticket)
@@ -182,8 +180,6 @@ class WorkflowTask(AppContextTask):
         except Exception as exc:
             _record_failure(task_run_id, request.id, retries, exc)
             raise
-        finally:
-            _task_stack.pop()
         if joining:
             orchestrator.atomic(children.join, task_run_id, request.id, retries, result)
             return None

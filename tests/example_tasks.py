@@ -7,7 +7,7 @@ import json
 import os
 import time
 
-from celery import chain, chord, group
+from celery import chain, chord, current_task, group
 
 from invenio_wtflow import Workflow, workflow_task
 from invenio_wtflow.engine.dispatch import INPUT_HEADER, UNFLUSHED_HEADER
@@ -144,6 +144,12 @@ class JoinWorkflow(Workflow):
 def whoami(self):
     """Return what the task knows of its workflow run."""
     return {"id": str(self.workflow.id), "data": self.workflow.data}
+
+
+@workflow_task
+def current():
+    """Return Celery's current task and its request's id, as the body sees them."""
+    return [current_task.name, current_task.request.id]
 
 
 @workflow_task(bind=True)

@@ -8,7 +8,7 @@ from celery import chain, chord, group
 
 from invenio_wtflow import Workflow, current_wtflow
 
-from .example_tasks import add, echo, mul, tsum
+from .example_tasks import add, current, echo, mul, tsum
 
 CANVASES = {
     "signature": add.s(2, 3),
@@ -57,3 +57,11 @@ def test_same_result_as_plain_celery(app, db, name):
     wf = Workflow.create(f"canvas-{name}").start()
     assert wf.status == "success"
     assert wf.result == expected
+
+
+def test_a_body_sees_itself_as_celerys_current_task(app, db):
+    """As in plain Celery: ``current_task`` is the task, its request the attempt's."""
+    assert current.s().apply().get()[0] == current.name
+    current_wtflow.register("current", current.s())
+    wf = Workflow.create("current").start()
+    assert wf.result == [current.name, wf.tasks[0].model.celery_id]
