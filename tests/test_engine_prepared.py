@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import pytest
 from invenio_db import db as _db
-from sqlalchemy import bindparam, event, func, or_, select, text
+from sqlalchemy import String, TypeDecorator, bindparam, event, func, or_, select, text
 from sqlalchemy.exc import (
     DataError,
     InvalidRequestError,
@@ -178,10 +178,35 @@ def test_a_parameter_left_out_takes_its_bound_value_or_is_named(psycopg2, db, se
     assert tuple(
         prepared.execute(db.session, statement, {"a": "x", "b": "y"}).one()
     ) == ("x", "y")
+    bound = text("SELECT :b AS b").bindparams(bindparam("b", value="bound"))
+    assert tuple(prepared.execute(db.session, bound, None).one()) == ("bound",)
     sent = list(sent_sql)
-    with pytest.raises(InvalidRequestError, match="bind parameter 'a'"):
+    with pytest.raises(InvalidRequestError, match="bind parameter 'a'") as error:
         prepared.execute(db.session, statement, {"b": "y"})
+    assert error.value.__context__ is None  # SQLAlchemy's error, as it raises it
     assert sent_sql == sent  # refused before anything is sent
+
+
+def test_a_parameter_is_converted_once(psycopg2, db):
+    """A conversion's own error is raised as it is, after one call."""
+    calls = []
+
+    class Looked(TypeDecorator):
+        impl = String
+        cache_ok = True
+
+        def process_bind_param(self, value, dialect):
+            calls.append(value)
+            return {"known": "found"}[value]
+
+    statement = text("SELECT :a AS a").bindparams(bindparam("a", type_=Looked()))
+    assert tuple(prepared.execute(db.session, statement, {"a": "known"}).one()) == (
+        "found",
+    )
+    with pytest.raises(KeyError, match="unknown") as error:
+        prepared.execute(db.session, statement, {"a": "unknown"})
+    assert error.value.__context__ is None
+    assert calls == ["known", "unknown"]
 
 
 def test_prepared_rows_are_converted_as_the_session_converts_them(psycopg2, tasks, db):

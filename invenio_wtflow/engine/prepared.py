@@ -413,11 +413,14 @@ class _Plan:
         # Sent just before another statement, its parameters get a prefix.
         self.run_before = _PARAMETER.sub(r"%(before_\1)s", run)
         self.compiled_params = compiled.construct_params
-        converters = [
-            _processor(compiled.binds[k].type, dialect, "bind") for k in order
+        self.order, self.order_before = order, [f"before_{key}" for key in order]
+        self.converters = [
+            (index, convert)
+            for index, convert in enumerate(
+                _processor(compiled.binds[key].type, dialect, "bind") for key in order
+            )
+            if convert is not None
         ]
-        self.binds = [(key, key, c) for key, c in zip(order, converters)]
-        self.binds_before = [(f"before_{k}", k, c) for k, c in zip(order, converters)]
         statement = compiled.statement
         self.columns = {
             c.name: c.type for c in getattr(statement, "selected_columns", ())
@@ -430,18 +433,17 @@ class _Plan:
 
         :param before: name them as :attr:`run_before` does.
         """
-        binds = self.binds_before if before else self.binds
+        order = self.order
         try:
-            return {
-                name: (convert(params[key]) if convert else params[key])
-                for name, key, convert in binds
-            }
-        except KeyError:  # SQLAlchemy's defaults, or its error for a missing one
-            values = self.compiled_params(params)
-            return {
-                name: (convert(values[key]) if convert else values[key])
-                for name, key, convert in binds
-            }
+            values = [params[key] for key in order]
+        except (KeyError, TypeError):  # one left out, or no parameters at all
+            values = None
+        if values is None:  # the statement's bound values, or SQLAlchemy's error
+            bound = self.compiled_params(params)
+            values = [bound[key] for key in order]
+        for index, convert in self.converters:
+            values[index] = convert(values[index])
+        return dict(zip(self.order_before if before else order, values))
 
     def rows(self, description, rows):
         """The cursor's rows as named tuples, their values converted by type."""
