@@ -22,8 +22,13 @@ Hash seeds are fixed (``PYTHONHASHSEED=0``): two counts of the same tree
 differ by less than 0.1%. Instructions are not time (a cache miss costs
 more than an instruction, and the flow's caches are colder than a loop's),
 but the engine's Python is most of what it does between two messages.
-Needs valgrind (``callgrind_control`` too). Not run by ``run.sh``; nothing
-is written to ``results/``.
+Needs valgrind (``callgrind_control`` too), and PostgreSQL and Redis as
+every scenario does: the benchmark database is created again and Redis's
+two benchmark databases flushed (see :func:`benchmarks.common.bench_app`),
+so do not run it beside ``run.sh``. Both counts use this working tree's
+``benchmarks`` and ``tests`` (the app and the tasks), so ``REV`` must be a
+revision they still run with. Not run by ``run.sh``; nothing is written to
+``results/``.
 """
 
 import os
@@ -31,6 +36,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from .common import ROOT, bench_app, worktree
@@ -49,7 +55,7 @@ def runs_under_callgrind(runs):
     from invenio_wtflow import Workflow
     from invenio_wtflow.engine import dispatch
 
-    from .member_cpu import deliver, drain, take
+    from .member_cpu import drain
 
     with bench_app():
         sent = []
@@ -89,8 +95,8 @@ def count(tree, runs):
             ("tests", ROOT),
         ):
             (where / name).symlink_to(Path(root) / name)
-        out = where / "callgrind.out"
-        process = subprocess.Popen(
+        out, log = where / "callgrind.out", where / "valgrind.log"
+        with open(log, "w") as errors, subprocess.Popen(
             [
                 "valgrind",
                 "--tool=callgrind",
@@ -111,30 +117,44 @@ def count(tree, runs):
             ),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=errors,
             text=True,
-        )
-        try:
-            for said, command in (("ready", "-i on"), ("done", "-d")):
-                answer(process, said, command)
-            process.wait(timeout=300)
-        finally:
-            process.kill()
+        ) as process:
+            stalled = threading.Timer(TIMEOUT, process.kill)  # ends the reads below
+            stalled.start()
+            try:
+                for said, command in (("ready", "-i on"), ("done", "-d")):
+                    answer(process, said, command, log)
+                process.wait()
+            finally:
+                stalled.cancel()
+                process.kill()
         dump = Path(f"{out}.1").read_text()
     return int(re.search(r"^summary: (\d+)$", dump, re.MULTILINE).group(1)) / runs
 
 
-def answer(process, said, command):
-    """Wait until ``process`` says ``said``; run ``callgrind_control command``; go on."""
+TIMEOUT = 900
+"""Seconds the counted process may take in all before it is killed."""
+
+
+def answer(process, said, command, log):
+    """Wait until ``process`` says ``said``; run ``callgrind_control command``; go on.
+
+    :param log: valgrind's and the process's errors, quoted if it ends first.
+    """
     for line in process.stdout:
         if line.strip() == said:
             break
     else:
-        raise RuntimeError(f"the counted process ended before saying {said!r}")
+        raise RuntimeError(
+            f"the counted process ended before saying {said!r}:\n"
+            f"{log.read_text()[-3000:]}"
+        )
     subprocess.run(
         ["callgrind_control", *command.split(), str(process.pid)],
         check=True,
         capture_output=True,
+        timeout=120,
     )
     process.stdin.write("\n")
     process.stdin.flush()
